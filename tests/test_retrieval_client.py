@@ -1,0 +1,93 @@
+"""retrieval_client against a stand-in retrieval Space speaking the seed's /similarity_search protocol."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import pandas as pd
+import pytest
+
+import retrieval_client as rc
+
+PASSAGES = pd.DataFrame({
+    "url": ["https://e.org/ai", "https://e.org/bread", "https://e.org/ml"],
+    "text": ["AI will change the future of work.", "Bread needs yeast.", "Machine learning models learn from data."],
+    "distance": [0.2, 0.8, 0.4],
+})
+
+
+def _space(behaviour: str) -> gr.Blocks:
+    """A real Gradio app with the retrieval Space's endpoint; ``behaviour`` picks how it answers."""
+
+    def similarity_search(query: str, k: int) -> pd.DataFrame:
+        if behaviour == "slow":
+            time.sleep(5)
+        if behaviour == "wrong-columns":
+            return pd.DataFrame({"link": ["x"], "content": ["y"]})
+        return PASSAGES.sort_values("distance").head(int(k))
+
+    with gr.Blocks() as demo:
+        q = gr.Textbox(label="query")
+        k = gr.Number(label="k", value=5, precision=0)
+        out = gr.Dataframe()
+        gr.Button().click(similarity_search, [q, k], out, api_name="similarity_search")
+    return demo
+
+
+@pytest.fixture(scope="module")
+def spaces():
+    urls, demos = {}, []
+    for behaviour in ["good", "slow", "wrong-columns"]:
+        demo = _space(behaviour)
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+        urls[behaviour] = url
+        demos.append(demo)
+    yield urls
+    for demo in demos:
+        demo.close()
+
+
+def test_similarity_search_against_stand_in_space(spaces):
+    table = rc.similarity_search("future of AI", k=2, url=spaces["good"], timeout=20)
+    assert list(table.columns) == ["url", "text", "distance"]
+    assert table["url"].tolist() == ["https://e.org/ai", "https://e.org/ml"]
+    assert table["distance"].is_monotonic_increasing
+
+
+def test_slow_space_times_out_with_a_clear_error(spaces):
+    started = time.monotonic()
+    with pytest.raises(rc.RetrievalError, match=r"did not answer within 1 s \(RETRIEVAL_TIMEOUT\)"):
+        rc.RemoteRetriever(spaces["slow"], timeout=1).search("q", 2)
+    assert time.monotonic() - started < 4.5
+
+
+def test_wrong_shape_is_named(spaces):
+    with pytest.raises(rc.RetrievalError, match=r"without column\(s\) \['url', 'text', 'distance'\]"):
+        rc.similarity_search("q", k=1, url=spaces["wrong-columns"], timeout=20)
+
+
+def test_unreachable_space():
+    with pytest.raises(rc.RetrievalError, match="unreachable"):
+        rc.similarity_search("q", k=1, url="http://127.0.0.1:9/", timeout=3)
+
+
+def test_no_url(monkeypatch):
+    monkeypatch.delenv("RETRIEVAL_URL", raising=False)
+    with pytest.raises(rc.RetrievalError, match="RETRIEVAL_URL"):
+        rc.similarity_search("q")
+
+
+@pytest.mark.parametrize(("query", "k", "message"), [("", 5, "query is empty"), ("q", 0, "k must be"),
+                                                      ("q", 5000, "k must be"), ("q", "5", "k must be")])
+def test_bad_arguments(query, k, message):
+    with pytest.raises(rc.RetrievalError, match=message):
+        rc.validate_search_args(query, k)
+
+
+@pytest.mark.parametrize("payload", [None, "text", {"headers": ["url"], "data": "x"},
+                                     {"headers": ["url", "text", "distance"], "data": [["u", "t"]]},
+                                     {"headers": ["url", "text", "distance"], "data": [["u", "t", "far"]]}])
+def test_garbage_payloads(payload):
+    with pytest.raises(rc.RetrievalError):
+        rc.table_from_payload(payload, source="test Space")
