@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+import pipeline
 import rerank as core
+import retrieval_client as rc
 from config import Settings
 
 log = logging.getLogger("rag_augment.app")
@@ -68,9 +71,82 @@ def describe_run(documents: pd.DataFrame, reranked: pd.DataFrame) -> str:
     return f"{len(texts)} documents in, {len(reranked)} ranked; {dup}."
 
 
-def build_demo(settings: Settings, scorer: core.Scorer) -> gr.Blocks:
-    """The Blocks app: title naming the model and scoring mode, the rerank form, examples."""
+class Services:
+    """What the UI talks to: the scorer and the current retrieval backend (an upload replaces it)."""
+
+    def __init__(self, settings: Settings, scorer: core.Scorer, retriever: rc.Retriever) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.retriever = retriever
+
+
+def _table_payload(frame: pd.DataFrame) -> dict:
+    """A table in the Dataframe component's wire shape, for API-only endpoints."""
+    clean = frame.astype(object).where(frame.notna(), None)
+    return {"headers": [str(c) for c in frame.columns], "data": clean.values.tolist(), "metadata": None}
+
+
+def make_retrieval_handlers(services: Services):
+    """The retrieval endpoints: /similarity_search (the seed Space's shape) and the pipeline."""
+
+    def similarity_search(query: str, k: int = 5) -> pd.DataFrame:
+        """The k passages closest to the query: url, text, distance (cosine; lower is closer)."""
+        try:
+            return services.retriever.search(query, int(k) if k is not None else 5)
+        except (rc.RetrievalError, TypeError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+
+    def run_pipeline(query: str, k: int, top_n: int) -> pipeline.PipelineResult:
+        try:
+            return pipeline.retrieve_and_rerank(query, retriever=services.retriever, scorer=services.scorer,
+                                                k=int(k), top_n=int(top_n),
+                                                max_documents=services.settings.max_documents)
+        except (core.RerankError, rc.RetrievalError) as exc:
+            raise gr.Error(str(exc)) from None
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"k and top_n must be whole numbers: {exc}") from None
+
+    def retrieve_and_rerank(query: str, k: int = 50, top_n: int = 5) -> dict:
+        """Retrieve the k closest passages, rerank them and return the best top_n as a table.
+
+        Columns: retrieved_position, url, text, distance, rank, move ("12 -> 1").
+        """
+        return _table_payload(run_pipeline(query, k, top_n).reranked)
+
+    def pipeline_ui(query: str, k: int, top_n: int, progress=gr.Progress()):
+        backend = services.retriever
+        while isinstance(backend, rc.BackgroundRetriever) and not backend.finished(timeout=0.5):
+            progress((backend.done, backend.total or None), desc="Building the index", unit="passages")
+        result = run_pipeline(query, k, top_n)
+        return result.retrieved, result.reranked, pipeline.score_chart(result.reranked), result.summary
+
+    def index_upload(file: str | None, progress=gr.Progress()):
+        if not file:
+            raise gr.Error("choose a JSONL, CSV, Parquet, .txt or .md file to index")
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="Embedding passages", unit="passages")
+
+        try:
+            services.retriever = rc.LocalRetriever.build(corpus_path=file, cache_dir=services.settings.cache_dir,
+                                                         progress=report)
+        except (rc.RetrievalError, Exception) as exc:
+            raise gr.Error(f"could not index {Path(file).name}: {exc}") from None
+        return backend_line(services)
+
+    return similarity_search, retrieve_and_rerank, pipeline_ui, index_upload
+
+
+def backend_line(services: Services) -> str:
+    """Which retrieval backend answers, for the Retrieve tab."""
+    return f"**Retrieval backend:** {services.retriever.description}"
+
+
+def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None) -> gr.Blocks:
+    """The Blocks app: title naming the model and scoring mode, the rerank form, the pipeline tab."""
     info = scorer.info
+    services = Services(settings, scorer, retriever or rc.RemoteRetriever(settings.retrieval_url or "unset"))
+    similarity_search, retrieve_and_rerank, pipeline_ui, index_upload = make_retrieval_handlers(services)
     fallback = (f"\n\n> **Fallback:** `{info.requested}` could not be loaded ({info.fallback_reason}); "
                 f"serving the packaged all-MiniLM-L6-v2 instead." if info.fallback_reason else "")
     with gr.Blocks(title="rag-augment: rerank retrieved documents") as demo:
@@ -84,15 +160,77 @@ def build_demo(settings: Settings, scorer: core.Scorer) -> gr.Blocks:
             documents = gr.Dataframe(label="Documents", value=EXAMPLE_DOCUMENTS,
                                      headers=list(EXAMPLE_DOCUMENTS.columns), wrap=True, interactive=True,
                                      type="pandas", elem_id="documents")
-            submit = gr.Button("Submit", variant="primary")
+            submit = gr.Button("Submit", variant="primary", elem_id="submit")
             reranked = gr.Dataframe(label="Reranked documents", wrap=True, interactive=False,
                                     type="pandas", elem_id="reranked")
             status = gr.Markdown(elem_id="status")
             gr.Examples(examples=EXAMPLES, inputs=[query, documents])
+        with gr.Tab("Retrieve & rerank"):
+            backend = gr.Markdown(backend_line(services), elem_id="backend")
+            with gr.Row():
+                p_query = gr.Textbox(label="Question", placeholder="e.g. How do I parse JSON from a string?",
+                                     scale=3, elem_id="pipeline-query")
+                p_k = gr.Slider(1, 200, value=50, step=1, label="Retrieve k")
+                p_top = gr.Slider(1, 50, value=5, step=1, label="Keep top_n")
+            with gr.Row():
+                run = gr.Button("Retrieve & rerank", variant="primary", elem_id="pipeline-run")
+                search = gr.Button("Search only")
+            p_status = gr.Markdown(elem_id="pipeline-status")
+            with gr.Row():
+                retrieved_out = gr.Dataframe(label="Retrieved (first stage)", wrap=True, interactive=False,
+                                             elem_id="retrieved")
+                reranked_out = gr.Dataframe(label="Reranked (best top_n)", wrap=True, interactive=False,
+                                            elem_id="pipeline-reranked")
+            chart = gr.BarPlot(x="document", y="score", title="Rerank scores", sort="-y", x_label_angle=-30,
+                               label="Rerank scores")
+            gr.Examples(examples=[["How do I parse JSON from a string?"],
+                                  ["How can I run a function in a background thread?"],
+                                  ["create a temporary directory that is removed automatically"]],
+                        inputs=[p_query])
+            with gr.Accordion("Index your own documents", open=False):
+                upload = gr.File(label="JSONL, CSV or Parquet with a text column, or .txt / .md",
+                                 file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"])
+                index_btn = gr.Button("Index this file")
         submit.click(make_rerank_handler(scorer, settings.max_documents), inputs=[query, documents],
                      outputs=[reranked], api_name="rerank").success(
             describe_run, inputs=[documents, reranked], outputs=[status], api_visibility="private")
+        search.click(similarity_search, inputs=[p_query, p_k], outputs=[retrieved_out], api_name="similarity_search")
+        run.click(pipeline_ui, inputs=[p_query, p_k, p_top], outputs=[retrieved_out, reranked_out, chart, p_status],
+                  api_visibility="private").then(backend_line_fn(services), outputs=[backend],
+                                                 api_visibility="private")
+        index_btn.click(index_upload, inputs=[upload], outputs=[backend], api_visibility="private")
+        gr.api(retrieve_and_rerank, api_name="retrieve_and_rerank")
     return demo
+
+
+def backend_line_fn(services: Services):
+    """A no-argument refresher of the backend line (the index may have finished building)."""
+    return lambda: backend_line(services)
+
+
+def start_retriever(settings: Settings) -> rc.Retriever:
+    """The configured retrieval backend: the remote Space, or the local index built in the background."""
+    if settings.retrieval_url:
+        return rc.RemoteRetriever(settings.retrieval_url, timeout=settings.retrieval_timeout)
+
+    def build(progress) -> rc.Retriever:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="Indexing", unit="passages")
+
+        def report(done: int, total: int) -> None:
+            progress(done, total)
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            return rc.LocalRetriever.build(corpus_path=settings.corpus_path, cache_dir=settings.cache_dir,
+                                           progress=report)
+        finally:
+            bar.close()
+
+    name = "local index of " + (settings.corpus_path or "the Python standard library docs")
+    return rc.BackgroundRetriever(build, name=name)
 
 
 def main() -> None:
@@ -101,7 +239,7 @@ def main() -> None:
     settings = Settings.from_env()
     scorer = core.get_scorer(settings.model, trust_remote_code=settings.trust_remote_code)
     log.info("serving with %s", scorer.info.describe())
-    demo = build_demo(settings, scorer)
+    demo = build_demo(settings, scorer, start_retriever(settings))
     demo.launch(server_name=settings.server_name, server_port=settings.server_port)
 
 

@@ -159,19 +159,34 @@ class Scorer:
         """
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float32)
-        with self._lock:
-            if self.info.mode == "cross-encoder":
-                import torch
+        if self.info.mode == "cross-encoder":
+            import torch
 
-                kwargs = {"activation_fn": torch.nn.Identity()} if raw else {}
+            kwargs = {"activation_fn": torch.nn.Identity()} if raw else {}
+            with self._lock:
                 scores = self._model.predict([(query, t) for t in texts], batch_size=self._batch_size,
                                              show_progress_bar=False, **kwargs)
-                return np.asarray(scores, dtype=np.float32).reshape(len(texts))
-            q = self._model.encode_query([query], batch_size=1, normalize_embeddings=True,
-                                         show_progress_bar=False)
-            d = self._model.encode_document(list(texts), batch_size=self._batch_size,
-                                            normalize_embeddings=True, show_progress_bar=False)
-            return np.asarray(d @ q[0], dtype=np.float32)
+            return np.asarray(scores, dtype=np.float32).reshape(len(texts))
+        q = self.embed([query], query=True)
+        d = self.embed(texts)
+        return np.asarray(d @ q[0], dtype=np.float32)
+
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights and scoring mode, so caches built with another model are not reused."""
+        path = Path(self.info.path)
+        files = sorted((f.name, f.stat().st_size) for f in path.glob("*") if f.is_file())
+        return f"{self.info.mode}:{path.name}:{files}"
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        """Unit-length embeddings (one row per text); only embedding-mode models have them."""
+        if self.info.mode != "embedding":
+            raise ModelLoadError(f"{self.info.name} is a cross-encoder; it has no embeddings")
+        encode = self._model.encode_query if query else self._model.encode_document
+        with self._lock:
+            return np.asarray(encode(list(texts), batch_size=self._batch_size, normalize_embeddings=True,
+                                     show_progress_bar=False), dtype=np.float32)
 
 
 def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *,

@@ -7,7 +7,9 @@ Both backends answer ``search(query, k)`` with the seed Space's table: columns `
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import threading
+from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
@@ -110,10 +112,150 @@ class RemoteRetriever:
 def similarity_search(query: str, k: int = 5, *, url: str | None = None, timeout: float | None = None) -> pd.DataFrame:
     """The seed's helper: the k passages closest to ``query`` (url, text, distance; closest first).
 
-    ``url`` defaults to ``RETRIEVAL_URL``.
+    ``url`` defaults to ``RETRIEVAL_URL``; with neither, the local index answers (built on first use).
     """
     from config import Settings
 
     settings = Settings.from_env()
-    retriever = RemoteRetriever(url or settings.retrieval_url or "", timeout=timeout or settings.retrieval_timeout)
+    retriever = make_retriever(retrieval_url=url or settings.retrieval_url, timeout=timeout or settings.retrieval_timeout,
+                               corpus_path=settings.corpus_path, cache_dir=settings.cache_dir)
     return retriever.search(query, k)
+
+
+def index_path(cache_dir: Path, corpus_path: str | None) -> Path:
+    """Where a corpus's index file lives: one file per corpus source, under the cache folder."""
+    if corpus_path is None:
+        return cache_dir / "index-builtin.duckdb"
+    key = hashlib.sha256(str(Path(corpus_path).expanduser().resolve()).encode()).hexdigest()[:16]
+    return cache_dir / f"index-{Path(corpus_path).stem[:40]}-{key}.duckdb"
+
+
+class LocalRetriever:
+    """The local embedded index (the built-in corpus, or ``CORPUS_PATH``) as a retrieval backend."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+        self.description = index.description
+
+    @classmethod
+    def build(cls, *, corpus_path: str | None, cache_dir: Path, embedder=None, progress=None) -> LocalRetriever:
+        """Load or build the index of ``corpus_path`` (None: the built-in stdlib corpus)."""
+        import corpus
+        import rerank
+        from local_index import LocalIndex
+
+        try:
+            passages = corpus.builtin_passages() if corpus_path is None else corpus.load_corpus(corpus_path)
+        except corpus.CorpusError as exc:
+            raise RetrievalError(str(exc)) from exc
+        embedder = embedder or rerank.get_scorer(str(rerank.packaged_model_path()), allow_fallback=False)
+        name = "the Python standard library docs" if corpus_path is None else Path(corpus_path).name
+        index = LocalIndex.open(passages, embedder, path=index_path(cache_dir, corpus_path), name=name,
+                                progress=progress)
+        return cls(index)
+
+    def search(self, query: str, k: int = 5) -> pd.DataFrame:
+        """The k closest passages from the local index."""
+        query, k = validate_search_args(query, k)
+        return self.index.search(query, k)
+
+
+def make_retriever(*, retrieval_url: str | None, timeout: float, corpus_path: str | None, cache_dir: Path,
+                   embedder=None, progress=None) -> Retriever:
+    """``retrieval_url`` set: the remote Space; unset: the local index."""
+    if retrieval_url:
+        return RemoteRetriever(retrieval_url, timeout=timeout)
+    return LocalRetriever.build(corpus_path=corpus_path, cache_dir=cache_dir, embedder=embedder, progress=progress)
+
+
+class BackgroundRetriever:
+    """Builds a retriever in a thread so the app serves at once; searches wait until it is ready."""
+
+    def __init__(self, factory, *, name: str = "index") -> None:
+        self.name = name
+        self.done, self.total = 0, 0
+        self._retriever: Retriever | None = None
+        self._error: Exception | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._run, args=(factory,), name=f"build-{name}", daemon=True).start()
+
+    def _run(self, factory) -> None:
+        """Build, recording progress and any failure for the waiting searches."""
+        try:
+            self._retriever = factory(self._progress)
+        except Exception as exc:  # reported to every search, the app keeps serving
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    @property
+    def description(self) -> str:
+        """What answers searches, or how far the build has got."""
+        if self._error is not None:
+            return f"{self.name} failed: {self._error}"
+        if self._retriever is not None:
+            return self._retriever.description
+        return f"{self.name}: building ({self.done}/{self.total or '?'} passages embedded)"
+
+    def finished(self, timeout: float | None = None) -> bool:
+        """Whether the build has ended (successfully or not), waiting up to ``timeout`` seconds."""
+        return self._ready.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> Retriever:
+        """The built retriever; a :class:`RetrievalError` if the build failed or is still running."""
+        if not self._ready.wait(timeout):
+            raise RetrievalError(f"{self.name} is still being built ({self.done}/{self.total or '?'} passages); "
+                                 "try again shortly")
+        if self._error is not None:
+            raise RetrievalError(f"{self.name} could not be built: {self._error}") from self._error
+        return self._retriever
+
+    def search(self, query: str, k: int = 5) -> pd.DataFrame:
+        """Search once the build has finished (waiting for it)."""
+        return self.wait().search(query, k)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``index [CORPUS_PATH]`` builds or loads the local index; ``search QUERY [-k K]`` queries the backend."""
+    import argparse
+    import logging
+    import time
+
+    from config import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(prog="retrieval_client.py", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("index", help="build (or reuse) the local index of a corpus")
+    build.add_argument("corpus", nargs="?", help="JSONL/CSV/Parquet file or folder of .txt/.md (default: CORPUS_PATH "
+                                                  "or the built-in Python docs)")
+    find = sub.add_parser("search", help="search the configured backend")
+    find.add_argument("query")
+    find.add_argument("-k", type=int, default=5)
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    started = time.perf_counter()
+    if args.command == "index":
+        from tqdm import tqdm
+
+        with tqdm(unit="passages", desc="Indexing") as bar:
+            def report(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            retriever = LocalRetriever.build(corpus_path=args.corpus or settings.corpus_path,
+                                             cache_dir=settings.cache_dir, progress=report)
+        print(f"{retriever.description}; {retriever.index.stats.describe()}; "
+              f"{time.perf_counter() - started:.1f} s in all")
+        return
+    retriever = make_retriever(retrieval_url=settings.retrieval_url, timeout=settings.retrieval_timeout,
+                               corpus_path=settings.corpus_path, cache_dir=settings.cache_dir)
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        print(retriever.search(args.query, args.k))
+
+
+if __name__ == "__main__":
+    main()

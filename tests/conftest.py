@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
+import gradio as gr
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,3 +61,64 @@ def eval_dir() -> Path:
     if not EVAL_DIR.is_dir():
         pytest.skip(f"public IR collections not found at {EVAL_DIR} (a user's clone has no ../shared/eval)")
     return EVAL_DIR
+
+
+PASSAGES = pd.DataFrame({
+    "url": ["https://e.org/ai", "https://e.org/bread", "https://e.org/ml"],
+    "text": ["AI will change the future of work.", "Bread needs yeast.", "Machine learning models learn from data."],
+    "distance": [0.2, 0.8, 0.4],
+})
+
+
+def _space(behaviour: str) -> gr.Blocks:
+    """A real Gradio app with the retrieval Space's endpoint; ``behaviour`` picks how it answers."""
+
+    def similarity_search(query: str, k: int) -> pd.DataFrame:
+        if behaviour == "slow":
+            time.sleep(5)
+        if behaviour == "wrong-columns":
+            return pd.DataFrame({"link": ["x"], "content": ["y"]})
+        return PASSAGES.sort_values("distance").head(int(k))
+
+    with gr.Blocks() as demo:
+        q = gr.Textbox(label="query")
+        k = gr.Number(label="k", value=5, precision=0)
+        out = gr.Dataframe()
+        gr.Button().click(similarity_search, [q, k], out, api_name="similarity_search")
+    return demo
+
+
+@pytest.fixture(scope="session")
+def spaces():
+    """Stand-in retrieval Spaces on loopback: good, slow and wrong-columns."""
+    urls, demos = {}, []
+    for behaviour in ["good", "slow", "wrong-columns"]:
+        demo = _space(behaviour)
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+        urls[behaviour] = url
+        demos.append(demo)
+    yield urls
+    for demo in demos:
+        demo.close()
+
+
+class CountingEmbedder:
+    """Wraps an embedder and counts document-embedding calls (to prove an index is reused)."""
+
+    def __init__(self, inner, fingerprint: str | None = None) -> None:
+        self.inner = inner
+        self.fingerprint = fingerprint or inner.fingerprint
+        self.document_texts = 0
+
+    def embed(self, texts, *, query: bool = False):
+        if not query:
+            self.document_texts += len(texts)
+        return self.inner.embed(texts, query=query)
+
+
+@pytest.fixture(scope="session")
+def small_corpus():
+    """A few stdlib modules' docs: the built-in corpus in miniature."""
+    import corpus
+
+    return corpus.builtin_passages(modules={"json", "tempfile", "threading", "zipfile"})

@@ -4,48 +4,9 @@ from __future__ import annotations
 
 import time
 
-import gradio as gr
-import pandas as pd
 import pytest
 
 import retrieval_client as rc
-
-PASSAGES = pd.DataFrame({
-    "url": ["https://e.org/ai", "https://e.org/bread", "https://e.org/ml"],
-    "text": ["AI will change the future of work.", "Bread needs yeast.", "Machine learning models learn from data."],
-    "distance": [0.2, 0.8, 0.4],
-})
-
-
-def _space(behaviour: str) -> gr.Blocks:
-    """A real Gradio app with the retrieval Space's endpoint; ``behaviour`` picks how it answers."""
-
-    def similarity_search(query: str, k: int) -> pd.DataFrame:
-        if behaviour == "slow":
-            time.sleep(5)
-        if behaviour == "wrong-columns":
-            return pd.DataFrame({"link": ["x"], "content": ["y"]})
-        return PASSAGES.sort_values("distance").head(int(k))
-
-    with gr.Blocks() as demo:
-        q = gr.Textbox(label="query")
-        k = gr.Number(label="k", value=5, precision=0)
-        out = gr.Dataframe()
-        gr.Button().click(similarity_search, [q, k], out, api_name="similarity_search")
-    return demo
-
-
-@pytest.fixture(scope="module")
-def spaces():
-    urls, demos = {}, []
-    for behaviour in ["good", "slow", "wrong-columns"]:
-        demo = _space(behaviour)
-        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-        urls[behaviour] = url
-        demos.append(demo)
-    yield urls
-    for demo in demos:
-        demo.close()
 
 
 def test_similarity_search_against_stand_in_space(spaces):

@@ -1,0 +1,53 @@
+"""Retrieve, then rerank: the first half of RAG in one call.
+
+Pure orchestration over a retriever (``retrieval_client``) and the scoring core (``rerank``); the
+app and the HTTP API present its result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+import rerank as core
+from retrieval_client import Retriever
+
+POSITION_COLUMN = "retrieved_position"
+MOVE_COLUMN = "move"
+
+
+@dataclass
+class PipelineResult:
+    """The retrieved list, the reranked top_n (with each document's move) and the rerank report."""
+
+    retrieved: pd.DataFrame
+    reranked: pd.DataFrame
+    rerank: core.RerankResult
+
+    @property
+    def summary(self) -> str:
+        """One line for the UI: how many retrieved, kept and dropped."""
+        return f"Retrieved {len(self.retrieved)} passages; {self.rerank.summary}."
+
+
+def retrieve_and_rerank(query: str, *, retriever: Retriever, scorer: core.Scorer, k: int = 50, top_n: int = 5,
+                        max_documents: int = 1000) -> PipelineResult:
+    """Fetch the k closest passages, rerank them, keep the best ``top_n``.
+
+    The reranked table has the retrieval columns, ``rank``, the 1-based ``retrieved_position``
+    and ``move`` ("12 -> 1"). Duplicate passages from retrieval are dropped by the reranker.
+    """
+    core.validate_query(query)
+    retrieved = retriever.search(query, k).reset_index(drop=True)
+    retrieved.insert(0, POSITION_COLUMN, range(1, len(retrieved) + 1))
+    result = core.rerank_table(query, retrieved, top_n, scorer=scorer, max_documents=max_documents)
+    reranked = result.table.reset_index(drop=True)
+    reranked[MOVE_COLUMN] = [f"{before} -> {after}" for after, before in enumerate(reranked[POSITION_COLUMN], start=1)]
+    return PipelineResult(retrieved=retrieved, reranked=reranked, rerank=result)
+
+
+def score_chart(reranked: pd.DataFrame, *, label_chars: int = 40) -> pd.DataFrame:
+    """Data for the bar chart: one bar per reranked document, labelled by position and opening words."""
+    labels = [f"{i}. {text[:label_chars]}" for i, text in enumerate(reranked[core.TEXT_COLUMN], start=1)]
+    return pd.DataFrame({"document": labels, "score": reranked[core.SCORE_COLUMN].astype(float)})
