@@ -233,14 +233,29 @@ def start_retriever(settings: Settings) -> rc.Retriever:
     return rc.BackgroundRetriever(build, name=name)
 
 
+def build_server(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None,
+                 extra_scorers: list[core.Scorer] | None = None, *, mcp_server: bool = True):
+    """The FastAPI app with the rerank HTTP APIs, the Gradio app mounted at / beside them."""
+    from api import Models, create_api
+
+    api = create_api(Models(scorer, extra_scorers or []), max_documents=settings.max_documents,
+                     max_body_bytes=settings.max_body_bytes, max_queue=settings.max_queue, api_key=settings.api_key)
+    demo = build_demo(settings, scorer, retriever)
+    return gr.mount_gradio_app(api, demo, path="/", mcp_server=mcp_server)
+
+
 def main() -> None:
-    """Load the configured model once and serve the app."""
+    """Load the configured models once and serve the UI, the Gradio API and the HTTP APIs on one port."""
+    import uvicorn
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     scorer = core.get_scorer(settings.model, trust_remote_code=settings.trust_remote_code)
+    extra = [core.get_scorer(m, trust_remote_code=settings.trust_remote_code) for m in settings.extra_models]
     log.info("serving with %s", scorer.info.describe())
-    demo = build_demo(settings, scorer, start_retriever(settings))
-    demo.launch(server_name=settings.server_name, server_port=settings.server_port)
+    server = build_server(settings, scorer, start_retriever(settings), extra)
+    log.info("UI on http://%s:%d/, HTTP API docs on /docs", settings.server_name, settings.server_port)
+    uvicorn.run(server, host=settings.server_name, port=settings.server_port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+VERSION = "0.1.0"
 DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 SEED_RETRIEVAL_URL = "https://ai-blueprint-rag-retrieve.hf.space/"
 

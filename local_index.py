@@ -89,15 +89,17 @@ def _write_index(con, passages: Sequence[Passage], embedder: Embedder, content_h
     """Embed the passages in batches and store them with the hash; returns the embedding size."""
     total = len(passages)
     dim = 0
+    order = sorted(range(total), key=lambda i: len(passages[i].text))  # similar lengths batch with little padding
     for start in range(0, total, batch_size):
-        chunk = passages[start:start + batch_size]
+        ids = order[start:start + batch_size]
+        chunk = [passages[i] for i in ids]
         vectors = embedder.embed([p.text for p in chunk])
         if not dim:
             dim = int(vectors.shape[1])
             con.execute(f"CREATE TABLE passages (id INTEGER PRIMARY KEY, url VARCHAR, text VARCHAR, "
                         f"metadata VARCHAR, embedding FLOAT[{dim}])")
         frame = pd.DataFrame({
-            "id": range(start, start + len(chunk)),
+            "id": ids,
             "url": [p.url for p in chunk],
             "text": [p.text for p in chunk],
             "metadata": [json.dumps(p.metadata, default=str) for p in chunk],

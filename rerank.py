@@ -26,6 +26,7 @@ import pandas as pd
 log = logging.getLogger("rag_augment.rerank")
 
 Mode = Literal["cross-encoder", "embedding"]
+LongDocuments = Literal["truncate", "chunk"]
 TEXT_COLUMN = "text"
 SCORE_COLUMN = "rank"
 PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
@@ -58,7 +59,7 @@ class ModelInfo:
         """A one-line, human description of how scores are computed."""
         if self.mode == "cross-encoder":
             return "cross-encoder relevance (sigmoid of the trained ranking head)"
-        return "embedding similarity (cosine of query and document embeddings)"
+        return "embedding similarity ((1 + cosine) / 2 of query and document embeddings)"
 
     def describe(self) -> str:
         """The sentence the UI and logs show about the active model."""
@@ -151,26 +152,84 @@ class Scorer:
             self._model, self._lock = model, threading.Lock()
         self._batch_size = batch_size
 
-    def score(self, query: str, texts: Sequence[str], *, raw: bool = False) -> np.ndarray:
+    def score(self, query: str, texts: Sequence[str], *, raw: bool = False, long_documents: LongDocuments = "truncate",
+              max_tokens_per_doc: int | None = None, truncate_left: bool = False) -> np.ndarray:
         """Relevance of each text to the query, higher is better.
 
-        Cross-encoders give the sigmoid of the ranking logit (``raw=True``: the logit itself);
-        embedding models give cosine similarity in [-1, 1] either way.
+        Scores are normalised to [0, 1]: the sigmoid of a cross-encoder's ranking logit, or
+        (1 + cosine) / 2 for an embedding model; ``raw=True`` gives the logit or the cosine itself. A text longer than the
+        model's window is either truncated to it (``"truncate"``; ``truncate_left`` keeps its end)
+        or scored by its best window of overlapping chunks (``"chunk"``). ``max_tokens_per_doc``
+        first cuts every text to that many tokens.
         """
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float32)
+        units, owners = self._units(query, list(texts), long_documents, max_tokens_per_doc, truncate_left)
+        unit_scores = self._score_units(query, units, raw=raw)
+        if len(units) == len(texts):
+            return unit_scores
+        best = np.full(len(texts), -np.inf, dtype=np.float32)
+        np.maximum.at(best, owners, unit_scores)
+        return best
+
+    def _window(self, query: str) -> int:
+        """How many document tokens fit beside the query in one forward pass."""
+        tokenizer = self._model.tokenizer
+        if self.info.mode == "cross-encoder":
+            query_tokens = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+            return max(32, self.info.max_length - min(query_tokens, self.info.max_length // 2) - 3)
+        return max(8, self.info.max_length - 2)
+
+    def _units(self, query: str, texts: list[str], long_documents: str, max_tokens: int | None,
+               truncate_left: bool) -> tuple[list[str], np.ndarray]:
+        """The pieces of text to score and which input each belongs to."""
+        if long_documents not in ("truncate", "chunk"):
+            raise RerankError(f"long_documents must be 'truncate' or 'chunk', got {long_documents!r}")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+            raise RerankError(f"max_tokens_per_doc must be a positive integer, got {max_tokens!r}")
+        window = self._window(query)
+        limit = min(window, max_tokens) if long_documents == "truncate" and max_tokens else window
+        candidates = [i for i, t in enumerate(texts) if len(t) > limit]  # a token spans at least one character
+        if not candidates:
+            return texts, np.arange(len(texts))
+        encoded = self._model.tokenizer([texts[i] for i in candidates], add_special_tokens=False,
+                                        return_offsets_mapping=True, truncation=False, verbose=False)
+        pieces: dict[int, list[str]] = {}
+        for i, offsets in zip(candidates, encoded["offset_mapping"], strict=True):
+            text = texts[i]
+            if max_tokens:
+                offsets = offsets[:max_tokens]
+            if long_documents == "truncate" or len(offsets) <= window:
+                if len(offsets) > window:
+                    offsets = offsets[-window:] if truncate_left else offsets[:window]
+                if offsets:
+                    pieces[i] = [text[offsets[0][0]:offsets[-1][1]]]
+                continue
+            stride = max(1, window * 3 // 4)
+            starts = range(0, max(1, len(offsets) - window + stride), stride)
+            pieces[i] = [text[offsets[s][0]:offsets[min(s + window, len(offsets)) - 1][1]] for s in starts
+                         if s < len(offsets)]
+        units: list[str] = []
+        owners: list[int] = []
+        for i, text in enumerate(texts):
+            for piece in pieces.get(i, [text]):
+                units.append(piece)
+                owners.append(i)
+        return units, np.asarray(owners)
+
+    def _score_units(self, query: str, units: list[str], *, raw: bool) -> np.ndarray:
+        """One forward pass per unit (batched)."""
         if self.info.mode == "cross-encoder":
             import torch
 
             kwargs = {"activation_fn": torch.nn.Identity()} if raw else {}
             with self._lock:
-                scores = self._model.predict([(query, t) for t in texts], batch_size=self._batch_size,
+                scores = self._model.predict([(query, t) for t in units], batch_size=self._batch_size,
                                              show_progress_bar=False, **kwargs)
-            return np.asarray(scores, dtype=np.float32).reshape(len(texts))
+            return np.asarray(scores, dtype=np.float32).reshape(len(units))
         q = self.embed([query], query=True)
-        d = self.embed(texts)
-        return np.asarray(d @ q[0], dtype=np.float32)
-
+        cosine = np.asarray(self.embed(units) @ q[0], dtype=np.float32)
+        return cosine if raw else (cosine + 1.0) / 2.0
 
     @property
     def fingerprint(self) -> str:
@@ -289,6 +348,19 @@ def duplicate_positions(texts: Sequence[str]) -> list[int]:
     return dropped
 
 
+def score_unique(scorer: Scorer, query: str, texts: Sequence[str], **options) -> np.ndarray:
+    """Score every text, computing each distinct text once (duplicates share their first copy's score)."""
+    first: dict[str, int] = {}
+    unique: list[str] = []
+    where = np.empty(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        if text not in first:
+            first[text] = len(unique)
+            unique.append(text)
+        where[i] = first[text]
+    return scorer.score(query, unique, **options)[where]
+
+
 @dataclass
 class RerankResult:
     """A reranked table and what happened on the way: dropped duplicates and the model used."""
@@ -307,7 +379,7 @@ class RerankResult:
 
 
 def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, *, scorer: Scorer,
-                 max_documents: int = 1000) -> RerankResult:
+                 max_documents: int = 1000, long_documents: LongDocuments = "truncate") -> RerankResult:
     """Rerank a documents table and report what was dropped.
 
     Duplicate texts are dropped (first kept), every pair is scored, a ``rank`` column (relevance,
@@ -323,7 +395,7 @@ def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, 
     keep = np.ones(len(texts), dtype=bool)
     keep[dropped] = False
     table = documents.iloc[np.flatnonzero(keep)].copy()
-    scores = scorer.score(query, table[TEXT_COLUMN].tolist())
+    scores = scorer.score(query, table[TEXT_COLUMN].tolist(), long_documents=long_documents)
     if SCORE_COLUMN in table.columns:
         table = table.drop(columns=SCORE_COLUMN)
     table[SCORE_COLUMN] = scores.astype(float)

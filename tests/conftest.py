@@ -122,3 +122,23 @@ def small_corpus():
     import corpus
 
     return corpus.builtin_passages(modules={"json", "tempfile", "threading", "zipfile"})
+
+
+def serve_in_thread(app, host: str = "127.0.0.1"):
+    """Run an ASGI app with uvicorn on a free loopback port; returns (base_url, server)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise RuntimeError("test server did not start")
+    return f"http://{host}:{port}", server

@@ -76,7 +76,7 @@ def test_api_page_lists_rerank_with_its_parameters(live_app, client):
     info = client.view_api(print_info=False, return_format="dict")
     params = [p["parameter_name"] for p in info["named_endpoints"]["/rerank"]["parameters"]]
     assert params == ["query", "documents"]
-    assert set(info["named_endpoints"]) == {"/rerank"}
+    assert set(info["named_endpoints"]) == {"/rerank", "/similarity_search", "/retrieve_and_rerank"}
     page = httpx.get(live_app.rstrip("/") + "/gradio_api/info", timeout=10).json()
     assert "/rerank" in page["named_endpoints"]
 

@@ -27,8 +27,11 @@ def test_packaged_model_scores_relevant_documents_clearly_higher(packaged_scorer
     assert packaged_scorer.info.mode == "embedding"
     scores = packaged_scorer.score(QUERY, RELEVANT + UNRELATED)
     relevant, unrelated = scores[:3], scores[3:]
-    assert relevant.min() > unrelated.max() + 0.2, scores
-    assert np.all(scores <= 1.0001) and np.all(scores >= -1.0001)
+    assert relevant.min() > unrelated.max() + 0.1, scores
+    assert np.all(scores <= 1.0) and np.all(scores >= 0.0)
+    cosine = packaged_scorer.score(QUERY, RELEVANT + UNRELATED, raw=True)
+    np.testing.assert_allclose(scores, (cosine + 1) / 2, rtol=1e-6)
+    assert cosine[:3].min() > 0.3 and cosine[3:].max() < 0.15
 
 
 def test_rerank_orders_dedups_and_keeps_columns(packaged_scorer):
@@ -167,3 +170,43 @@ def test_corrupt_model_folder_falls_back(tmp_path):
     with pytest.raises(core.ModelLoadError, match="unreadable"):
         core.load_scorer(str(tmp_path), allow_fallback=False)
     assert "unreadable" in core.load_scorer(str(tmp_path)).info.fallback_reason
+
+
+FILLER = " ".join(f"The committee reviewed item {i} of the quarterly budget and approved the minutes." for i in range(80))
+NEEDLE = "Artificial intelligence will transform medicine and science in the coming decade."
+
+
+def test_long_document_best_chunk_finds_a_late_passage(packaged_scorer):
+    long_doc = FILLER + " " + NEEDLE
+    truncated, chunked = (packaged_scorer.score(QUERY, [long_doc], long_documents=mode)[0] for mode in ("truncate", "chunk"))
+    needle_alone = packaged_scorer.score(QUERY, [NEEDLE])[0]
+    assert chunked > truncated + 0.1
+    assert chunked <= needle_alone + 1e-6  # the best window contains the needle among some filler
+    # max_tokens_per_doc cuts the document before chunking: the needle is gone
+    cut = packaged_scorer.score(QUERY, [long_doc], long_documents="chunk", max_tokens_per_doc=200)[0]
+    assert cut == pytest.approx(truncated, abs=0.025)
+    # truncating from the left keeps the end, where the needle is
+    left = packaged_scorer.score(QUERY, [long_doc], truncate_left=True)[0]
+    assert left > truncated + 0.05
+
+
+def test_long_document_chunks_with_a_cross_encoder(tiny_scorer):
+    long_doc = FILLER * 3 + " " + NEEDLE
+    units, owners = tiny_scorer._units(QUERY, ["short", long_doc], "chunk", None, False)
+    assert units[0] == "short" and owners.tolist()[0] == 0 and len(units) > 3 and set(owners[1:].tolist()) == {1}
+    assert units[-1].endswith(NEEDLE)
+    scores = tiny_scorer.score(QUERY, ["short", long_doc], long_documents="chunk", raw=True)
+    per_unit = tiny_scorer.score(QUERY, units[1:], raw=True)
+    assert scores[1] == pytest.approx(per_unit.max(), rel=1e-5)
+
+
+def test_score_unique_scores_each_text_once(packaged_scorer):
+    texts = [RELEVANT[0], UNRELATED[0], RELEVANT[0]]
+    scores = core.score_unique(packaged_scorer, QUERY, texts)
+    assert scores[0] == scores[2] and scores[0] > scores[1]
+
+
+@pytest.mark.parametrize(("option", "value"), [("long_documents", "split"), ("max_tokens_per_doc", 0)])
+def test_bad_long_document_options(packaged_scorer, option, value):
+    with pytest.raises(core.RerankError, match=option):
+        packaged_scorer.score(QUERY, ["a"], **{option: value})

@@ -33,10 +33,15 @@ def test_unreachable_space():
         rc.similarity_search("q", k=1, url="http://127.0.0.1:9/", timeout=3)
 
 
-def test_no_url(monkeypatch):
-    monkeypatch.delenv("RETRIEVAL_URL", raising=False)
+def test_no_url_means_the_local_index(monkeypatch, tmp_path, packaged_scorer):
     with pytest.raises(rc.RetrievalError, match="RETRIEVAL_URL"):
-        rc.similarity_search("q")
+        rc.RemoteRetriever("")
+    (tmp_path / "notes.md").write_text("Sourdough bread needs a starter.\n\nA sloop has one mast.")
+    monkeypatch.delenv("RETRIEVAL_URL", raising=False)
+    monkeypatch.setenv("CORPUS_PATH", str(tmp_path / "notes.md"))
+    monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
+    hits = rc.similarity_search("which boat has a single mast?", k=1)
+    assert hits["text"].tolist() == ["A sloop has one mast."] or "sloop" in hits["text"].iloc[0]
 
 
 @pytest.mark.parametrize(("query", "k", "message"), [("", 5, "query is empty"), ("q", 0, "k must be"),
