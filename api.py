@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rerank as core
 from config import VERSION
@@ -200,6 +201,11 @@ def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.error_type, exc.headers)
 
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "Validation" if exc.status_code in (400, 413, 415, 422) else "HTTP"
+        return error_response(exc.status_code, str(exc.detail), kind, getattr(exc, "headers", None))
+
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
@@ -302,11 +308,12 @@ def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int
         default = models.default.info
         return {"version": VERSION, "model_id": default.name, "model": default.as_dict(), "models": models.names,
                 "scoring": default.mode_description, "long_documents": "best window of overlapping chunks",
+                "gradio_fusion": core.DEFAULT_POLICY.describe(default.mode),
                 "max_input_length": default.max_length, "max_client_batch_size": max_documents,
                 "limits": {"max_documents": max_documents, "max_body_bytes": max_body_bytes, "max_queue": max_queue},
                 "auth": bool(api_key)}
 
-    @api.get("/metrics", tags=["service"])
+    @api.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
         """Prometheus text: requests, documents scored, latency histogram, errors, by route."""
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)

@@ -43,6 +43,31 @@ EXAMPLES = [
 ]
 
 
+def documents_from_payload(payload: object, *, max_documents: int) -> pd.DataFrame:
+    """The Dataframe wire shape ``{headers, data, metadata}`` as a table, checked with clear messages.
+
+    Gradio's own preprocessing is bypassed for ``/rerank`` so that a malformed table is named
+    precisely, and never echoed back in the error.
+    """
+    if isinstance(payload, pd.DataFrame):
+        return payload
+    if not isinstance(payload, dict) or "data" not in payload:
+        raise core.RerankError("documents must be a table: {\"headers\": [column names], \"data\": [rows]}, "
+                               f"got {type(payload).__name__}")
+    headers, rows = payload.get("headers"), payload["data"]
+    if not isinstance(headers, list) or not all(isinstance(h, (str, int, float)) for h in headers):
+        raise core.RerankError("documents.headers must be a list of column names")
+    if not isinstance(rows, list) or not all(isinstance(r, (list, tuple)) for r in rows):
+        raise core.RerankError("documents.data must be a list of rows, each a list of cells")
+    if len(rows) > max_documents:
+        raise core.RerankError(f"documents has {len(rows)} rows; the limit is {max_documents} (RERANK_MAX_DOCUMENTS)")
+    ragged = [i for i, r in enumerate(rows) if len(r) != len(headers)]
+    if ragged and rows != [[]]:
+        shown = ", ".join(str(i) for i in ragged[:10]) + (" …" if len(ragged) > 10 else "")
+        raise core.RerankError(f"documents.data rows {shown} do not have {len(headers)} cells, one per header")
+    return pd.DataFrame([] if rows == [[]] else rows, columns=[str(h) for h in headers])
+
+
 def make_rerank_handler(scorer: core.Scorer, max_documents: int):
     """The ``/rerank`` endpoint: the seed's call, a table in, the reranked table out."""
 
@@ -53,7 +78,8 @@ def make_rerank_handler(scorer: core.Scorer, max_documents: int):
         rows are sorted by it; every other column is returned unchanged.
         """
         try:
-            return core.rerank_table(query, documents, scorer=scorer, max_documents=max_documents).table
+            table = documents_from_payload(documents, max_documents=max_documents)
+            return core.rerank_table(query, table, scorer=scorer, max_documents=max_documents).table
         except core.RerankError as exc:
             raise gr.Error(str(exc)) from None
 
@@ -152,7 +178,8 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
     with gr.Blocks(title="rag-augment: rerank retrieved documents") as demo:
         gr.Markdown(
             "# RAG - Augment\n\nReranks retrieved documents by relevance to a question, so the LLM sees "
-            f"the best ones first.\n\n**Model:** `{info.name}`, scoring by **{info.mode_description}**."
+            f"the best ones first.\n\n**Model:** `{info.name}`, scoring by **{info.mode_description}**; "
+            f"final score: {core.DEFAULT_POLICY.describe(info.mode)}."
             f"{fallback}"
         )
         with gr.Tab("Rerank"):
@@ -161,8 +188,8 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                                      headers=list(EXAMPLE_DOCUMENTS.columns), wrap=True, interactive=True,
                                      type="pandas", elem_id="documents")
             submit = gr.Button("Submit", variant="primary", elem_id="submit")
-            reranked = gr.Dataframe(label="Reranked documents", wrap=True, interactive=False,
-                                    type="pandas", elem_id="reranked")
+            reranked = gr.Dataframe(label="Reranked documents", wrap=True, interactive=False, type="pandas",
+                                    headers=[*EXAMPLE_DOCUMENTS.columns, core.SCORE_COLUMN], elem_id="reranked")
             status = gr.Markdown(elem_id="status")
             gr.Examples(examples=EXAMPLES, inputs=[query, documents])
         with gr.Tab("Retrieve & rerank"):
@@ -178,8 +205,10 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
             p_status = gr.Markdown(elem_id="pipeline-status")
             with gr.Row():
                 retrieved_out = gr.Dataframe(label="Retrieved (first stage)", wrap=True, interactive=False,
+                                             headers=["retrieved_position", "url", "text", "distance"],
                                              elem_id="retrieved")
                 reranked_out = gr.Dataframe(label="Reranked (best top_n)", wrap=True, interactive=False,
+                                            headers=["retrieved_position", "url", "text", "distance", "rank", "move"],
                                             elem_id="pipeline-reranked")
             chart = gr.BarPlot(x="document", y="score", title="Rerank scores", sort="-y", x_label_angle=-30,
                                label="Rerank scores")
@@ -192,7 +221,7 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                                  file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"])
                 index_btn = gr.Button("Index this file")
         submit.click(make_rerank_handler(scorer, settings.max_documents), inputs=[query, documents],
-                     outputs=[reranked], api_name="rerank").success(
+                     outputs=[reranked], api_name="rerank", preprocess=False).success(
             describe_run, inputs=[documents, reranked], outputs=[status], api_visibility="private")
         search.click(similarity_search, inputs=[p_query, p_k], outputs=[retrieved_out], api_name="similarity_search")
         run.click(pipeline_ui, inputs=[p_query, p_k, p_top], outputs=[retrieved_out, reranked_out, chart, p_status],

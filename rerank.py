@@ -11,9 +11,11 @@ embeddings. A randomly initialised head is never used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -141,15 +143,61 @@ def detect_mode(model_dir: Path) -> Mode:
     return "cross-encoder"
 
 
+class EmbeddingCache:
+    """A bounded LRU of document embeddings keyed by a digest of the text (embedding mode).
+
+    Document embeddings do not depend on the query, so a passage seen again (the same candidates
+    for another question, the local corpus) is not re-encoded.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        """A 16-byte digest: long texts do not sit in memory twice."""
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        """The cached vectors among ``keys`` (refreshing their recency)."""
+        found: dict[bytes, np.ndarray] = {}
+        with self._lock:
+            for k in keys:
+                vector = self._data.get(k)
+                if vector is not None:
+                    self._data.move_to_end(k)
+                    found[k] = vector
+            self.hits += len(found)
+            self.misses += len(set(keys)) - len(found)
+        return found
+
+    def put_many(self, items: dict[bytes, np.ndarray]) -> None:
+        """Store vectors, evicting the least recently used beyond capacity."""
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._data.update(items)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 class Scorer:
     """A loaded model that scores (query, document) pairs; thread-safe, one forward pass at a time."""
 
-    def __init__(self, info: ModelInfo, model: object, *, batch_size: int = 32) -> None:
+    def __init__(self, info: ModelInfo, model: object, *, batch_size: int = 32, cache_size: int = 20_000) -> None:
         self.info = info
-        if isinstance(model, Scorer):  # a second name for an already loaded model: share it
-            self._model, self._lock = model._model, model._lock
+        if isinstance(model, Scorer):  # a second name for an already loaded model: share it and its cache
+            self._model, self._lock, self._cache = model._model, model._lock, model._cache
         else:
             self._model, self._lock = model, threading.Lock()
+            self._cache = EmbeddingCache(cache_size)
         self._batch_size = batch_size
 
     def score(self, query: str, texts: Sequence[str], *, raw: bool = False, long_documents: LongDocuments = "truncate",
@@ -243,9 +291,26 @@ class Scorer:
         if self.info.mode != "embedding":
             raise ModelLoadError(f"{self.info.name} is a cross-encoder; it has no embeddings")
         encode = self._model.encode_query if query else self._model.encode_document
-        with self._lock:
-            return np.asarray(encode(list(texts), batch_size=self._batch_size, normalize_embeddings=True,
-                                     show_progress_bar=False), dtype=np.float32)
+        if query:
+            with self._lock:
+                return np.asarray(encode(list(texts), batch_size=self._batch_size, normalize_embeddings=True,
+                                         show_progress_bar=False), dtype=np.float32)
+        keys = [EmbeddingCache.key(t) for t in texts]
+        found = self._cache.get_many(keys)
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
+        if missing:
+            with self._lock:
+                fresh = np.asarray(encode([texts[i] for i in missing], batch_size=self._batch_size,
+                                          normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
+            for i, vector in zip(missing, fresh, strict=True):
+                found[keys[i]] = vector
+            self._cache.put_many({keys[i]: found[keys[i]] for i in missing})
+        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        """The document-embedding cache (embedding mode), for metrics."""
+        return self._cache
 
 
 def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *,
@@ -348,6 +413,46 @@ def duplicate_positions(texts: Sequence[str]) -> list[int]:
     return dropped
 
 
+Fusion = Literal["none", "rrf", "interpolate"]
+
+
+def ranks_of(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of each item by descending score, ties in input order."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1]; a constant list becomes all zeros."""
+    values = np.asarray(values, dtype=np.float64)
+    span = values.max() - values.min() if len(values) else 0.0
+    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+
+def fuse(rerank_scores: np.ndarray, first_stage: np.ndarray, *, method: Fusion = "rrf", rrf_k: int = 60,
+         weight: float = 0.5) -> np.ndarray:
+    """Combine the reranker's scores with the first stage's (higher is better in both).
+
+    ``rrf``: weighted reciprocal-rank fusion, ``weight/(k + rank_rerank) + (1-weight)/(k + rank_first)``,
+    rescaled so the best possible value is 1; ``interpolate``: ``weight * minmax(rerank) +
+    (1-weight) * minmax(first_stage)``; ``none``: the reranker's scores unchanged.
+    """
+    rerank_scores = np.asarray(rerank_scores, dtype=np.float64)
+    first_stage = np.asarray(first_stage, dtype=np.float64)
+    if method == "none":
+        return rerank_scores
+    if len(first_stage) != len(rerank_scores) or not np.all(np.isfinite(first_stage)):
+        raise RerankError("first-stage scores must be finite numbers, one per document")
+    if method == "rrf":
+        fused = weight / (rrf_k + ranks_of(rerank_scores)) + (1 - weight) / (rrf_k + ranks_of(first_stage))
+        return fused * (rrf_k + 1)
+    if method == "interpolate":
+        return weight * _minmax(rerank_scores) + (1 - weight) * _minmax(first_stage)
+    raise RerankError(f"fusion must be 'none', 'rrf' or 'interpolate', got {method!r}")
+
+
 def score_unique(scorer: Scorer, query: str, texts: Sequence[str], **options) -> np.ndarray:
     """Score every text, computing each distinct text once (duplicates share their first copy's score)."""
     first: dict[str, int] = {}
@@ -368,6 +473,7 @@ class RerankResult:
     table: pd.DataFrame
     duplicates: list = field(default_factory=list)
     model: ModelInfo | None = None
+    fused: bool = False
 
     @property
     def summary(self) -> str:
@@ -378,13 +484,62 @@ class RerankResult:
         return f"{len(self.table)} documents returned{dup}"
 
 
+FIRST_STAGE_COLUMN = "distance"
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    """How the final score is made from the model's score and the first stage's, where one is given.
+
+    The default is what won on the dev collections (``bench/quality.py``): for an embedding model,
+    ``0.7 * minmax(model) + 0.3 * minmax(first stage)``; a cross-encoder's score is used alone.
+    """
+
+    fusion: Fusion | Literal["auto"] = "auto"
+    weight: float = 0.7
+    rrf_k: int = 60
+    first_stage_column: str = FIRST_STAGE_COLUMN
+
+    def method_for(self, mode: Mode) -> Fusion:
+        """The fusion rule in force for a model of this mode."""
+        if self.fusion != "auto":
+            return self.fusion
+        return "interpolate" if mode == "embedding" else "none"
+
+    def describe(self, mode: Mode) -> str:
+        """A sentence for the UI and /info."""
+        method = self.method_for(mode)
+        if method == "none":
+            return "model score alone"
+        rule = (f"{self.weight:g} x min-max(model) + {1 - self.weight:g} x min-max(first stage)" if method == "interpolate"
+                else f"reciprocal-rank fusion (k={self.rrf_k}, model weight {self.weight:g})")
+        return f"{rule} when a `{self.first_stage_column}` column (lower is closer) comes with the documents"
+
+
+DEFAULT_POLICY = ScoringPolicy()
+
+
+def first_stage_scores(table: pd.DataFrame, column: str) -> np.ndarray | None:
+    """Higher-is-better first-stage scores from a distance column, or None when it is absent or not all numbers."""
+    if sum(1 for c in table.columns if c == column) != 1:
+        return None
+    values = table[column].tolist()
+    if not values or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                             for v in values):
+        return None
+    array = -np.asarray(values, dtype=np.float64)
+    return array if np.all(np.isfinite(array)) else None
+
+
 def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, *, scorer: Scorer,
-                 max_documents: int = 1000, long_documents: LongDocuments = "truncate") -> RerankResult:
+                 max_documents: int = 1000, long_documents: LongDocuments = "truncate",
+                 policy: ScoringPolicy = DEFAULT_POLICY) -> RerankResult:
     """Rerank a documents table and report what was dropped.
 
     Duplicate texts are dropped (first kept), every pair is scored, a ``rank`` column (relevance,
     higher is better) is added or replaced, rows are sorted by it descending with ties in input
     order, every other column is kept as it came, and the result is cut to ``top_n`` when given.
+    Where the table carries first-stage distances, ``policy`` says how they are fused in.
     """
     query = validate_query(query)
     documents = validate_documents(documents, max_documents=max_documents)
@@ -395,18 +550,23 @@ def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, 
     keep = np.ones(len(texts), dtype=bool)
     keep[dropped] = False
     table = documents.iloc[np.flatnonzero(keep)].copy()
-    scores = scorer.score(query, table[TEXT_COLUMN].tolist(), long_documents=long_documents)
+    scores = scorer.score(query, table[TEXT_COLUMN].tolist(), long_documents=long_documents).astype(np.float64)
+    method = policy.method_for(scorer.info.mode)
+    first = first_stage_scores(table, policy.first_stage_column) if method != "none" else None
+    if first is not None:
+        scores = fuse(scores, first, method=method, rrf_k=policy.rrf_k, weight=policy.weight)
     if SCORE_COLUMN in table.columns:
         table = table.drop(columns=SCORE_COLUMN)
-    table[SCORE_COLUMN] = scores.astype(float)
-    order = np.argsort(-table[SCORE_COLUMN].to_numpy(), kind="stable")
+    table[SCORE_COLUMN] = scores
+    order = np.argsort(-scores, kind="stable")
     table = table.iloc[order]
     if top_n is not None:
         table = table.iloc[: int(top_n)]
     dropped_labels = [documents.index[i] for i in dropped]
     if dropped_labels:
         log.info("dropped %d duplicate texts", len(dropped_labels))
-    return RerankResult(table=table, duplicates=dropped_labels, model=scorer.info)
+    return RerankResult(table=table, duplicates=dropped_labels, model=scorer.info,
+                        fused=first is not None)
 
 
 def rerank(query: str, documents: pd.DataFrame, top_n: int | None = None, *, model: str | None = None,

@@ -210,3 +210,25 @@ def test_score_unique_scores_each_text_once(packaged_scorer):
 def test_bad_long_document_options(packaged_scorer, option, value):
     with pytest.raises(core.RerankError, match=option):
         packaged_scorer.score(QUERY, ["a"], **{option: value})
+
+
+def test_default_policy_fuses_first_stage_distance_for_embedding_models(packaged_scorer, tiny_scorer):
+    docs = pd.DataFrame({"text": RELEVANT + UNRELATED, "distance": [0.9, 0.2, 0.5, 0.1, 0.3, 0.8]})
+    result = core.rerank_table(QUERY, docs, scorer=packaged_scorer, max_documents=10)
+    model = packaged_scorer.score(QUERY, docs["text"].tolist()).astype(float)
+    expected = core.fuse(model, -docs["distance"].to_numpy(), method="interpolate", weight=0.7)
+    assert result.fused
+    np.testing.assert_allclose(result.table.sort_index()["rank"].to_numpy(), expected)
+    # a distance column that is not all numbers is ignored, not an error
+    broken = docs.assign(distance=[0.1, None, "far", 0.2, 0.3, 0.4])
+    plain = core.rerank_table(QUERY, broken, scorer=packaged_scorer, max_documents=10)
+    assert not plain.fused
+    np.testing.assert_allclose(plain.table.sort_index()["rank"].to_numpy(), model, rtol=1e-6)
+    # a cross-encoder's score is used alone under the default policy
+    ce = core.rerank_table(QUERY, docs, scorer=tiny_scorer, max_documents=10)
+    assert not ce.fused
+    assert core.DEFAULT_POLICY.method_for("cross-encoder") == "none"
+    assert "0.7 x min-max(model)" in core.DEFAULT_POLICY.describe("embedding")
+    rrf = core.rerank_table(QUERY, docs, scorer=packaged_scorer, max_documents=10,
+                            policy=core.ScoringPolicy(fusion="rrf", weight=0.5))
+    assert rrf.fused and rrf.table["rank"].max() <= 1.0

@@ -1,0 +1,288 @@
+"""Measure ranking quality on a labelled collection (BEIR layout) through the app's scoring core.
+
+``python evaluate.py DATASET_DIR [--candidates RUN.trec] [--model ID_OR_PATH] [--run-out FILE]
+[--limit N] [--plot FILE.png] [--json] [--scoring NAME]``
+
+It reranks every judged query's first-stage candidates and reports nDCG@10, MRR@10 and Recall@10
+(ir-measures, trec_eval conventions: graded gains; MRR counts label >= 2 on TREC DL, else >= 1)
+for the first stage and the reranked run, with per-query wins, ties and losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import rerank as core
+
+METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@10")
+Run = dict[str, list[tuple[str, float]]]
+Scored = dict[str, tuple[list[str], np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How reranked scores are made: the model's score, fused with the first stage or not."""
+
+    name: str
+    fusion: core.Fusion = "none"
+    weight: float = 0.5
+    rrf_k: int = 60
+    long_documents: core.LongDocuments = "truncate"
+
+    def combine(self, model_scores: np.ndarray, first_stage: np.ndarray) -> np.ndarray:
+        """Final scores for one query's candidates."""
+        return core.fuse(model_scores, first_stage, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight)
+
+
+    @classmethod
+    def from_policy(cls, policy: core.ScoringPolicy, mode: core.Mode) -> Scoring:
+        """The app's scoring for a model of this mode (what ``/rerank`` and the pipeline do)."""
+        return cls("default", fusion=policy.method_for(mode), weight=policy.weight, rrf_k=policy.rrf_k)
+
+
+SCORINGS = {
+    "rerank": Scoring("rerank"),
+    "rrf": Scoring("rrf", fusion="rrf"),
+    "interpolate": Scoring("interpolate", fusion="interpolate", weight=0.7),
+}
+
+
+@dataclass
+class Dataset:
+    """A BEIR-layout collection: documents, judged queries, graded judgments."""
+
+    name: str
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+    @property
+    def mrr_threshold(self) -> int:
+        """TREC DL counts a passage relevant for MRR at label 2; the other sets at 1."""
+        return 2 if "trec-dl" in self.name else 1
+
+
+def _jsonl(path: Path) -> Iterable[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def document_text(title: str, text: str) -> str:
+    """Title and body as one text (the title once, where the body already starts with it)."""
+    title, text = (title or "").strip(), (text or "").strip()
+    return text if not title or text.lower().startswith(title.lower()) else f"{title} {text}"
+
+
+def load_dataset(folder: str | Path) -> Dataset:
+    """Read corpus.jsonl(.gz), queries.jsonl and qrels/test.tsv."""
+    folder = Path(folder)
+    corpus_file = next((folder / n for n in ("corpus.jsonl.gz", "corpus.jsonl") if (folder / n).is_file()), None)
+    if corpus_file is None or not (folder / "queries.jsonl").is_file() or not (folder / "qrels" / "test.tsv").is_file():
+        raise FileNotFoundError(f"{folder} is not a BEIR-layout folder (corpus.jsonl[.gz], queries.jsonl, qrels/test.tsv)")
+    corpus = {str(d["_id"]): document_text(d.get("title", ""), d.get("text", "")) for d in _jsonl(corpus_file)}
+    queries = {str(q["_id"]): q["text"] for q in _jsonl(folder / "queries.jsonl")}
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as handle:
+        for i, line in enumerate(handle):
+            parts = line.rstrip("\n").split("\t")
+            if i == 0 and not parts[-1].lstrip("-").isdigit():
+                continue
+            qrels[parts[0]][parts[1]] = int(parts[2])
+    return Dataset(folder.name, corpus, queries, dict(qrels))
+
+
+def read_run(path: str | Path) -> dict[str, list[tuple[str, float]]]:
+    """A TREC run (``qid Q0 docid rank score tag``) as each query's (docid, score), best first."""
+    run: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) >= 6:
+                run[parts[0]].append((parts[2], float(parts[4])))
+    return {q: sorted(docs, key=lambda d: -d[1]) for q, docs in run.items()}
+
+
+def write_run(run: dict[str, list[tuple[str, float]]], path: str | Path, tag: str = "rag-augment") -> None:
+    """Write a TREC run, each query's documents by descending score with ranks from 1."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for qid in sorted(run, key=lambda q: (len(q), q)):
+            for rank, (doc, score) in enumerate(sorted(run[qid], key=lambda d: -d[1]), start=1):
+                handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
+
+
+def measure(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], *,
+            mrr_threshold: int = 1) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Mean and per-query nDCG@10, MRR@10, Recall@10 over the judged queries (ir-measures / trec_eval)."""
+    import ir_measures
+    from ir_measures import RR, R, nDCG
+
+    measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR(rel=mrr_threshold) @ 10, "recall@10": R @ 10}
+    judged = {q: docs for q, docs in qrels.items() if q in run}
+    qrel_list = [ir_measures.Qrel(q, d, rel) for q, docs in judged.items() for d, rel in docs.items()]
+    scored = [ir_measures.ScoredDoc(q, d, s) for q, docs in run.items() if q in judged for d, s in docs]
+    per_query: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(measures, 0.0))
+    names = {v: k for k, v in measures.items()}
+    for metric in ir_measures.iter_calc(list(measures.values()), qrel_list, scored):
+        per_query[metric.query_id][names[metric.measure]] = float(metric.value)
+    for q in judged:  # a judged query the run misses scores 0
+        per_query[q]
+    means = {k: float(np.mean([per_query[q][k] for q in judged])) if judged else 0.0 for k in measures}
+    return means, dict(per_query)
+
+
+def score_candidates(dataset: Dataset, candidates: dict[str, list[tuple[str, float]]], scorer: core.Scorer, *,
+                     long_documents: core.LongDocuments = "truncate", limit: int | None = None,
+                     progress: Callable[[int, int, float], None] | None = None) -> Scored:
+    """Model scores for each judged query's candidates: {qid: (docids, first-stage scores, model scores)}."""
+    qids = [q for q in candidates if q in dataset.qrels and q in dataset.queries]
+    qids = sorted(qids, key=lambda q: (len(q), q))[:limit] if limit else sorted(qids, key=lambda q: (len(q), q))
+    out = {}
+    started, pairs = time.perf_counter(), 0
+    for n, qid in enumerate(qids, start=1):
+        docs = [(d, s) for d, s in candidates[qid] if d in dataset.corpus]
+        ids = [d for d, _ in docs]
+        model_scores = core.score_unique(scorer, dataset.queries[qid], [dataset.corpus[d] for d in ids],
+                                         long_documents=long_documents)
+        out[qid] = (ids, np.array([s for _, s in docs], dtype=np.float64), model_scores.astype(np.float64))
+        pairs += len(ids)
+        if progress:
+            progress(n, len(qids), pairs / max(time.perf_counter() - started, 1e-9))
+    return out
+
+
+def build_run(scored: Scored, scoring: Scoring) -> Run:
+    """The reranked run under one scoring configuration."""
+    return {q: list(zip(ids, scoring.combine(model, first).tolist(), strict=True))
+            for q, (ids, first, model) in scored.items()}
+
+
+def compare(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]], metric: str = "ndcg@10") -> dict[str, int]:
+    """Per-query wins, ties and losses of ``second`` over ``first``."""
+    counts = {"wins": 0, "ties": 0, "losses": 0}
+    for q, values in first.items():
+        delta = second.get(q, {}).get(metric, 0.0) - values[metric]
+        counts["wins" if delta > 1e-9 else "losses" if delta < -1e-9 else "ties"] += 1
+    return counts
+
+
+def evaluate(dataset_dir: str | Path, *, candidates: str | Path | None = None, scorer: core.Scorer,
+             scoring: Scoring | None = None, limit: int | None = None,
+             progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Rerank a collection's candidate pools and compare with the first stage; a JSON-ready report."""
+    started = time.perf_counter()
+    scoring = scoring or Scoring.from_policy(core.DEFAULT_POLICY, scorer.info.mode)
+    dataset = load_dataset(dataset_dir)
+    pools = read_run(candidates or Path(dataset_dir) / "candidates" / "bm25_top100.trec")
+    scored = score_candidates(dataset, pools, scorer, long_documents=scoring.long_documents, limit=limit,
+                              progress=progress)
+    first_run = {q: list(zip(ids, first.tolist(), strict=True)) for q, (ids, first, _) in scored.items()}
+    reranked_run = build_run(scored, scoring)
+    qrels = {q: dataset.qrels[q] for q in scored}
+    first_means, first_per_query = measure(qrels, first_run, mrr_threshold=dataset.mrr_threshold)
+    rerank_means, rerank_per_query = measure(qrels, reranked_run, mrr_threshold=dataset.mrr_threshold)
+    return {
+        "dataset": dataset.name, "queries": len(scored), "model": scorer.info.name, "mode": scorer.info.mode,
+        "scoring": scoring.name, "first_stage": first_means, "reranked": rerank_means,
+        "difference": {k: rerank_means[k] - first_means[k] for k in METRIC_NAMES},
+        "per_query": compare(first_per_query, rerank_per_query),
+        "seconds": time.perf_counter() - started,
+        "_runs": {"reranked": reranked_run, "first_per_query": first_per_query, "rerank_per_query": rerank_per_query},
+    }
+
+
+def plot(report: dict, path: str | Path) -> None:
+    """Per-query nDCG@10 change (sorted) and the summary bars, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first, second = report["_runs"]["first_per_query"], report["_runs"]["rerank_per_query"]
+    deltas = sorted(second[q]["ndcg@10"] - first[q]["ndcg@10"] for q in first)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    left.bar(range(len(deltas)), deltas, color=["#2a9d8f" if d > 0 else "#e76f51" for d in deltas], width=1.0)
+    left.axhline(0, color="black", linewidth=0.6)
+    left.set(title=f"{report['dataset']}: nDCG@10 change per query ({report['scoring']})", xlabel="queries (sorted)",
+             ylabel="reranked - first stage")
+    names = list(METRIC_NAMES)
+    x = np.arange(len(names))
+    right.bar(x - 0.2, [report["first_stage"][n] for n in names], 0.4, label="first stage")
+    right.bar(x + 0.2, [report["reranked"][n] for n in names], 0.4, label="reranked")
+    right.set_xticks(x, names)
+    right.set(ylim=(0, 1), title=f"{report['queries']} queries; W/T/L {report['per_query']['wins']}/"
+                                 f"{report['per_query']['ties']}/{report['per_query']['losses']}")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _print_report(report: dict) -> None:
+    print(f"{report['dataset']}: {report['queries']} queries, model {report['model']} ({report['mode']}), "
+          f"scoring {report['scoring']}, {report['seconds']:.1f} s")
+    print(f"{'metric':<10} {'first stage':>12} {'reranked':>10} {'difference':>11}")
+    for name in METRIC_NAMES:
+        print(f"{name:<10} {report['first_stage'][name]:>12.4f} {report['reranked'][name]:>10.4f} "
+              f"{report['difference'][name]:>+11.4f}")
+    pq = report["per_query"]
+    print(f"per query (nDCG@10): {pq['wins']} wins, {pq['ties']} ties, {pq['losses']} losses")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; see the module docstring."""
+    from config import Settings
+
+    parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset_dir")
+    parser.add_argument("--candidates", help="first-stage run in TREC format (default candidates/bm25_top100.trec)")
+    parser.add_argument("--model", help="model id or path (default RERANK_MODEL)")
+    parser.add_argument("--scoring", choices=["default", *sorted(SCORINGS)], default="default",
+                        help="scoring configuration (default: the app's, see rerank.DEFAULT_POLICY)")
+    parser.add_argument("--run-out", help="write the reranked run (TREC format) here")
+    parser.add_argument("--limit", type=int, help="only the first N judged queries")
+    parser.add_argument("--plot", help="write a PNG of per-query nDCG@10 changes")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    scorer = core.get_scorer(args.model or settings.model, trust_remote_code=settings.trust_remote_code)
+    scoring = (Scoring.from_policy(core.DEFAULT_POLICY, scorer.info.mode) if args.scoring == "default"
+               else SCORINGS[args.scoring])
+
+    def progress(done: int, total: int, rate: float) -> None:
+        if done == total or done % 10 == 0:
+            print(f"\r{done}/{total} queries, {rate:.0f} pairs/s", end="" if done < total else "\n", file=sys.stderr)
+
+    try:
+        report = evaluate(args.dataset_dir, candidates=args.candidates, scorer=scorer, scoring=scoring,
+                          limit=args.limit, progress=progress)
+    except FileNotFoundError as exc:
+        print(f"evaluate.py: {exc}", file=sys.stderr)
+        return 2
+    if args.run_out:
+        write_run(report["_runs"]["reranked"], args.run_out)
+    if args.plot:
+        plot(report, args.plot)
+    summary = {k: v for k, v in report.items() if not k.startswith("_")}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+    else:
+        _print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

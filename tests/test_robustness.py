@@ -1,0 +1,131 @@
+"""Trying hard to break the service: malformed Gradio payloads, a short load run, disconnects, faults."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ROOT, serve_in_thread
+from gradio_client import Client
+
+import app as app_module
+import rerank as core
+from config import Settings
+
+sys.path.insert(0, str(ROOT / "bench"))
+import load  # noqa: E402
+
+GOOD = ["which document is about bread?", {"headers": ["text"], "data": [["Bread needs yeast."], ["Cars need fuel."]],
+                                           "metadata": None}]
+MALFORMED = {
+    "wrong headers": ["q", {"headers": "text", "data": [["a"]], "metadata": None}],
+    "ragged rows": ["q", {"headers": ["text", "url"], "data": [["a"], ["b", "u", "extra"]], "metadata": None}],
+    "non-list data": ["q", {"headers": ["text"], "data": "abc", "metadata": None}],
+    "rows not lists": ["q", {"headers": ["text"], "data": ["abc", "def"], "metadata": None}],
+    "huge metadata": ["q", {"headers": ["text"], "data": [["a"]], "metadata": {"x": ["y"] * 100_000}}],
+    "missing documents": ["q"],
+    "null documents": ["q", None],
+    "number query": [5, GOOD[1]],
+    "nested cell": ["q", {"headers": ["text"], "data": [[{"a": 1}]], "metadata": None}],
+    "no headers": ["q", {"data": [["a"]]}],
+    "no text column": ["q", {"headers": ["body"], "data": [["a"]], "metadata": None}],
+    "too many rows": ["q", {"headers": ["text"], "data": [[str(i)] for i in range(25)], "metadata": None}],
+    "empty table": ["q", {"headers": ["text"], "data": [[]], "metadata": None}],
+    "extra inputs": ["q", GOOD[1], "surplus"],
+}
+
+
+@pytest.fixture(scope="module")
+def server(packaged_scorer):
+    url, srv = serve_in_thread(app_module.build_server(Settings(max_documents=20), packaged_scorer, None,
+                                                       mcp_server=False))
+    yield url
+    srv.should_exit = True
+
+
+def _call_gradio(url: str, data: list, timeout: float = 30) -> tuple[str, dict | list | None]:
+    """Gradio's REST call API: POST the inputs, then read the event stream to its end."""
+    posted = httpx.post(f"{url}/gradio_api/call/rerank", json={"data": data}, timeout=timeout)
+    assert posted.status_code < 500, posted.text
+    if posted.status_code >= 400:
+        return "rejected", posted.json()
+    stream = httpx.get(f"{url}/gradio_api/call/rerank/{posted.json()['event_id']}", timeout=timeout).text
+    events = [line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("event: ")]
+    payloads = [line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("data: ")]
+    return events[-1], json.loads(payloads[-1]) if payloads else None
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_gradio_payloads_get_a_message_and_the_app_keeps_serving(server, name):
+    kind, payload = _call_gradio(server, MALFORMED[name])
+    if kind == "complete":
+        assert isinstance(payload, list) and "headers" in payload[0]
+    else:
+        assert kind in ("error", "rejected")
+        message = payload.get("error") if isinstance(payload, dict) else None
+        assert message, payload
+        assert "y', 'y', 'y'" not in message  # never echoes the request back in bulk
+    assert _call_gradio(server, GOOD)[0] == "complete"
+
+
+def test_expected_messages_for_common_mistakes(server):
+    assert "rows 0, 1 do not have 2 cells" in _call_gradio(server, MALFORMED["ragged rows"])[1]["error"]
+    assert "no 'text' column; columns received: ['body']" in _call_gradio(server, MALFORMED["no text column"])[1]["error"]
+    assert "limit is 20" in _call_gradio(server, MALFORMED["too many rows"])[1]["error"]
+    assert "documents is empty" in _call_gradio(server, MALFORMED["empty table"])[1]["error"]
+    assert "query must be text" in _call_gradio(server, MALFORMED["number query"])[1]["error"]
+
+
+def test_short_load_run_loses_nothing(server):
+    report = load.run_load(server, clients=4, seconds=4, docs=12)
+    summary = report.summary()
+    assert summary["errors"] == 0, report.errors[:3]
+    assert summary["lost_rows"] == 0
+    assert summary["requests"] >= 8 and set(summary["by_route"]) == set(load.ROUTES)
+
+
+def test_client_disconnecting_mid_request(server):
+    docs = [f"document {i} " + "filler words " * 300 for i in range(20)]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server}/v2/rerank", json={"query": "q", "documents": docs}, timeout=0.05)
+    gradio = Client(server, verbose=False)
+    job = gradio.submit(query="q", documents={"headers": ["text"], "data": [[d] for d in docs], "metadata": None},
+                        api_name="/rerank")
+    time.sleep(0.05)
+    job.cancel()
+    ok = httpx.post(f"{server}/v2/rerank", json={"query": "bread", "documents": ["Bread needs yeast.", "x"]}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["results"][0]["index"] == 0
+    assert _call_gradio(server, GOOD, timeout=60)[0] == "complete"
+
+
+def test_startup_with_a_missing_model_announces_the_fallback(tmp_path):
+    import subprocess
+
+    code = ("import logging, sys; logging.basicConfig(level=logging.WARNING); sys.path.insert(0, '.');"
+            "import rerank; s = rerank.load_scorer('/no/such/model'); print('MODE', s.info.mode, s.info.fallback_reason)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    assert "MODE embedding model path '/no/such/model' is not a folder" in out.stdout
+    assert "falling back to the packaged all-MiniLM-L6-v2" in out.stderr
+
+
+def test_error_messages_do_not_echo_documents_or_keys(server, packaged_scorer):
+    secret_doc = "TOP-SECRET-" + "z" * 5000
+    response = httpx.post(f"{server}/v2/rerank", json={"query": "", "documents": [secret_doc]}, timeout=30)
+    assert response.status_code == 422 and "TOP-SECRET" not in response.text
+    response = httpx.post(f"{server}/v2/rerank", json={"query": "q", "documents": [secret_doc, 5]}, timeout=30)
+    assert response.status_code == 422 and "TOP-SECRET" not in response.text
+    with pytest.raises(core.RerankError) as err:
+        core.rerank_table("q", __import__("pandas").DataFrame({"text": [secret_doc, None]}), scorer=packaged_scorer,
+                          max_documents=5)
+    assert "TOP-SECRET" not in str(err.value)
+
+
+def test_trust_remote_code_is_off_unless_configured():
+    assert Settings().trust_remote_code is False
+    assert Settings.from_env({"RERANK_TRUST_REMOTE_CODE": "1"}).trust_remote_code is True
+    assert Path(ROOT / "api.py").read_text().count("trust_remote_code") == 0  # no request field reaches the loader
