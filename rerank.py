@@ -425,10 +425,10 @@ def ranks_of(scores: np.ndarray) -> np.ndarray:
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1]; a constant list becomes all zeros."""
+    """Scale to [0, 1]; in a constant list every item is the best, 1."""
     values = np.asarray(values, dtype=np.float64)
     span = values.max() - values.min() if len(values) else 0.0
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    return (values - values.min()) / span if span > 0 else np.ones_like(values)
 
 
 def fuse(rerank_scores: np.ndarray, first_stage: np.ndarray, *, method: Fusion = "rrf", rrf_k: int = 60,

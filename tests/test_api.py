@@ -187,6 +187,9 @@ def test_auth_limits_and_queue(locked_server):
 
     streamed = httpx.post(f"{url}/rerank", content=chunks(), headers={**auth, "content-type": "application/json"})
     assert streamed.status_code == 413
+    gradio_call = httpx.post(f"{url}/gradio_api/call/rerank",
+                             json={"data": ["q", {"headers": ["text"], "data": [["z" * 6000]], "metadata": None}]})
+    assert gradio_call.status_code == 413 and "RERANK_MAX_BODY_BYTES" in gradio_call.json()["message"]
 
     gated.gate.clear()
     gated.entered.clear()
