@@ -142,3 +142,15 @@ def serve_in_thread(app, host: str = "127.0.0.1"):
     if not server.started:
         raise RuntimeError("test server did not start")
     return f"http://{host}:{port}", server
+
+
+def _hypothesis_profile() -> None:
+    """Generated inputs are the same on every run, so CI is repeatable; HYPOTHESIS_PROFILE=explore varies them."""
+    from hypothesis import settings
+
+    settings.register_profile("repeatable", derandomize=True, database=None)
+    settings.register_profile("explore", derandomize=False)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+
+_hypothesis_profile()
