@@ -127,3 +127,23 @@ def test_building_index_is_reported_not_hung(packaged_scorer):
             pending.wait(timeout=0.2)
     finally:
         gate.set()
+
+
+def test_ui_upload_indexes_a_file_and_replaces_the_backend(tmp_path, packaged_scorer, local_retriever):
+    services = app_module.Services(Settings(cache_dir=tmp_path / "cache"), packaged_scorer, local_retriever)
+    _, _, _, index_upload = app_module.make_retrieval_handlers(services)
+    upload = tmp_path / "faq.csv"
+    upload.write_text("url,text\nhttps://e.org/returns,Items can be returned within 30 days.\n"
+                      "https://e.org/shipping,Shipping takes three to five working days.\n")
+    line = index_upload(str(upload))
+    assert "faq.csv: 2 passages" in line
+    hits = services.retriever.search("how long does delivery take?", 1)
+    assert hits["url"].tolist() == ["https://e.org/shipping"]
+    import gradio as gr
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("title\nno text column here\n")
+    with pytest.raises(gr.Error, match="has no 'text' column"):
+        index_upload(str(bad))
+    with pytest.raises(gr.Error, match="choose a JSONL"):
+        index_upload(None)
