@@ -189,7 +189,7 @@ class Metrics:
 
 
 def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int = 10 * 1024 * 1024,
-               max_queue: int = 64, api_key: str | None = None) -> FastAPI:
+               max_queue: int = 64, api_key: str | None = None, fusion_description: str | None = None) -> FastAPI:
     """The FastAPI app with the rerank routes; the Gradio app is mounted beside them by ``app.py``."""
     api = FastAPI(title="rag-augment rerank API", version=VERSION,
                   description="Cohere-, Jina- and TEI-compatible rerank endpoints over one scoring core.")
@@ -313,7 +313,7 @@ def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int
         default = models.default.info
         return {"version": VERSION, "model_id": default.name, "model": default.as_dict(), "models": models.names,
                 "scoring": default.mode_description, "long_documents": "best window of overlapping chunks",
-                "gradio_fusion": core.DEFAULT_POLICY.describe(default.mode),
+                "gradio_fusion": fusion_description or core.DEFAULT_POLICY.describe(default.mode),
                 "max_input_length": default.max_length, "max_client_batch_size": max_documents,
                 "limits": {"max_documents": max_documents, "max_body_bytes": max_body_bytes, "max_queue": max_queue},
                 "auth": bool(api_key)}

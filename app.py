@@ -68,7 +68,12 @@ def documents_from_payload(payload: object, *, max_documents: int) -> pd.DataFra
     return pd.DataFrame([] if rows == [[]] else rows, columns=[str(h) for h in headers])
 
 
-def make_rerank_handler(scorer: core.Scorer, max_documents: int):
+def scoring_policy(settings: Settings) -> core.ScoringPolicy:
+    """The configured fusion of model and first-stage scores (RERANK_FUSION, RERANK_FUSION_WEIGHT)."""
+    return core.ScoringPolicy(fusion=settings.fusion, weight=settings.fusion_weight)
+
+
+def make_rerank_handler(scorer: core.Scorer, max_documents: int, policy: core.ScoringPolicy = core.DEFAULT_POLICY):
     """The ``/rerank`` endpoint: the seed's call, a table in, the reranked table out."""
 
     def rerank(query: str, documents: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +84,7 @@ def make_rerank_handler(scorer: core.Scorer, max_documents: int):
         """
         try:
             table = documents_from_payload(documents, max_documents=max_documents)
-            return core.rerank_table(query, table, scorer=scorer, max_documents=max_documents).table
+            return core.rerank_table(query, table, scorer=scorer, max_documents=max_documents, policy=policy).table
         except core.RerankError as exc:
             raise gr.Error(str(exc)) from None
 
@@ -126,7 +131,8 @@ def make_retrieval_handlers(services: Services):
         try:
             return pipeline.retrieve_and_rerank(query, retriever=services.retriever, scorer=services.scorer,
                                                 k=int(k), top_n=int(top_n),
-                                                max_documents=services.settings.max_documents)
+                                                max_documents=services.settings.max_documents,
+                                                policy=scoring_policy(services.settings))
         except (core.RerankError, rc.RetrievalError) as exc:
             raise gr.Error(str(exc)) from None
         except (TypeError, ValueError) as exc:
@@ -179,7 +185,7 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
         gr.Markdown(
             "# RAG - Augment\n\nReranks retrieved documents by relevance to a question, so the LLM sees "
             f"the best ones first.\n\n**Model:** `{info.name}`, scoring by **{info.mode_description}**; "
-            f"final score: {core.DEFAULT_POLICY.describe(info.mode)}."
+            f"final score: {scoring_policy(settings).describe(info.mode)}."
             f"{fallback}"
         )
         with gr.Tab("Rerank"):
@@ -220,7 +226,8 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                 upload = gr.File(label="JSONL, CSV or Parquet with a text column, or .txt / .md",
                                  file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"])
                 index_btn = gr.Button("Index this file")
-        submit.click(make_rerank_handler(scorer, settings.max_documents), inputs=[query, documents],
+        submit.click(make_rerank_handler(scorer, settings.max_documents, scoring_policy(settings)),
+                     inputs=[query, documents],
                      outputs=[reranked], api_name="rerank", preprocess=False).success(
             describe_run, inputs=[documents, reranked], outputs=[status], api_visibility="private")
         search.click(similarity_search, inputs=[p_query, p_k], outputs=[retrieved_out], api_name="similarity_search")
@@ -268,7 +275,8 @@ def build_server(settings: Settings, scorer: core.Scorer, retriever: rc.Retrieve
     from api import Models, create_api
 
     api = create_api(Models(scorer, extra_scorers or []), max_documents=settings.max_documents,
-                     max_body_bytes=settings.max_body_bytes, max_queue=settings.max_queue, api_key=settings.api_key)
+                     max_body_bytes=settings.max_body_bytes, max_queue=settings.max_queue, api_key=settings.api_key,
+                     fusion_description=scoring_policy(settings).describe(scorer.info.mode))
     demo = build_demo(settings, scorer, retriever)
     return gr.mount_gradio_app(api, demo, path="/", mcp_server=mcp_server)
 

@@ -44,6 +44,26 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    """Read a setting that must be one of ``allowed``."""
+    value = env.get(name, "").strip().lower() or default
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _weight(env: Mapping[str, str], name: str, default: float) -> float:
+    """Read a weight in [0, 1]."""
+    raw = env.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be from 0 to 1, got {value}")
+    return value
+
+
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
     """Where indexes live: ``RAG_AUGMENT_CACHE`` or the XDG cache folder."""
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -67,6 +87,8 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     max_queue: int = 64
     trust_remote_code: bool = False
+    fusion: str = "auto"
+    fusion_weight: float = 0.7
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,4 +109,6 @@ class Settings:
             max_body_bytes=_int(env, "RERANK_MAX_BODY_BYTES", 10 * 1024 * 1024),
             max_queue=_int(env, "RERANK_MAX_QUEUE", 64),
             trust_remote_code=env.get("RERANK_TRUST_REMOTE_CODE", "").strip().lower() in {"1", "true", "yes"},
+            fusion=_choice(env, "RERANK_FUSION", "auto", ("auto", "none", "rrf", "interpolate")),
+            fusion_weight=_weight(env, "RERANK_FUSION_WEIGHT", 0.7),
         )

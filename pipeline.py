@@ -32,7 +32,7 @@ class PipelineResult:
 
 
 def retrieve_and_rerank(query: str, *, retriever: Retriever, scorer: core.Scorer, k: int = 50, top_n: int = 5,
-                        max_documents: int = 1000) -> PipelineResult:
+                        max_documents: int = 1000, policy: core.ScoringPolicy = core.DEFAULT_POLICY) -> PipelineResult:
     """Fetch the k closest passages, rerank them, keep the best ``top_n``.
 
     The reranked table has the retrieval columns, ``rank``, the 1-based ``retrieved_position``
@@ -41,7 +41,7 @@ def retrieve_and_rerank(query: str, *, retriever: Retriever, scorer: core.Scorer
     core.validate_query(query)
     retrieved = retriever.search(query, k).reset_index(drop=True)
     retrieved.insert(0, POSITION_COLUMN, range(1, len(retrieved) + 1))
-    result = core.rerank_table(query, retrieved, top_n, scorer=scorer, max_documents=max_documents)
+    result = core.rerank_table(query, retrieved, top_n, scorer=scorer, max_documents=max_documents, policy=policy)
     reranked = result.table.reset_index(drop=True)
     reranked[MOVE_COLUMN] = [f"{before} -> {after}" for after, before in enumerate(reranked[POSITION_COLUMN], start=1)]
     return PipelineResult(retrieved=retrieved, reranked=reranked, rerank=result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from gradio_client import Client
@@ -100,3 +101,17 @@ def test_settings_from_env():
     assert Settings.from_env({}).model == "cross-encoder/ms-marco-MiniLM-L6-v2"
     with pytest.raises(ValueError, match="RERANK_MAX_DOCUMENTS must be an integer"):
         Settings.from_env({"RERANK_MAX_DOCUMENTS": "lots"})
+
+
+def test_fusion_settings(packaged_scorer):
+    s = Settings.from_env({"RERANK_FUSION": "none", "RERANK_FUSION_WEIGHT": "0.5"})
+    assert (s.fusion, s.fusion_weight) == ("none", 0.5)
+    with pytest.raises(ValueError, match="RERANK_FUSION must be one of"):
+        Settings.from_env({"RERANK_FUSION": "magic"})
+    with pytest.raises(ValueError, match="RERANK_FUSION_WEIGHT must be from 0 to 1"):
+        Settings.from_env({"RERANK_FUSION_WEIGHT": "2"})
+    docs = pd.DataFrame({"text": ["AI will change work.", "Bread needs yeast."], "distance": [0.9, 0.1]})
+    handler = app_module.make_rerank_handler(packaged_scorer, 10, app_module.scoring_policy(s))
+    plain = handler("What is the future of AI?", docs)
+    model = packaged_scorer.score("What is the future of AI?", docs["text"].tolist())
+    np.testing.assert_allclose(plain.sort_index()["rank"], model, rtol=1e-6)
