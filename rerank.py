@@ -143,6 +143,28 @@ def detect_mode(model_dir: Path) -> Mode:
     return "cross-encoder"
 
 
+def plan_batches(lengths: Sequence[int], token_budget: int, max_batch: int = 32) -> list[list[int]]:
+    """Group items longest first so each batch's padded size (longest x count) stays within the budget.
+
+    Similar lengths share a batch, so little compute goes to padding; short texts still batch widely.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        if current and len(current) < max_batch and lengths[current[0]] * (len(current) + 1) <= token_budget:
+            current.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def padding_waste(lengths: Sequence[int], batches: list[list[int]]) -> float:
+    """Fraction of the computed token positions that are padding under a batch plan."""
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1 - sum(lengths) / padded if padded else 0.0
+
+
 class EmbeddingCache:
     """A bounded LRU of document embeddings keyed by a digest of the text (embedding mode).
 
@@ -191,8 +213,10 @@ class EmbeddingCache:
 class Scorer:
     """A loaded model that scores (query, document) pairs; thread-safe, one forward pass at a time."""
 
-    def __init__(self, info: ModelInfo, model: object, *, batch_size: int = 32, cache_size: int = 20_000) -> None:
+    def __init__(self, info: ModelInfo, model: object, *, batch_size: int = 32, cache_size: int = 20_000,
+                 token_budget: int = 2048) -> None:
         self.info = info
+        self._token_budget = token_budget
         if isinstance(model, Scorer):  # a second name for an already loaded model: share it and its cache
             self._model, self._lock, self._cache = model._model, model._lock, model._cache
         else:
@@ -265,16 +289,26 @@ class Scorer:
                 owners.append(i)
         return units, np.asarray(owners)
 
+    def pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
+        """Tokens of each (query, text) pair as the model sees it (special tokens in, window-capped)."""
+        tokenizer = self._model.tokenizer
+        query_tokens = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+        counts = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+        return [min(self.info.max_length, query_tokens + c + 3) for c in counts]
+
     def _score_units(self, query: str, units: list[str], *, raw: bool) -> np.ndarray:
         """One forward pass per unit (batched)."""
         if self.info.mode == "cross-encoder":
             import torch
 
             kwargs = {"activation_fn": torch.nn.Identity()} if raw else {}
+            scores = np.empty(len(units), dtype=np.float32)
             with self._lock:
-                scores = self._model.predict([(query, t) for t in units], batch_size=self._batch_size,
-                                             show_progress_bar=False, **kwargs)
-            return np.asarray(scores, dtype=np.float32).reshape(len(units))
+                for group in plan_batches(self.pair_lengths(query, units), self._token_budget, self._batch_size):
+                    out = self._model.predict([(query, units[i]) for i in group], batch_size=len(group),
+                                              show_progress_bar=False, **kwargs)
+                    scores[group] = np.asarray(out, dtype=np.float32).reshape(len(group))
+            return scores
         q = self.embed([query], query=True)
         cosine = np.asarray(self.embed(units) @ q[0], dtype=np.float32)
         return cosine if raw else (cosine + 1.0) / 2.0
@@ -299,9 +333,17 @@ class Scorer:
         found = self._cache.get_many(keys)
         missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
         if missing:
+            todo = [texts[i] for i in missing]
+            counts = self._model.tokenizer(todo, add_special_tokens=False, verbose=False)["input_ids"]
+            lengths = [min(self.info.max_length, len(c) + 2) for c in counts]
+            fresh = np.empty((len(todo), 0), dtype=np.float32)
             with self._lock:
-                fresh = np.asarray(encode([texts[i] for i in missing], batch_size=self._batch_size,
-                                          normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
+                for group in plan_batches(lengths, self._token_budget, 64):
+                    vectors = np.asarray(encode([todo[j] for j in group], batch_size=len(group),
+                                                normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
+                    if fresh.shape[1] == 0:
+                        fresh = np.empty((len(todo), vectors.shape[1]), dtype=np.float32)
+                    fresh[group] = vectors
             for i, vector in zip(missing, fresh, strict=True):
                 found[keys[i]] = vector
             self._cache.put_many({keys[i]: found[keys[i]] for i in missing})

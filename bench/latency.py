@@ -117,9 +117,14 @@ def main() -> int:
             return seed_model.predict([(QUERY, d) for d in docs], batch_size=32, show_progress_bar=False)
 
         variants = {"seed: CrossEncoder.predict bs=32": seed_way}
-        for bs in (16, 8, 4):
-            variants[f"core: Scorer.score bs={bs}"] = (
-                lambda docs, bs=bs: core.Scorer(scorer.info, scorer, batch_size=bs).score(QUERY, docs))
+        waste = {"seed: CrossEncoder.predict bs=32": np.mean([core.padding_waste(
+            scorer.pair_lengths(QUERY, r), core.plan_batches(scorer.pair_lengths(QUERY, r), 10**9, 32)) for r in requests])}
+        for budget in (2048, 1024, 512):
+            name = f"core: Scorer.score budget={budget}"
+            variants[name] = lambda docs, b=budget: core.Scorer(scorer.info, scorer, token_budget=b).score(QUERY, docs)
+            waste[name] = np.mean([core.padding_waste(scorer.pair_lengths(QUERY, r),
+                                                      core.plan_batches(scorer.pair_lengths(QUERY, r), budget, 32))
+                                   for r in requests])
         results = {name: time_variant(fn, requests) for name, fn in variants.items()}
         reference = results["seed: CrossEncoder.predict bs=32"]
         base_p50 = float(np.median(reference[0]))
@@ -127,14 +132,14 @@ def main() -> int:
               f"request: {args.docs} docs, tokens median {np.median(lengths):.0f} (min {min(lengths)}, max {max(lengths)}), "
               f"~{flop_per_request / 1e9:.0f} GFLOP -> fp32 floor {floor_s:.2f} s")
         print(f"{'variant':<36}{'p50 s':>8}{'p95 s':>8}{'pairs/s':>9}{'x seed':>8}{'floor/p50':>10}"
-              f"{'spearman':>10}{'top5':>6}")
+              f"{'spearman':>10}{'top5':>6}{'padding':>9}")
         for name, (lat, scores) in results.items():
             p50, p95 = float(np.median(lat)), float(np.percentile(lat, 95))
             rho = np.mean([spearman(s, r) for s, r in zip(scores, reference[1], strict=True)])
             top5 = np.mean([len(set(np.argsort(-s)[:5]) & set(np.argsort(-r)[:5])) / 5
                             for s, r in zip(scores, reference[1], strict=True)])
             print(f"{name:<36}{p50:>8.2f}{p95:>8.2f}{args.docs / p50:>9.1f}{base_p50 / p50:>8.2f}"
-                  f"{floor_s / p50:>10.2f}{rho:>10.4f}{top5:>6.2f}")
+                  f"{floor_s / p50:>10.2f}{rho:>10.4f}{top5:>6.2f}{waste[name]:>9.0%}")
 
         embedder = core.get_scorer(str(core.packaged_model_path()), allow_fallback=False)
         cold = [d for r in requests for d in r][: args.docs]

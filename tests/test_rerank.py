@@ -232,3 +232,14 @@ def test_default_policy_fuses_first_stage_distance_for_embedding_models(packaged
     rrf = core.rerank_table(QUERY, docs, scorer=packaged_scorer, max_documents=10,
                             policy=core.ScoringPolicy(fusion="rrf", weight=0.5))
     assert rrf.fused and rrf.table["rank"].max() <= 1.0
+
+
+def test_plan_batches_keeps_padded_size_within_budget():
+    lengths = [300, 40, 200, 45, 512, 60, 180, 41]
+    batches = core.plan_batches(lengths, token_budget=600, max_batch=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every item once
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 600
+        assert len(b) <= 3
+    assert batches[0] == [4]  # longest first, alone
+    assert core.padding_waste(lengths, batches) < core.padding_waste(lengths, [list(range(len(lengths)))])
