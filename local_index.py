@@ -186,6 +186,17 @@ class LocalIndex:
             cursor.close()
         return frame.astype({"distance": float})
 
+    def stored_vectors(self) -> tuple[list[str], np.ndarray]:
+        """Every passage's text and stored embedding (to seed a scorer's cache without re-encoding)."""
+        with self._lock:
+            cursor = self._con.cursor()
+        try:
+            rows = cursor.execute("SELECT text, embedding FROM passages ORDER BY id").fetchall()
+        finally:
+            cursor.close()
+        texts = [r[0] for r in rows]
+        return texts, np.asarray([r[1] for r in rows], dtype=np.float32).reshape(len(rows), self.stats.dim)
+
     def close(self) -> None:
         """Release the DuckDB file."""
         self._con.close()

@@ -105,3 +105,13 @@ def test_background_retriever_reports_progress_and_failure(tmp_path, packaged_sc
     with pytest.raises(rc.RetrievalError, match="could not be built: corpus file x.csv has no 'text' column"):
         broken.search("json", 3)
     assert "failed" in broken.description
+
+
+def test_local_retriever_seeds_the_embedding_cache(tmp_path, packaged_scorer):
+    (tmp_path / "notes.md").write_text("Sourdough needs a starter culture.\n\n" + "A sloop has a single mast. " * 30)
+    retriever = rc.LocalRetriever.build(corpus_path=str(tmp_path / "notes.md"), cache_dir=tmp_path / "cache",
+                                        embedder=packaged_scorer)
+    texts, vectors = retriever.index.stored_vectors()
+    cached = packaged_scorer.cache.get_many([packaged_scorer.cache.key(t) for t in texts])
+    assert len(cached) == len(texts)
+    np.testing.assert_allclose(np.stack(list(cached.values())), vectors, atol=1e-6)
