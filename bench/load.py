@@ -140,7 +140,7 @@ def start_app(tmp: Path) -> tuple[subprocess.Popen, str]:
     corpus = tmp / "corpus.md"
     corpus.write_text("Rerank latency depends on batch size.\n\nMemory stays flat under load.")
     port = _free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+    env = {"MALLOC_ARENA_MAX": "2", **os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "CORPUS_PATH": str(corpus), "RAG_AUGMENT_CACHE": str(tmp / "cache")}
     env.pop("RETRIEVAL_URL", None)
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT,
