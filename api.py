@@ -20,7 +20,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -174,11 +176,35 @@ def _top(scores: np.ndarray, top_n: int | None) -> list[int]:
 
 # --- the app ---------------------------------------------------------------------------------------
 
+class CacheCollector(Collector):
+    """The scorers' caches, read at scrape time: hits, misses and entries by model."""
+
+    def __init__(self, models: Models) -> None:
+        self.models = models
+
+    def collect(self):
+        hits = CounterMetricFamily("rerank_cache_hits", "scores or embeddings served from cache", labels=["model"])
+        misses = CounterMetricFamily("rerank_cache_misses", "scores or embeddings computed", labels=["model"])
+        entries = GaugeMetricFamily("rerank_cache_entries", "items held in the cache", labels=["model"])
+        seen = set()
+        for scorer in self.models.by_name.values():
+            cache = scorer.cache
+            if id(cache) in seen:
+                continue
+            seen.add(id(cache))
+            hits.add_metric([scorer.info.name], cache.hits)
+            misses.add_metric([scorer.info.name], cache.misses)
+            entries.add_metric([scorer.info.name], len(cache))
+        yield from (hits, misses, entries)
+
+
 class Metrics:
     """Prometheus counters for the rerank routes, in a registry of this app's own."""
 
-    def __init__(self) -> None:
+    def __init__(self, models: Models | None = None) -> None:
         self.registry = CollectorRegistry()
+        if models is not None:
+            self.registry.register(CacheCollector(models))
         self.requests = Counter("rerank_requests", "HTTP requests", ["route", "status"], registry=self.registry)
         self.documents = Counter("rerank_documents_scored", "documents scored", ["route"], registry=self.registry)
         self.errors = Counter("rerank_errors", "requests answered with an error", ["route", "status"],
@@ -194,7 +220,7 @@ def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int
     api = FastAPI(title="rag-augment rerank API", version=VERSION,
                   description="Cohere-, Jina- and TEI-compatible rerank endpoints over one scoring core.")
     service = Service(models, max_documents=max_documents, max_queue=max_queue)
-    metrics = Metrics()
+    metrics = Metrics(models)
     api.state.metrics = metrics
 
     @api.exception_handler(ApiError)

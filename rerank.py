@@ -166,10 +166,12 @@ def padding_waste(lengths: Sequence[int], batches: list[list[int]]) -> float:
 
 
 class EmbeddingCache:
-    """A bounded LRU of document embeddings keyed by a digest of the text (embedding mode).
+    """A bounded LRU keyed by a digest of the text: document embeddings (embedding mode) or
+    (query, document) scores (cross-encoder mode).
 
     Document embeddings do not depend on the query, so a passage seen again (the same candidates
-    for another question, the local corpus) is not re-encoded.
+    for another question, the local corpus) is not re-encoded; a cross-encoder's pair seen again
+    (a retried request, a repeated question) is not re-scored.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -302,12 +304,18 @@ class Scorer:
             import torch
 
             kwargs = {"activation_fn": torch.nn.Identity()} if raw else {}
-            scores = np.empty(len(units), dtype=np.float32)
-            with self._lock:
-                for group in plan_batches(self.pair_lengths(query, units), self._token_budget, self._batch_size):
-                    out = self._model.predict([(query, units[i]) for i in group], batch_size=len(group),
-                                              show_progress_bar=False, **kwargs)
-                    scores[group] = np.asarray(out, dtype=np.float32).reshape(len(group))
+            keys = [EmbeddingCache.key(f"{int(raw)}\x00{query}\x00{u}") for u in units]
+            found = self._cache.get_many(keys)
+            scores = np.array([found[k] if k in found else np.nan for k in keys], dtype=np.float32)
+            todo = [i for i, k in enumerate(keys) if k not in found]
+            if todo:
+                pending = [units[i] for i in todo]
+                with self._lock:
+                    for group in plan_batches(self.pair_lengths(query, pending), self._token_budget, self._batch_size):
+                        out = self._model.predict([(query, pending[j]) for j in group], batch_size=len(group),
+                                                  show_progress_bar=False, **kwargs)
+                        scores[[todo[j] for j in group]] = np.asarray(out, dtype=np.float32).reshape(len(group))
+                self._cache.put_many({keys[i]: np.float32(scores[i]) for i in todo})
             return scores
         q = self.embed([query], query=True)
         cosine = np.asarray(self.embed(units) @ q[0], dtype=np.float32)
@@ -351,7 +359,7 @@ class Scorer:
 
     @property
     def cache(self) -> EmbeddingCache:
-        """The document-embedding cache (embedding mode), for metrics."""
+        """The document-embedding (embedding mode) or pair-score (cross-encoder) cache, for metrics."""
         return self._cache
 
 

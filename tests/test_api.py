@@ -148,6 +148,7 @@ def test_health_info_metrics_docs(server):
     assert 'rerank_errors_total{route="/v2/rerank",status="422"}' in text
     assert 'rerank_documents_scored_total{route="/v2/rerank"}' in text
     assert "rerank_request_duration_seconds_bucket" in text
+    assert "rerank_cache_hits_total{model=" in text and "rerank_cache_entries{model=" in text
     assert httpx.get(f"{server}/docs").status_code == 200
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/v2/rerank", "/v1/rerank", "/rerank", "/health", "/info", "/metrics"} <= set(schema["paths"])

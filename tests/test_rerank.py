@@ -243,3 +243,18 @@ def test_plan_batches_keeps_padded_size_within_budget():
         assert len(b) <= 3
     assert batches[0] == [4]  # longest first, alone
     assert core.padding_waste(lengths, batches) < core.padding_waste(lengths, [list(range(len(lengths)))])
+
+
+def test_cross_encoder_pair_scores_are_cached(tiny_scorer):
+    texts = [f"cache probe {i} " + RELEVANT[i % 3] for i in range(6)]
+    before = (tiny_scorer.cache.hits, tiny_scorer.cache.misses)
+    first = tiny_scorer.score(QUERY, texts)
+    middle = (tiny_scorer.cache.hits, tiny_scorer.cache.misses)
+    again = tiny_scorer.score(QUERY, texts[::-1])
+    after = (tiny_scorer.cache.hits, tiny_scorer.cache.misses)
+    assert middle[1] - before[1] == 6 and after[0] - middle[0] == 6 and after[1] == middle[1]
+    np.testing.assert_array_equal(again, first[::-1])
+    raw = tiny_scorer.score(QUERY, texts, raw=True)  # raw logits are cached apart from the sigmoid
+    np.testing.assert_allclose(1 / (1 + np.exp(-raw)), first, rtol=1e-5)
+    other_query = tiny_scorer.score("a different question", texts)
+    assert not np.allclose(other_query, first)
