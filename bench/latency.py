@@ -97,6 +97,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="50-document requests per variant")
     parser.add_argument("--docs", type=int, default=50)
+    parser.add_argument("--no-server", action="store_true", help="skip the app-level rows (cold start, concurrency)")
     args = parser.parse_args()
     import torch
 
@@ -121,7 +122,8 @@ def main() -> int:
             scorer.pair_lengths(QUERY, r), core.plan_batches(scorer.pair_lengths(QUERY, r), 10**9, 32)) for r in requests])}
         for budget in (2048, 1024, 512):
             name = f"core: Scorer.score budget={budget}"
-            variants[name] = lambda docs, b=budget: core.Scorer(scorer.info, scorer, token_budget=b).score(QUERY, docs)
+            fresh_scorer = core.Scorer(scorer.info, scorer._model, token_budget=budget, cache_size=0)  # no cache hits
+            variants[name] = lambda docs, s=fresh_scorer: s.score(QUERY, docs)
             waste[name] = np.mean([core.padding_waste(scorer.pair_lengths(QUERY, r),
                                                       core.plan_batches(scorer.pair_lengths(QUERY, r), budget, 32))
                                    for r in requests])
@@ -153,7 +155,55 @@ def main() -> int:
               f"another query {cached:.3f} s (document-embedding cache, {first / max(cached, 1e-6):.0f}x)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this benchmark process: {peak:.0f} MiB")
+    if not args.no_server:
+        serve_benchmark(requests, args.docs)
     return 0
+
+
+def serve_benchmark(requests: list[list[str]], n_docs: int, clients: int = 8) -> None:
+    """Against ``python app.py`` (embedded default): cold start, sequential vs concurrent pairs/s, RSS."""
+    import threading
+
+    import httpx
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        proc, url = load.start_app(Path(tmp))
+        try:
+            httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": ["warm", "up"]}, timeout=120)
+            cold = time.perf_counter() - started
+            rng = np.random.default_rng(1)
+            words = " ".join(d for r in requests for d in r).split()
+
+            def fresh() -> list[str]:
+                return [" ".join(rng.choice(words, size=int(rng.integers(40, 200)))) for _ in range(n_docs)]
+
+            def call(docs: list[str]) -> None:
+                r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": docs}, timeout=300)
+                r.raise_for_status()
+
+            batches = [fresh() for _ in range(clients * 2)]
+            t = time.perf_counter()
+            for docs in batches[:clients]:
+                call(docs)
+            sequential = clients * n_docs / (time.perf_counter() - t)
+            threads = [threading.Thread(target=call, args=(docs,)) for docs in batches[clients:]]
+            t = time.perf_counter()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            concurrent = clients * n_docs / (time.perf_counter() - t)
+            rss = load.rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(f"python app.py (embedded default): cold start to first answer {cold:.1f} s; /v2/rerank with {n_docs} "
+          f"fresh documents: sequential {sequential:.1f} pairs/s, {clients} concurrent clients {concurrent:.1f} pairs/s "
+          f"({concurrent / sequential:.2f}x); server RSS {rss:.0f} MiB")
 
 
 if __name__ == "__main__":
