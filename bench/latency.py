@@ -11,6 +11,7 @@ peak RSS. Scripts, not tests: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -114,8 +115,15 @@ def main() -> int:
         flop_per_request = 2 * layer_params * float(np.mean(lengths)) * args.docs
         floor_s = flop_per_request / (fp32 * 1e9)
 
+        cores = os.cpu_count() or 1
+
         def seed_way(docs):
-            return seed_model.predict([(QUERY, d) for d in docs], batch_size=32, show_progress_bar=False)
+            """The seed's call, with torch's default of one intra-op thread per core."""
+            torch.set_num_threads(cores)
+            try:
+                return seed_model.predict([(QUERY, d) for d in docs], batch_size=32, show_progress_bar=False)
+            finally:
+                torch.set_num_threads(1 if scorer._pool.workers > 1 else cores)
 
         variants = {"seed: CrossEncoder.predict bs=32": seed_way}
         waste = {"seed: CrossEncoder.predict bs=32": np.mean([core.padding_waste(
@@ -130,7 +138,7 @@ def main() -> int:
         results = {name: time_variant(fn, requests) for name, fn in variants.items()}
         reference = results["seed: CrossEncoder.predict bs=32"]
         base_p50 = float(np.median(reference[0]))
-        print(f"machine: {torch.get_num_threads()} torch threads, fp32 matmul {fp32:.0f} GFLOP/s (measured); "
+        print(f"machine: {cores} cores, {scorer._pool.workers} scoring workers, fp32 matmul {fp32:.0f} GFLOP/s (measured); "
               f"request: {args.docs} docs, tokens median {np.median(lengths):.0f} (min {min(lengths)}, max {max(lengths)}), "
               f"~{flop_per_request / 1e9:.0f} GFLOP -> fp32 floor {floor_s:.2f} s")
         print(f"{'variant':<36}{'p50 s':>8}{'p95 s':>8}{'pairs/s':>9}{'x seed':>8}{'floor/p50':>10}"
