@@ -13,7 +13,6 @@ from pathlib import Path
 
 VERSION = "0.1.0"
 DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
-SEED_RETRIEVAL_URL = "https://ai-blueprint-rag-retrieve.hf.space/"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
