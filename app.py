@@ -177,7 +177,7 @@ def backend_line(services: Services) -> str:
 def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None) -> gr.Blocks:
     """The Blocks app: title naming the model and scoring mode, the rerank form, the pipeline tab."""
     info = scorer.info
-    services = Services(settings, scorer, retriever or rc.RemoteRetriever(settings.retrieval_url or "unset"))
+    services = Services(settings, scorer, retriever or rc.NoRetriever())
     similarity_search, retrieve_and_rerank, pipeline_ui, index_upload = make_retrieval_handlers(services)
     fallback = (f"\n\n> **Fallback:** `{info.requested}` could not be loaded ({info.fallback_reason}); "
                 f"serving the packaged all-MiniLM-L6-v2 instead." if info.fallback_reason else "")
@@ -226,10 +226,10 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                 upload = gr.File(label="JSONL, CSV or Parquet with a text column, or .txt / .md",
                                  file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"])
                 index_btn = gr.Button("Index this file")
-        submit.click(make_rerank_handler(scorer, settings.max_documents, scoring_policy(settings)),
-                     inputs=[query, documents],
-                     outputs=[reranked], api_name="rerank", preprocess=False).success(
-            describe_run, inputs=[documents, reranked], outputs=[status], api_visibility="private")
+        ranked = submit.click(make_rerank_handler(scorer, settings.max_documents, scoring_policy(settings)),
+                              inputs=[query, documents], outputs=[reranked], api_name="rerank", preprocess=False)
+        ranked.success(describe_run, inputs=[documents, reranked], outputs=[status], api_visibility="private")
+        ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
         search.click(similarity_search, inputs=[p_query, p_k], outputs=[retrieved_out], api_name="similarity_search")
         run.click(pipeline_ui, inputs=[p_query, p_k, p_top], outputs=[retrieved_out, reranked_out, chart, p_status],
                   api_visibility="private").then(backend_line_fn(services), outputs=[backend],

@@ -67,6 +67,16 @@ def table_from_payload(payload: object, *, source: str) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+class NoRetriever:
+    """The backend of an app built without one: every search says what to configure."""
+
+    description = "none configured (set RETRIEVAL_URL, or CORPUS_PATH for the local index)"
+
+    def search(self, query: str, k: int = 5) -> pd.DataFrame:
+        """Always a clear :class:`RetrievalError`."""
+        raise RetrievalError(f"no retrieval backend: {self.description}")
+
+
 class RemoteRetriever:
     """A retrieval Space (the seed's ``/similarity_search`` protocol) called through gradio_client."""
 

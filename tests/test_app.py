@@ -115,3 +115,8 @@ def test_fusion_settings(packaged_scorer):
     plain = handler("What is the future of AI?", docs)
     model = packaged_scorer.score("What is the future of AI?", docs["text"].tolist())
     np.testing.assert_allclose(plain.sort_index()["rank"], model, rtol=1e-6)
+
+
+def test_app_without_a_retrieval_backend_says_what_to_configure(client):
+    with pytest.raises(Exception, match="no retrieval backend: none configured"):
+        client.predict(query="anything", k=3, top_n=2, api_name="/retrieve_and_rerank")

@@ -83,6 +83,7 @@ def test_an_error_is_shown_on_the_page(page):
     page.locator("#submit").click()
     message = page.get_by_text("query is empty")
     message.first.wait_for()
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('Not ranked')")
     page.screenshot(path=str(ARTIFACTS / "error.png"), full_page=True)
     page.get_by_label("Query").fill("bread")
     page.locator("#submit").click()
