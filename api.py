@@ -245,16 +245,16 @@ def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int
         route = request.url.path
         length = request.headers.get("content-length")
         too_big = length is not None and (not length.isdigit() or int(length) > max_body_bytes)
+        over_limit = error_response(413, f"request body of {length} bytes is over the limit of {max_body_bytes} "
+                                         "bytes (RERANK_MAX_BODY_BYTES)", "Validation") if too_big else None
         if request.method != "POST" or route not in RERANK_ROUTES:
             # the mounted Gradio app's calls are capped too; file uploads (a corpus) are Gradio's to limit
-            if request.method == "POST" and too_big and not route.endswith("/upload"):
-                return error_response(413, f"request body of {length} bytes is over the limit of {max_body_bytes} "
-                                           "bytes (RERANK_MAX_BODY_BYTES)", "Validation")
+            if request.method == "POST" and over_limit is not None and not route.endswith("/upload"):
+                return over_limit
             return await call_next(request)
         started = time.perf_counter()
-        if too_big:
-            response: Response = error_response(413, f"request body of {length} bytes is over the limit of "
-                                                     f"{max_body_bytes} bytes (RERANK_MAX_BODY_BYTES)", "Validation")
+        if over_limit is not None:
+            response: Response = over_limit
         else:
             response = await call_next(request)
         metrics.requests.labels(route, str(response.status_code)).inc()

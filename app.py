@@ -250,20 +250,9 @@ def start_retriever(settings: Settings) -> rc.Retriever:
         return rc.RemoteRetriever(settings.retrieval_url, timeout=settings.retrieval_timeout)
 
     def build(progress) -> rc.Retriever:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="Indexing", unit="passages")
-
-        def report(done: int, total: int) -> None:
-            progress(done, total)
-            bar.total = total
-            bar.update(done - bar.n)
-
-        try:
+        with rc.terminal_progress(also=progress) as report:
             return rc.LocalRetriever.build(corpus_path=settings.corpus_path, cache_dir=settings.cache_dir,
                                            progress=report)
-        finally:
-            bar.close()
 
     name = "local index of " + (settings.corpus_path or "the Python standard library docs")
     return rc.BackgroundRetriever(build, name=name)

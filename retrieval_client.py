@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -232,6 +233,21 @@ class BackgroundRetriever:
         return self.wait().search(query, k)
 
 
+@contextmanager
+def terminal_progress(also=None):
+    """A tqdm bar as an index-build progress callback; ``also(done, total)`` is told too."""
+    from tqdm import tqdm
+
+    with tqdm(unit="passages", desc="Indexing") as bar:
+        def report(done: int, total: int) -> None:
+            if also is not None:
+                also(done, total)
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield report
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``index [CORPUS_PATH]`` builds or loads the local index; ``search QUERY [-k K]`` queries the backend."""
     import argparse
@@ -253,13 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     started = time.perf_counter()
     if args.command == "index":
-        from tqdm import tqdm
-
-        with tqdm(unit="passages", desc="Indexing") as bar:
-            def report(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
+        with terminal_progress() as report:
             retriever = LocalRetriever.build(corpus_path=args.corpus or settings.corpus_path,
                                              cache_dir=settings.cache_dir, progress=report)
         print(f"{retriever.description}; {retriever.index.stats.describe()}; "
