@@ -340,6 +340,7 @@ def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int
         return {"version": VERSION, "model_id": default.name, "model": default.as_dict(), "models": models.names,
                 "scoring": default.mode_description, "long_documents": "best window of overlapping chunks",
                 "gradio_fusion": fusion_description or core.DEFAULT_POLICY.describe(default.mode),
+                "backend": models.default.backend.as_dict(), "workers": models.default.workers,
                 "max_input_length": default.max_length, "max_client_batch_size": max_documents,
                 "limits": {"max_documents": max_documents, "max_body_bytes": max_body_bytes, "max_queue": max_queue},
                 "auth": bool(api_key)}

@@ -188,6 +188,7 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
             f"final score: {scoring_policy(settings).describe(info.mode)}."
             f"{fallback}"
         )
+        inference = gr.Markdown(inference_line(scorer), elem_id="inference")
         with gr.Tab("Rerank"):
             query = gr.Textbox(label="Query", placeholder="Enter your question here...", lines=2)
             documents = gr.Dataframe(label="Documents", value=EXAMPLE_DOCUMENTS,
@@ -227,8 +228,11 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                                  file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"])
                 index_btn = gr.Button("Index this file")
         ranked = submit.click(make_rerank_handler(scorer, settings.max_documents, scoring_policy(settings)),
-                              inputs=[query, documents], outputs=[reranked], api_name="rerank", preprocess=False)
+                              inputs=[query, documents], outputs=[reranked], api_name="rerank", preprocess=False,
+                              concurrency_limit=None)  # concurrent requests share the core's worker pool
         ranked.success(describe_run, inputs=[documents, reranked], outputs=[status], api_visibility="private")
+        ranked.then(lambda: inference_line(scorer), outputs=[inference], api_visibility="private")
+        demo.load(lambda: inference_line(scorer), outputs=[inference], api_visibility="private")
         ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
         search.click(similarity_search, inputs=[p_query, p_k], outputs=[retrieved_out], api_name="similarity_search")
         run.click(pipeline_ui, inputs=[p_query, p_k, p_top], outputs=[retrieved_out, reranked_out, chart, p_status],
@@ -237,6 +241,11 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
         index_btn.click(index_upload, inputs=[upload], outputs=[backend], api_visibility="private")
         gr.api(retrieve_and_rerank, api_name="retrieve_and_rerank")
     return demo
+
+
+def inference_line(scorer: core.Scorer) -> str:
+    """Which inference backend runs the model and how it was chosen (it may change once measured)."""
+    return f"**Inference backend:** {scorer.backend.describe()}, {scorer.workers} worker thread(s)"
 
 
 def backend_line_fn(services: Services):
@@ -251,8 +260,9 @@ def start_retriever(settings: Settings) -> rc.Retriever:
 
     def build(progress) -> rc.Retriever:
         with rc.terminal_progress(also=progress) as report:
+            embedder = core.packaged_scorer(backend=settings.backend, cache_dir=settings.cache_dir)
             return rc.LocalRetriever.build(corpus_path=settings.corpus_path, cache_dir=settings.cache_dir,
-                                           progress=report)
+                                           embedder=embedder, progress=report)
 
     name = "local index of " + (settings.corpus_path or "the Python standard library docs")
     return rc.BackgroundRetriever(build, name=name)
@@ -276,10 +286,14 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    scorer = core.get_scorer(settings.model, trust_remote_code=settings.trust_remote_code)
-    extra = [core.get_scorer(m, trust_remote_code=settings.trust_remote_code) for m in settings.extra_models]
-    log.info("serving with %s", scorer.info.describe())
+    load = {"trust_remote_code": settings.trust_remote_code, "backend": settings.backend,
+            "cache_dir": str(settings.cache_dir)}
+    scorer = core.get_scorer(settings.model, **load)
+    extra = [core.get_scorer(m, **load) for m in settings.extra_models]
+    log.info("serving with %s", scorer.describe())
     server = build_server(settings, scorer, start_retriever(settings), extra)
+    for model in (scorer, *extra):
+        model.start_tuning()  # measures the backends beside the running service, once per machine
     log.info("UI on http://%s:%d/, HTTP API docs on /docs", settings.server_name, settings.server_port)
     uvicorn.run(server, host=settings.server_name, port=settings.server_port, log_level="warning")
 

@@ -15,6 +15,10 @@ VERSION = "0.1.0"
 DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
 
+# RERANK_BACKEND: auto measures the others at start-up (see backends.py)
+BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino", "onnxruntime-int8")
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     """Read a positive integer setting, naming the variable when it is malformed."""
     raw = env.get(name, "").strip()
@@ -88,6 +92,7 @@ class Settings:
     trust_remote_code: bool = False
     fusion: str = "auto"
     fusion_weight: float = 0.7
+    backend: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -110,4 +115,5 @@ class Settings:
             trust_remote_code=env.get("RERANK_TRUST_REMOTE_CODE", "").strip().lower() in {"1", "true", "yes"},
             fusion=_choice(env, "RERANK_FUSION", "auto", ("auto", "none", "rrf", "interpolate")),
             fusion_weight=_weight(env, "RERANK_FUSION_WEIGHT", 0.7),
+            backend=_choice(env, "RERANK_BACKEND", "auto", BACKENDS),
         )

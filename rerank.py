@@ -25,6 +25,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+import backends
+
 log = logging.getLogger("rag_augment.rerank")
 
 Mode = Literal["cross-encoder", "embedding"]
@@ -116,7 +118,7 @@ def _weight_keys(model_dir: Path) -> set[str] | None:
 
     keys: set[str] = set()
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
+        with safe_open(str(file), framework="numpy") as handle:
             keys.update(handle.keys())
     return keys
 
@@ -213,39 +215,46 @@ class EmbeddingCache:
 
 
 class WorkerPool:
-    """Forward passes for every request, on ``workers`` threads that each own a replica of the model.
+    """Forward passes for every request, on ``workers`` threads that each own an engine replica.
 
     On a small CPU one thread per core, each running whole batches, does more work than every core
     inside one batch (measured: 2 workers x 1 thread did a 50-document request's batches 1.34x faster
     than 1 worker x 2 threads). Batches of concurrent requests share the queue, first come first
-    served. Replicas keep tokenizers apart: HF fast tokenizers are not safe to share across threads.
+    served. Each replica has its own tokenizer: fast tokenizers are not safe to share across threads.
+    The pool also remembers where its model came from, so a measured backend choice can replace
+    the replicas while requests are being served (:meth:`Scorer.tune`).
     """
 
-    def __init__(self, model: object, workers: int) -> None:
-        import copy
+    def __init__(self, engines: Sequence, tokenizer: backends.TextTokenizer, choice: backends.Choice, *,
+                 source: ModelSource | None = None) -> None:
         import queue
 
-        import torch
-
-        self.workers = max(1, workers)
-        if self.workers > 1:
-            torch.set_num_threads(1)  # one core per worker; see the class docstring
+        self.replicas = list(engines)
+        self.workers = len(self.replicas)
+        self.choice = choice
+        self.source = source
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self.replicas = [model] + [copy.deepcopy(model) for _ in range(self.workers - 1)]
-        self.tokenizer = copy.deepcopy(model.tokenizer)  # for counting tokens on request threads
+        self.tokenizer = tokenizer.copy()  # for counting tokens on request threads
         self.tokenizer_lock = threading.Lock()
-        for n, replica in enumerate(self.replicas):
-            threading.Thread(target=self._work, args=(replica,), name=f"scorer-worker-{n}", daemon=True).start()
+        for n in range(self.workers):
+            threading.Thread(target=self._work, args=(n,), name=f"scorer-worker-{n}", daemon=True).start()
 
-    def _work(self, replica: object) -> None:
+    def _work(self, n: int) -> None:
         while True:
             fn, future = self._tasks.get()
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(fn(replica))
+                future.set_result(fn(self.replicas[n]))
             except BaseException as exc:  # handed to the waiting request
                 future.set_exception(exc)
+
+    def swap(self, engines: Sequence, choice: backends.Choice) -> None:
+        """Serve with other replicas from the next batch on (same count, same model)."""
+        if len(engines) != self.workers:
+            raise ValueError(f"need {self.workers} replicas, got {len(engines)}")
+        self.replicas = list(engines)
+        self.choice = choice
 
     def map(self, tasks: Sequence) -> list:
         """Run ``task(replica)`` for every task on the workers; results in task order."""
@@ -258,10 +267,26 @@ class WorkerPool:
             futures.append(future)
         return [f.result() for f in futures]
 
-    def tokenize(self, texts, **kwargs):
-        """The model's tokenizer, serialised (only counting and offsets run here, not the forward pass)."""
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens in each text (no special tokens), on the request thread."""
         with self.tokenizer_lock:
-            return self.tokenizer(texts, **kwargs)
+            return self.tokenizer.count(texts)
+
+    def offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Character spans of each text's tokens, on the request thread."""
+        with self.tokenizer_lock:
+            return self.tokenizer.offsets(texts)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model's files are and how to rebuild its engines on another backend."""
+
+    path: Path
+    layout: backends.Layout
+    cache_dir: Path | None
+    trust_remote_code: bool
+    needs_tuning: bool = False
 
 
 def default_workers() -> int:
@@ -272,19 +297,33 @@ def default_workers() -> int:
 
 
 class Scorer:
-    """A loaded model that scores (query, document) pairs; thread-safe, one forward pass at a time."""
+    """A loaded model that scores (query, document) pairs; thread-safe (batches run on the worker pool)."""
 
-    def __init__(self, info: ModelInfo, model: object, *, batch_size: int = 32, cache_size: int = 20_000,
-                 token_budget: int = 1024, workers: int | None = None) -> None:
+    def __init__(self, info: ModelInfo, model: WorkerPool | Scorer, *, batch_size: int = 32, cache_size: int | None = None,
+                 token_budget: int = 1024) -> None:
         self.info = info
         self._token_budget = token_budget
-        if isinstance(model, Scorer):  # a second name for an already loaded model: share it, its workers and cache
-            self._model, self._pool, self._cache = model._model, model._pool, model._cache
+        if isinstance(model, Scorer):  # a second name for an already loaded model: share its workers (and cache)
+            self._pool = model._pool
+            self._cache = model._cache if cache_size is None else EmbeddingCache(cache_size)
         else:
-            self._model = model
-            self._pool = WorkerPool(model, default_workers() if workers is None else workers)
-            self._cache = EmbeddingCache(cache_size)
+            self._pool = model
+            self._cache = EmbeddingCache(20_000 if cache_size is None else cache_size)
         self._batch_size = batch_size
+
+    @property
+    def backend(self) -> backends.Choice:
+        """The inference backend in use and how it was chosen."""
+        return self._pool.choice
+
+    @property
+    def workers(self) -> int:
+        """Threads running forward passes, each with its own replica."""
+        return self._pool.workers
+
+    def describe(self) -> str:
+        """The model sentence plus the backend, for the UI and logs."""
+        return f"{self.info.describe()}; backend {self.backend.describe()}"
 
     def score(self, query: str, texts: Sequence[str], *, raw: bool = False, long_documents: LongDocuments = "truncate",
               max_tokens_per_doc: int | None = None, truncate_left: bool = False) -> np.ndarray:
@@ -309,7 +348,7 @@ class Scorer:
     def _window(self, query: str) -> int:
         """How many document tokens fit beside the query in one forward pass."""
         if self.info.mode == "cross-encoder":
-            query_tokens = len(self._pool.tokenize(query, add_special_tokens=False)["input_ids"])
+            query_tokens = self._pool.count([query])[0]
             return max(32, self.info.max_length - min(query_tokens, self.info.max_length // 2) - 3)
         return max(8, self.info.max_length - 2)
 
@@ -325,10 +364,9 @@ class Scorer:
         candidates = [i for i, t in enumerate(texts) if len(t) > limit]  # a token spans at least one character
         if not candidates:
             return texts, np.arange(len(texts))
-        encoded = self._pool.tokenize([texts[i] for i in candidates], add_special_tokens=False,
-                                      return_offsets_mapping=True, truncation=False, verbose=False)
+        encoded = self._pool.offsets([texts[i] for i in candidates])
         pieces: dict[int, list[str]] = {}
-        for i, offsets in zip(candidates, encoded["offset_mapping"], strict=True):
+        for i, offsets in zip(candidates, encoded, strict=True):
             text = texts[i]
             if max_tokens:
                 offsets = offsets[:max_tokens]
@@ -352,33 +390,27 @@ class Scorer:
 
     def pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
         """Tokens of each (query, text) pair as the model sees it (special tokens in, window-capped)."""
-        query_tokens = len(self._pool.tokenize(query, add_special_tokens=False)["input_ids"])
-        counts = [len(ids) for ids in self._pool.tokenize(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
-        return [min(self.info.max_length, query_tokens + c + 3) for c in counts]
+        query_tokens = self._pool.count([query])[0]
+        return [min(self.info.max_length, query_tokens + c + 3) for c in self._pool.count(list(texts))]
 
     def _score_units(self, query: str, units: list[str], *, raw: bool) -> np.ndarray:
         """One forward pass per unit (batched)."""
         if self.info.mode == "cross-encoder":
-            import torch
-
-            kwargs = {"activation_fn": torch.nn.Identity()} if raw else {}
-            keys = [EmbeddingCache.key(f"{int(raw)}\x00{query}\x00{u}") for u in units]
+            keys = [EmbeddingCache.key(f"{query}\x00{u}") for u in units]
             found = self._cache.get_many(keys)
-            scores = np.array([found[k] if k in found else np.nan for k in keys], dtype=np.float32)
+            logits = np.array([found[k] if k in found else np.nan for k in keys], dtype=np.float32)
             todo = [i for i, k in enumerate(keys) if k not in found]
             if todo:
                 pending = [units[i] for i in todo]
                 groups = plan_batches(self.pair_lengths(query, pending), self._token_budget, self._batch_size)
                 outputs = self._pool.map([
-                    lambda model, g=group: model.predict([(query, pending[j]) for j in g], batch_size=len(g),
-                                                         show_progress_bar=False, **kwargs)
-                    for group in groups])
+                    lambda engine, g=group: engine.score_pairs(query, [pending[j] for j in g]) for group in groups])
                 for group, out in zip(groups, outputs, strict=True):
-                    scores[[todo[j] for j in group]] = np.asarray(out, dtype=np.float32).reshape(len(group))
-                self._cache.put_many({keys[i]: np.float32(scores[i]) for i in todo})
-            return scores
+                    logits[[todo[j] for j in group]] = np.asarray(out, dtype=np.float32).reshape(len(group))
+                self._cache.put_many({keys[i]: np.float32(logits[i]) for i in todo})
+            return logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
         q = self.embed([query], query=True)
-        cosine = np.asarray(self.embed(units) @ q[0], dtype=np.float32)
+        cosine = np.asarray((self.embed(units) * q[0]).sum(axis=1), dtype=np.float32)  # row by row: equal texts tie exactly
         return cosine if raw else (cosine + 1.0) / 2.0
 
     @property
@@ -392,23 +424,16 @@ class Scorer:
         """Unit-length embeddings (one row per text); only embedding-mode models have them."""
         if self.info.mode != "embedding":
             raise ModelLoadError(f"{self.info.name} is a cross-encoder; it has no embeddings")
-        method = "encode_query" if query else "encode_document"
-
-        def encode(model, batch: list[str]) -> np.ndarray:
-            return np.asarray(getattr(model, method)(batch, batch_size=len(batch) or 1, normalize_embeddings=True,
-                                                     show_progress_bar=False), dtype=np.float32)
-
         if query:
-            return self._pool.map([lambda model: encode(model, list(texts))])[0]
+            return self._pool.map([lambda engine: engine.embed(list(texts), query=True)])[0]
         keys = [EmbeddingCache.key(t) for t in texts]
         found = self._cache.get_many(keys)
         missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
         if missing:
             todo = [texts[i] for i in missing]
-            counts = self._pool.tokenize(todo, add_special_tokens=False, verbose=False)["input_ids"]
-            lengths = [min(self.info.max_length, len(c) + 2) for c in counts]
+            lengths = [min(self.info.max_length, c + 2) for c in self._pool.count(todo)]
             groups = plan_batches(lengths, self._token_budget, 64)
-            outputs = self._pool.map([lambda model, g=group: encode(model, [todo[j] for j in g]) for group in groups])
+            outputs = self._pool.map([lambda engine, g=group: engine.embed([todo[j] for j in g]) for group in groups])
             fresh = np.empty((len(todo), outputs[0].shape[1]), dtype=np.float32)
             for group, vectors in zip(groups, outputs, strict=True):
                 fresh[group] = vectors
@@ -422,50 +447,163 @@ class Scorer:
         """The document-embedding (embedding mode) or pair-score (cross-encoder) cache, for metrics."""
         return self._cache
 
+    @property
+    def needs_tuning(self) -> bool:
+        """True when the backend is ``auto`` and no measured choice exists yet for this model here."""
+        source = self._pool.source
+        return bool(source and source.needs_tuning and self.backend.how == _UNMEASURED)
 
-def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *,
-          trust_remote_code: bool) -> Scorer:
-    """Load a resolved checkpoint in the mode its files call for."""
-    mode = detect_mode(path)
-    try:
-        if mode == "cross-encoder":
-            from sentence_transformers import CrossEncoder
-
-            model = CrossEncoder(str(path), device="cpu", local_files_only=True,
-                                 trust_remote_code=trust_remote_code)
-            max_length = int(model.max_seq_length or 512)
+    def tune(self) -> backends.Choice:
+        """Measure every backend here on the probe and, if another is the better choice, serve with it from now on."""
+        source = self._pool.source
+        if source is None or source.cache_dir is None:
+            return self.backend
+        reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == "torch" else None
+        choice = backends.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
+                                 reference_model=reference, trust_remote_code=source.trust_remote_code)
+        if choice.backend != self.backend.backend:
+            self._pool.swap(_engines(choice.backend, source, self._pool.tokenizer, self.workers), choice)
         else:
-            from sentence_transformers import SentenceTransformer
+            self._pool.choice = choice
+        log.info("backend for %s: %s; measured (probe seconds, Spearman vs fp32 torch): %s", self.info.name,
+                 choice.describe(), ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" if m.seconds is not None
+                                              else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
+        return choice
 
-            model = SentenceTransformer(str(path), device="cpu", local_files_only=True,
-                                        trust_remote_code=trust_remote_code)
-            max_length = int(model.max_seq_length or 512)
+    def start_tuning(self) -> threading.Thread | None:
+        """:meth:`tune` in a background thread when :attr:`needs_tuning`; the service keeps answering meanwhile."""
+        if not self.needs_tuning:
+            return None
+
+        def run() -> None:
+            try:
+                self.tune()
+            except Exception:  # the current backend keeps serving
+                log.exception("backend measurement failed; staying on %s", self.backend.backend)
+
+        thread = threading.Thread(target=run, name="backend-tuning", daemon=True)
+        thread.start()
+        return thread
+
+
+_UNMEASURED = "default until measured on this machine"
+Backend = Literal["auto", "torch", "torch-bf16", "onnxruntime", "openvino", "onnxruntime-int8"]
+
+
+def _engines(name: str, source: ModelSource, tokenizer: backends.TextTokenizer, workers: int) -> list:
+    """``workers`` replicas of the model on backend ``name``, one thread each."""
+    if name in ("torch", "torch-bf16"):
+        import copy
+
+        import torch
+
+        if workers > 1:
+            torch.set_num_threads(1)  # one core per worker; see WorkerPool
+        first = backends.create(name, source.path, source.layout, tokenizer.copy(), cache_dir=source.cache_dir,
+                                trust_remote_code=source.trust_remote_code)
+        return [first] + [backends.create(name, source.path, source.layout, tokenizer.copy(), cache_dir=source.cache_dir,
+                                          model=copy.deepcopy(first.model)) for _ in range(workers - 1)]
+    return [backends.create(name, source.path, source.layout, tokenizer.copy(), cache_dir=source.cache_dir, threads=1,
+                            trust_remote_code=source.trust_remote_code) for _ in range(workers)]
+
+
+def _sentence_transformers_pool(path: Path, mode: Mode, trust_remote_code: bool, workers: int) -> tuple[WorkerPool, int]:
+    """Checkpoints with modules of their own run through sentence-transformers (torch)."""
+    import copy
+
+    import torch
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    cls = CrossEncoder if mode == "cross-encoder" else SentenceTransformer
+    model = cls(str(path), device="cpu", local_files_only=True, trust_remote_code=trust_remote_code)
+    if workers > 1:
+        torch.set_num_threads(1)
+    max_length = int(getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or 512)
+    layout = backends.Layout(mode=mode, max_length=max_length)
+    engines = [backends.SentenceTransformersEngine(model, layout)] + [
+        backends.SentenceTransformersEngine(copy.deepcopy(model), layout) for _ in range(workers - 1)]
+    from tokenizers import Tokenizer
+
+    tokenizer = backends.TextTokenizer(Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str()), model.tokenizer.pad_token)
+    choice = backends.Choice(backends.ST_BACKEND, "the checkpoint has sentence-transformers modules beyond "
+                                                  "Transformer + Pooling + Normalize")
+    return WorkerPool(engines, tokenizer, choice), max_length
+
+
+def _initial_choice(backend: str, source: ModelSource) -> backends.Choice:
+    """The backend to start on: the configured one, a choice measured at an earlier start, or torch until measured."""
+    if backend != "auto":
+        return backends.Choice(backend, "set by RERANK_BACKEND")
+    remembered = backends.load_choice(source.path, source.layout, source.cache_dir) if source.cache_dir else None
+    return remembered or backends.Choice("torch", _UNMEASURED)
+
+
+def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *, trust_remote_code: bool,
+          backend: str = "torch", cache_dir: Path | None = None, workers: int | None = None) -> Scorer:
+    """Load a resolved checkpoint in the mode its files call for, on the requested backend."""
+    mode = detect_mode(path)
+    workers = default_workers() if workers is None else max(1, workers)
+    if backend != "auto" and backend not in backends.BACKENDS:
+        raise ModelLoadError(f"RERANK_BACKEND must be auto or one of {', '.join(backends.BACKENDS)}, got {backend!r}")
+    try:
+        layout = backends.layout_of(path, mode)
+        if layout is None:
+            pool, max_length = _sentence_transformers_pool(path, mode, trust_remote_code, workers)
+        else:
+            source = ModelSource(path, layout, Path(cache_dir) if cache_dir else None, trust_remote_code,
+                                 needs_tuning=backend == "auto")
+            tokenizer = backends.TextTokenizer.from_dir(path)
+            choice = _initial_choice(backend, source)
+            try:
+                engines = _engines(choice.backend, source, tokenizer, workers)
+            except backends.BackendError as exc:
+                log.warning("%s; serving on torch", exc)
+                choice = backends.Choice("torch", f"{choice.backend} unavailable here: {exc}")
+                engines = _engines("torch", source, tokenizer, workers)
+            pool, max_length = WorkerPool(engines, tokenizer, choice, source=source), layout.max_length
+    except (ModelLoadError, backends.BackendError) as exc:
+        raise ModelLoadError(f"cannot load {requested!r} as a {mode} model: {exc}") from exc
     except Exception as exc:
         raise ModelLoadError(f"cannot load {requested!r} as a {mode} model: {exc}") from exc
     info = ModelInfo(name=name, path=str(path), mode=mode, max_length=max_length, requested=requested,
                      fallback_reason=fallback_reason)
-    log.info("model ready: %s", info.describe())
-    return Scorer(info, model)
+    scorer = Scorer(info, pool)
+    log.info("model ready: %s", scorer.describe())
+    return scorer
 
 
-def load_scorer(spec: str, *, allow_fallback: bool = True, trust_remote_code: bool = False) -> Scorer:
-    """Load ``spec`` (hub id or folder); if it cannot be had, fall back to the packaged embedding model."""
+def load_scorer(spec: str, *, allow_fallback: bool = True, trust_remote_code: bool = False, backend: str = "torch",
+                cache_dir: str | Path | None = None) -> Scorer:
+    """Load ``spec`` (hub id or folder); if it cannot be had, fall back to the packaged embedding model.
+
+    ``backend``: ``torch`` (fp32), another of :data:`backends.BACKENDS`, or ``auto`` (a choice measured
+    on this machine and remembered in ``cache_dir``; torch until :meth:`Scorer.tune` has measured).
+    """
     try:
-        return _load(resolve_model_dir(spec), spec, None, spec, trust_remote_code=trust_remote_code)
+        return _load(resolve_model_dir(spec), spec, None, spec, trust_remote_code=trust_remote_code, backend=backend,
+                     cache_dir=cache_dir)
     except ModelLoadError as exc:
         if not allow_fallback:
             raise
         log.warning("model %r unavailable (%s); falling back to the packaged all-MiniLM-L6-v2", spec, exc)
-        base = get_scorer(str(packaged_model_path()), allow_fallback=False)
+        base = packaged_scorer(backend=backend, cache_dir=cache_dir)
         info = replace(base.info, name=PACKAGED_MODEL_NAME, requested=spec, fallback_reason=str(exc))
         log.warning("model ready: %s", info.describe())
         return Scorer(info, base)
 
 
 @lru_cache(maxsize=8)
-def get_scorer(spec: str, *, allow_fallback: bool = True, trust_remote_code: bool = False) -> Scorer:
-    """The process-wide cached :func:`load_scorer` (each model is loaded once)."""
-    return load_scorer(spec, allow_fallback=allow_fallback, trust_remote_code=trust_remote_code)
+def get_scorer(spec: str, *, allow_fallback: bool = True, trust_remote_code: bool = False, backend: str = "torch",
+               cache_dir: str | None = None) -> Scorer:
+    """The process-wide cached :func:`load_scorer` (each model is loaded once per backend)."""
+    return load_scorer(spec, allow_fallback=allow_fallback, trust_remote_code=trust_remote_code, backend=backend,
+                       cache_dir=cache_dir)
+
+
+def packaged_scorer(*, backend: str = "torch", cache_dir: str | Path | None = None) -> Scorer:
+    """The packaged all-MiniLM-L6-v2 (the offline default and the local index's embedder), loaded once per backend."""
+    return get_scorer(str(packaged_model_path()), allow_fallback=False, backend=backend,
+                      cache_dir=str(cache_dir) if cache_dir else None)
 
 
 # --- input checks and the table operation --------------------------------------------------------
@@ -690,7 +828,8 @@ def rerank(query: str, documents: pd.DataFrame, top_n: int | None = None, *, mod
         from config import Settings
 
         settings = Settings.from_env()
-        scorer = scorer or get_scorer(model or settings.model, trust_remote_code=settings.trust_remote_code)
+        scorer = scorer or get_scorer(model or settings.model, trust_remote_code=settings.trust_remote_code,
+                                      backend=settings.backend, cache_dir=str(settings.cache_dir))
         max_documents = max_documents or settings.max_documents
     result = rerank_table(query, documents, top_n, scorer=scorer, max_documents=max_documents)
     table = result.table

@@ -159,7 +159,7 @@ class LocalRetriever:
             passages = corpus.builtin_passages() if corpus_path is None else corpus.load_corpus(corpus_path)
         except corpus.CorpusError as exc:
             raise RetrievalError(str(exc)) from exc
-        embedder = embedder or rerank.get_scorer(str(rerank.packaged_model_path()), allow_fallback=False)
+        embedder = embedder or rerank.packaged_scorer()
         name = "the Python standard library docs" if corpus_path is None else Path(corpus_path).name
         index = LocalIndex.open(passages, embedder, path=index_path(cache_dir, corpus_path), name=name,
                                 progress=progress)

@@ -1,11 +1,16 @@
-"""Reranking speed on this machine: the seed's way against the scoring core, in ONE run.
+"""Reranking speed on this machine: the seed's way against ours, in ONE run on the same model files.
 
-``python bench/latency.py [--reps 5]`` builds a cross-encoder of MiniLM-L6 shape from the packaged
-all-MiniLM-L6-v2 weights (a one-logit head on the real encoder: the cost of a trained head), makes
-fresh 50-document requests of 40-400 tokens, and prints for each variant p50/p95 latency, pairs/s,
-the ratio to the seed's way, the fraction of the hardware floor (from a matmul measured here) and
-rankings agreement with fp32 (Spearman, top-5 overlap). Then the embedding (bi-encoder) mode, and
-peak RSS. Scripts, not tests: nothing here asserts a time.
+``python bench/latency.py [--reps 5] [--no-server]`` builds a cross-encoder of MiniLM-L6 shape from
+the packaged all-MiniLM-L6-v2 weights (a one-logit head on the real encoder: the cost of a trained
+head) and prints one table:
+
+(a) one 50-document request (fresh documents of 40-400 tokens each repetition, no cache hits): the
+    seed's ``CrossEncoder.predict`` and our scorer on every backend that runs here, with p50/p95,
+    pairs/s, the ratio to the seed's way, the fraction of the hardware floor (matmul measured here)
+    and rankings agreement with fp32 torch (Spearman, top-5 overlap);
+(b) 1,000 pairs of throughput; (c) 8 concurrent gradio_client clients against the seed's app
+    (``bench/seed_app.py``) and ours over HTTP; (d) cold start to the first answer; (e) peak RSS.
+Scripts, not tests: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import backends  # noqa: E402
 import corpus  # noqa: E402
 import rerank as core  # noqa: E402
 
@@ -94,19 +100,29 @@ def time_variant(fn, requests: list[list[str]]) -> tuple[list[float], list[np.nd
     return latencies, scores
 
 
+def agreement(scores: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, float]:
+    """Mean Spearman and top-5 overlap of each request's scores against fp32 torch."""
+    rho = np.mean([spearman(s, r) for s, r in zip(scores, reference, strict=True)])
+    top5 = np.mean([len(set(np.argsort(-s)[:5]) & set(np.argsort(-r)[:5])) / 5 for s, r in zip(scores, reference, strict=True)])
+    return float(rho), float(top5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="50-document requests per variant")
     parser.add_argument("--docs", type=int, default=50)
-    parser.add_argument("--no-server", action="store_true", help="skip the app-level rows (cold start, concurrency)")
+    parser.add_argument("--pairs", type=int, default=1000, help="pairs for the throughput row")
+    parser.add_argument("--no-server", action="store_true", help="skip the app-level rows (HTTP clients, cold start)")
     args = parser.parse_args()
     import torch
+    from sentence_transformers import CrossEncoder
 
+    cores = os.cpu_count() or 1
     fp32 = matmul_gflops("float32")
     with tempfile.TemporaryDirectory() as tmp:
         ce_dir = build_cross_encoder(Path(tmp) / "ce")
-        scorer = core.load_scorer(str(ce_dir), allow_fallback=False)
-        seed_model = scorer._model  # the same weights, called the seed's way
+        cache = Path(tmp) / "cache"
+        seed_model = CrossEncoder(str(ce_dir), device="cpu", max_length=512)
         tokenizer = seed_model.tokenizer
         requests = make_requests(args.reps + 1, args.docs, tokenizer)
         lengths = [len(tokenizer(QUERY, d)["input_ids"]) for r in requests for d in r]
@@ -115,43 +131,64 @@ def main() -> int:
         flop_per_request = 2 * layer_params * float(np.mean(lengths)) * args.docs
         floor_s = flop_per_request / (fp32 * 1e9)
 
-        cores = os.cpu_count() or 1
-
         def seed_way(docs):
             """The seed's call, with torch's default of one intra-op thread per core."""
+            threads = torch.get_num_threads()
             torch.set_num_threads(cores)
             try:
                 return seed_model.predict([(QUERY, d) for d in docs], batch_size=32, show_progress_bar=False)
             finally:
-                torch.set_num_threads(1 if scorer._pool.workers > 1 else cores)
+                torch.set_num_threads(threads)
 
-        variants = {"seed: CrossEncoder.predict bs=32": seed_way}
-        waste = {"seed: CrossEncoder.predict bs=32": np.mean([core.padding_waste(
-            scorer.pair_lengths(QUERY, r), core.plan_batches(scorer.pair_lengths(QUERY, r), 10**9, 32)) for r in requests])}
-        for budget in (2048, 1024, 512):
-            name = f"core: Scorer.score budget={budget}"
-            fresh_scorer = core.Scorer(scorer.info, scorer._model, token_budget=budget, cache_size=0)  # no cache hits
-            variants[name] = lambda docs, s=fresh_scorer: s.score(QUERY, docs)
-            waste[name] = np.mean([core.padding_waste(scorer.pair_lengths(QUERY, r),
-                                                      core.plan_batches(scorer.pair_lengths(QUERY, r), budget, 32))
-                                   for r in requests])
+        scorers = {}
+        for name in backends.BACKENDS:
+            reason = backends.unavailable(name)
+            if reason:
+                print(f"backend {name}: not measured ({reason})")
+                continue
+            loaded = core.load_scorer(str(ce_dir), allow_fallback=False, backend=name, cache_dir=cache)
+            if loaded.backend.backend == name:
+                scorers[name] = core.Scorer(loaded.info, loaded, cache_size=0)  # no cache hits
+        seed_name = "seed: CrossEncoder.predict bs=32"
+        variants = {seed_name: seed_way} | {f"ours: {name}": (lambda docs, s=s: s.score(QUERY, docs, raw=True))
+                                            for name, s in scorers.items()}
         results = {name: time_variant(fn, requests) for name, fn in variants.items()}
-        reference = results["seed: CrossEncoder.predict bs=32"]
+        some = next(iter(scorers.values()))
+        plans = [(some.pair_lengths(QUERY, r), r) for r in requests]
+        seed_waste = np.mean([core.padding_waste(lens, core.plan_batches(lens, 10**9, 32)) for lens, _ in plans])
+        our_waste = np.mean([core.padding_waste(lens, core.plan_batches(lens, 1024, 32)) for lens, _ in plans])
+        reference = results[seed_name]
         base_p50 = float(np.median(reference[0]))
-        print(f"machine: {cores} cores, {scorer._pool.workers} scoring workers, fp32 matmul {fp32:.0f} GFLOP/s (measured); "
-              f"request: {args.docs} docs, tokens median {np.median(lengths):.0f} (min {min(lengths)}, max {max(lengths)}), "
-              f"~{flop_per_request / 1e9:.0f} GFLOP -> fp32 floor {floor_s:.2f} s")
+        print(f"\nmachine: {cores} cores, {some.workers} scoring workers, fp32 matmul {fp32:.0f} GFLOP/s (measured), "
+              f"native bf16: {backends.cpu_has_native_bf16()}; request: {args.docs} docs, tokens median "
+              f"{np.median(lengths):.0f} (min {min(lengths)}, max {max(lengths)}), ~{flop_per_request / 1e9:.0f} GFLOP "
+              f"-> fp32 floor {floor_s:.2f} s")
+        print(f"(a) one {args.docs}-document request")
         print(f"{'variant':<36}{'p50 s':>8}{'p95 s':>8}{'pairs/s':>9}{'x seed':>8}{'floor/p50':>10}"
               f"{'spearman':>10}{'top5':>6}{'padding':>9}")
+        faithful = {}
         for name, (lat, scores) in results.items():
             p50, p95 = float(np.median(lat)), float(np.percentile(lat, 95))
-            rho = np.mean([spearman(s, r) for s, r in zip(scores, reference[1], strict=True)])
-            top5 = np.mean([len(set(np.argsort(-s)[:5]) & set(np.argsort(-r)[:5])) / 5
-                            for s, r in zip(scores, reference[1], strict=True)])
+            rho, top5 = agreement(scores, reference[1])
+            if name != seed_name and rho >= backends.MIN_SPEARMAN:
+                faithful[name.split(": ", 1)[1]] = p50
             print(f"{name:<36}{p50:>8.2f}{p95:>8.2f}{args.docs / p50:>9.1f}{base_p50 / p50:>8.2f}"
-                  f"{floor_s / p50:>10.2f}{rho:>10.4f}{top5:>6.2f}{waste[name]:>9.0%}")
+                  f"{floor_s / p50:>10.2f}{rho:>10.4f}{top5:>6.2f}{(seed_waste if name == seed_name else our_waste):>9.0%}")
+        best = min(faithful, key=faithful.get) if faithful else "torch"
 
-        embedder = core.get_scorer(str(core.packaged_model_path()), allow_fallback=False)
+        pool = [d for r in make_requests(args.pairs // args.docs + 1, args.docs, tokenizer, seed=7) for d in r][: args.pairs]
+        started = time.perf_counter()
+        seed_way(pool)
+        seed_tp = len(pool) / (time.perf_counter() - started)
+        started = time.perf_counter()
+        scorers[best].score(QUERY, pool)
+        our_tp = len(pool) / (time.perf_counter() - started)
+        pair_flop = 2 * layer_params * float(np.mean(some.pair_lengths(QUERY, pool)))
+        print(f"(b) {len(pool)} pairs: seed {seed_tp:.1f} pairs/s; ours ({best}) {our_tp:.1f} pairs/s = "
+              f"{our_tp / seed_tp:.2f}x; fp32 floor {fp32 * 1e9 / pair_flop:.1f} pairs/s "
+              f"(ours at {our_tp * pair_flop / (fp32 * 1e9):.0%} of it)")
+
+        embedder = core.load_scorer(str(core.packaged_model_path()), allow_fallback=False, backend=best, cache_dir=cache)
         cold = [d for r in requests for d in r][: args.docs]
         started = time.perf_counter()
         embedder.score(QUERY, cold)
@@ -159,59 +196,118 @@ def main() -> int:
         started = time.perf_counter()
         embedder.score(QUERY + " again", cold)
         cached = time.perf_counter() - started
-        print(f"embedding mode (all-MiniLM-L6-v2): {args.docs} new documents {first:.2f} s; the same documents for "
-              f"another query {cached:.3f} s (document-embedding cache, {first / max(cached, 1e-6):.0f}x)")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this benchmark process: {peak:.0f} MiB")
-    if not args.no_server:
-        serve_benchmark(requests, args.docs)
+        print(f"embedding mode (all-MiniLM-L6-v2, {best}): {args.docs} new documents {first:.2f} s; the same documents "
+              f"for another query {cached:.3f} s (document-embedding cache, {first / max(cached, 1e-6):.0f}x)")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of this benchmark process (every backend loaded): {peak:.0f} MiB")
+        if not args.no_server:
+            serve_benchmark(requests, ce_dir, best, Path(tmp))
     return 0
 
 
-def serve_benchmark(requests: list[list[str]], n_docs: int, clients: int = 8) -> None:
-    """Against ``python app.py`` (embedded default): cold start, sequential vs concurrent pairs/s, RSS."""
+def _start(command: list[str], env: dict[str, str], port: int, tmp: Path) -> tuple[object, float]:
+    """Start a server process; seconds from process start to its first /rerank answer (gradio_client)."""
+    import subprocess
+
+    from gradio_client import Client
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env={**os.environ, "MALLOC_ARENA_MAX": "2", **env}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=(tmp / f"server-{port}.log").open("w"))
+    url = f"http://127.0.0.1:{port}/"
+    while time.perf_counter() - started < 300:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{command} exited; see {tmp}/server-{port}.log")
+        try:
+            Client(url, verbose=False).predict("warm", {"headers": ["text"], "data": [["a"], ["b"]]}, api_name="/rerank")
+            return proc, time.perf_counter() - started
+        except Exception:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{command} did not answer within 300 s")
+
+
+def _peak_rss(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _clients(url: str, batches: list[list[str]], clients: int) -> tuple[float, float]:
+    """Pairs/s of single requests one after another, then of ``clients`` threads each sending its own requests."""
     import threading
 
-    import httpx
+    from gradio_client import Client
 
+    def call(client, docs: list[str]) -> None:
+        client.predict(QUERY, {"headers": ["text"], "data": [[d] for d in docs]}, api_name="/rerank")
+
+    pool = [Client(url, verbose=False) for _ in range(clients)]
+    sequential = batches[:clients]
+    t = time.perf_counter()
+    for docs in sequential:
+        call(pool[0], docs)
+    seq = sum(map(len, sequential)) / (time.perf_counter() - t)
+    concurrent = batches[clients:2 * clients]
+    threads = [threading.Thread(target=call, args=(c, d)) for c, d in zip(pool, concurrent, strict=True)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return seq, sum(map(len, concurrent)) / (time.perf_counter() - t)
+
+
+def serve_benchmark(requests: list[list[str]], ce_dir: Path, backend: str, tmp: Path, clients: int = 8) -> None:
+    """(c)-(e): the seed's app and ours on the same cross-encoder over HTTP; cold start of the embedded default."""
     sys.path.insert(0, str(ROOT / "bench"))
     import load
 
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        proc, url = load.start_app(Path(tmp))
+    rng = np.random.default_rng(1)
+    words = " ".join(d for r in requests for d in r).split()
+    batches = [[" ".join(rng.choice(words, size=int(rng.integers(40, 300)))) for _ in range(len(requests[0]))]
+               for _ in range(4 * clients)]
+    rows = []
+    for name, command, env, part in (
+            ("seed app", [sys.executable, str(ROOT / "bench" / "seed_app.py")], {"RERANK_MODEL": str(ce_dir)}, 0),
+            (f"ours ({backend})", [sys.executable, str(ROOT / "app.py")],
+             {"RERANK_MODEL": str(ce_dir), "RERANK_BACKEND": backend, "RAG_AUGMENT_CACHE": str(tmp / "cache"),
+              "CORPUS_PATH": str(ROOT / "README.md")}, 1)):
+        port = load._free_port()
+        proc, cold = _start(command, {**env, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}, port, tmp)
         try:
-            httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": ["warm", "up"]}, timeout=120)
-            cold = time.perf_counter() - started
-            rng = np.random.default_rng(1)
-            words = " ".join(d for r in requests for d in r).split()
-
-            def fresh() -> list[str]:
-                return [" ".join(rng.choice(words, size=int(rng.integers(40, 200)))) for _ in range(n_docs)]
-
-            def call(docs: list[str]) -> None:
-                r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": docs}, timeout=300)
-                r.raise_for_status()
-
-            batches = [fresh() for _ in range(clients * 2)]
-            t = time.perf_counter()
-            for docs in batches[:clients]:
-                call(docs)
-            sequential = clients * n_docs / (time.perf_counter() - t)
-            threads = [threading.Thread(target=call, args=(docs,)) for docs in batches[clients:]]
-            t = time.perf_counter()
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            concurrent = clients * n_docs / (time.perf_counter() - t)
-            rss = load.rss_mb(proc.pid)
+            seq, conc = _clients(f"http://127.0.0.1:{port}/", batches[part * 2 * clients:(part + 1) * 2 * clients], clients)
+            rows.append((name, cold, seq, conc, _peak_rss(proc.pid)))
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"python app.py (embedded default): cold start to first answer {cold:.1f} s; /v2/rerank with {n_docs} "
-          f"fresh documents: sequential {sequential:.1f} pairs/s, {clients} concurrent clients {concurrent:.1f} pairs/s "
-          f"({concurrent / sequential:.2f}x); server RSS {rss:.0f} MiB")
+    print(f"(c)-(e) over HTTP with gradio_client, same cross-encoder files, {len(batches[0])} fresh documents per request")
+    print(f"{'server':<24}{'cold start s':>13}{'seq pairs/s':>12}{f'{clients} clients':>12}{'conc/seq':>9}"
+          f"{'x seed':>8}{'peak RSS MiB':>13}")
+    for name, cold, seq, conc, rss in rows:
+        print(f"{name:<24}{cold:>13.1f}{seq:>12.1f}{conc:>12.1f}{conc / seq:>9.2f}{conc / rows[0][3]:>8.2f}{rss:>13.0f}")
+    cache = tmp / "default-cache"
+    for attempt in ("first start, empty cache", "restart, cache kept"):
+        port = load._free_port()
+        proc, cold = _start([sys.executable, str(ROOT / "app.py")],
+                            {"RAG_AUGMENT_CACHE": str(cache), "CORPUS_PATH": str(ROOT / "README.md"),
+                             "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}, port, tmp)
+        info = httpx_info(port)
+        if attempt.startswith("first"):
+            time.sleep(45)  # let the backend measurement finish and be remembered
+            info = httpx_info(port)
+        proc.terminate()
+        proc.wait(30)
+        print(f"(d) python app.py, embedded default, {attempt}: first answer after {cold:.1f} s; backend {info}")
+
+
+def httpx_info(port: int) -> str:
+    """The backend line of a running app's /info."""
+    import httpx
+
+    backend = httpx.get(f"http://127.0.0.1:{port}/info", timeout=10).json()["backend"]
+    return f"{backend['backend']} ({backend['how']})"
 
 
 if __name__ == "__main__":

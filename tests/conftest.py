@@ -40,7 +40,7 @@ def build_tiny_cross_encoder(target: Path, *, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def packaged_scorer() -> core.Scorer:
     """The packaged all-MiniLM-L6-v2, the offline default, in embedding mode."""
-    return core.get_scorer(str(core.packaged_model_path()))
+    return core.packaged_scorer()
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,7 @@ def test_health_info_metrics_docs(server):
     info = httpx.get(f"{server}/info").json()
     assert info["model"]["mode"] == "embedding" and info["limits"]["max_documents"] == 50 and info["version"]
     assert "embedding similarity" in info["scoring"]
+    assert info["backend"]["backend"] == "torch" and info["backend"]["how"] and info["workers"] >= 1
     httpx.post(f"{server}/v2/rerank", json={"query": QUERY, "documents": DOCS}, timeout=30)
     httpx.post(f"{server}/v2/rerank", json={"query": "", "documents": DOCS}, timeout=30)
     text = httpx.get(f"{server}/metrics").text
