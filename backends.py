@@ -348,7 +348,7 @@ def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, thr
     model = core.read_model(str(path))
     precision = "bf16" if cpu_has_native_bf16() else "f32"
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
-                                                 "PERFORMANCE_HINT": "LATENCY"})
+                                                 "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
     request = compiled.create_infer_request()
     inputs = [i.get_any_name() for i in model.inputs]
 
@@ -447,14 +447,24 @@ def probe_documents(n: int = 24) -> list[str]:
     return docs
 
 
-def probe_scores(engine, layout: Layout, documents: Sequence[str], batch: int = 8) -> np.ndarray:
-    """The probe's scores on one engine (logits or cosines), in small batches as the scorer runs them."""
-    out = []
-    query = engine.embed([PROBE_QUERY], query=True)[0] if layout.mode == "embedding" else None
-    for start in range(0, len(documents), batch):
-        chunk = list(documents[start:start + batch])
-        out.append(engine.score_pairs(PROBE_QUERY, chunk) if query is None else engine.embed(chunk) @ query)
-    return np.concatenate(out).astype(np.float64)
+def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], batch: int = 4) -> np.ndarray:
+    """The probe's scores (logits or cosines) on one backend, its replicas working side by side as the scorer runs them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    order = sorted(range(len(documents)), key=lambda i: -len(documents[i]))
+    chunks = [order[i:i + batch] for i in range(0, len(order), batch)]
+    query = replicas[0].embed([PROBE_QUERY], query=True)[0] if layout.mode == "embedding" else None
+    out = np.zeros(len(documents), dtype=np.float64)
+
+    def work(n: int) -> None:
+        engine = replicas[n]
+        for chunk in chunks[n::len(replicas)]:
+            texts = [documents[i] for i in chunk]
+            out[chunk] = engine.score_pairs(PROBE_QUERY, texts) if query is None else engine.embed(texts) @ query
+
+    with ThreadPoolExecutor(len(replicas)) as pool:
+        list(pool.map(work, range(len(replicas))))
+    return out
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -491,18 +501,16 @@ class Choice:
         return {"backend": self.backend, "how": self.how, "measurements": [asdict(m) for m in self.measurements]}
 
 
-def measure(engines: dict[str, object], layout: Layout, *, rounds: int = 3) -> list[Measurement]:
-    """Time every engine on the probe, interleaved round by round so background load hits all alike."""
+def measure(engines: dict[str, list], layout: Layout, *, rounds: int = 3) -> list[Measurement]:
+    """Time every backend's replicas on the probe, interleaved round by round so background load hits all alike."""
     documents = probe_documents()
     reference = probe_scores(engines["torch"], layout, documents)
     times: dict[str, list[float]] = {name: [] for name in engines}
-    results: dict[str, np.ndarray] = {}
-    for name, engine in engines.items():  # warm-up, and the scores to compare
-        results[name] = probe_scores(engine, layout, documents)
+    results = {name: probe_scores(replicas, layout, documents) for name, replicas in engines.items()}  # also warms up
     for _ in range(rounds):
-        for name, engine in engines.items():
+        for name, replicas in engines.items():
             started = time.perf_counter()
-            probe_scores(engine, layout, documents)
+            probe_scores(replicas, layout, documents)
             times[name].append(time.perf_counter() - started)
     return [Measurement(backend=name, seconds=float(np.median(times[name])), spearman=spearman(results[name], reference),
                         max_abs_diff=float(np.max(np.abs(results[name] - reference)))) for name in engines]
@@ -519,10 +527,13 @@ def pick(measurements: Sequence[Measurement]) -> str:
 
 
 def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path, reference_model=None,
-           trust_remote_code: bool = False) -> Choice:
-    """Measure every backend available here on the probe and pick one; the result is cached on disk."""
-    engines: dict[str, object] = {"torch": torch_engine(model_dir, layout, tokenizer.copy(), model=reference_model,
-                                                        trust_remote_code=trust_remote_code)}
+           trust_remote_code: bool = False, workers: int = 1) -> Choice:
+    """Measure every backend available here on the probe, ``workers`` replicas each, and pick one; cached on disk."""
+    import copy
+
+    first = torch_engine(model_dir, layout, tokenizer.copy(), model=reference_model, trust_remote_code=trust_remote_code)
+    engines: dict[str, list] = {"torch": [first] + [
+        torch_engine(model_dir, layout, tokenizer.copy(), model=copy.deepcopy(first.model)) for _ in range(workers - 1)]}
     skipped = []
     for name in BACKENDS[1:]:
         reason = unavailable(name)
@@ -530,8 +541,8 @@ def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_d
             skipped.append(Measurement(backend=name, note=reason))
             continue
         try:
-            engines[name] = create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
-                                   trust_remote_code=trust_remote_code)
+            engines[name] = [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
+                                    trust_remote_code=trust_remote_code) for _ in range(workers)]
         except Exception as exc:
             skipped.append(Measurement(backend=name, note=str(exc).splitlines()[0][:200]))
     measurements = measure(engines, layout) + skipped

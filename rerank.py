@@ -460,7 +460,8 @@ class Scorer:
             return self.backend
         reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == "torch" else None
         choice = backends.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
-                                 reference_model=reference, trust_remote_code=source.trust_remote_code)
+                                 reference_model=reference, trust_remote_code=source.trust_remote_code,
+                                 workers=self.workers)
         if choice.backend != self.backend.backend:
             self._pool.swap(_engines(choice.backend, source, self._pool.tokenizer, self.workers), choice)
         else:
@@ -573,7 +574,7 @@ def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *,
 
 
 def load_scorer(spec: str, *, allow_fallback: bool = True, trust_remote_code: bool = False, backend: str = "torch",
-                cache_dir: str | Path | None = None) -> Scorer:
+                cache_dir: str | Path | None = None, workers: int | None = None) -> Scorer:
     """Load ``spec`` (hub id or folder); if it cannot be had, fall back to the packaged embedding model.
 
     ``backend``: ``torch`` (fp32), another of :data:`backends.BACKENDS`, or ``auto`` (a choice measured
@@ -581,7 +582,7 @@ def load_scorer(spec: str, *, allow_fallback: bool = True, trust_remote_code: bo
     """
     try:
         return _load(resolve_model_dir(spec), spec, None, spec, trust_remote_code=trust_remote_code, backend=backend,
-                     cache_dir=cache_dir)
+                     cache_dir=cache_dir, workers=workers)
     except ModelLoadError as exc:
         if not allow_fallback:
             raise
