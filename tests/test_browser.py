@@ -51,6 +51,9 @@ def test_edit_a_row_submit_and_read_the_reranked_order(page):
     page.keyboard.press("Control+A")
     page.keyboard.type("Artificial intelligence will shape the future of humanity and AI research.")
     page.keyboard.press("Enter")
+    # the edit is committed once the table shows it (a cold browser can be slower than the next click)
+    page.wait_for_function("[...document.querySelectorAll('#documents [role=gridcell]')]"
+                           ".some(c => c.innerText.startsWith('Artificial intelligence will shape'))")
     page.locator("#submit").click()
     page.wait_for_function("document.querySelector('#status')?.innerText.includes('ranked')")
     out = _cells(page, "reranked")
