@@ -501,19 +501,42 @@ class Choice:
         return {"backend": self.backend, "how": self.how, "measurements": [asdict(m) for m in self.measurements]}
 
 
-def measure(engines: dict[str, list], layout: Layout, *, rounds: int = 3) -> list[Measurement]:
-    """Time every backend's replicas on the probe, interleaved round by round so background load hits all alike."""
+def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: Layout, *,
+            rounds: int = 3) -> tuple[list[Measurement], list[Measurement]]:
+    """Time fp32 torch and each candidate's replicas on the probe.
+
+    Candidates are built and dropped one at a time (memory stays at two copies of the model beside the
+    serving one), and each is timed in rounds alternating with torch so background load hits both alike.
+    Returns the measurements and the candidates that could not be built.
+    """
     documents = probe_documents()
-    reference = probe_scores(engines["torch"], layout, documents)
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    results = {name: probe_scores(replicas, layout, documents) for name, replicas in engines.items()}  # also warms up
-    for _ in range(rounds):
-        for name, replicas in engines.items():
-            started = time.perf_counter()
-            probe_scores(replicas, layout, documents)
-            times[name].append(time.perf_counter() - started)
-    return [Measurement(backend=name, seconds=float(np.median(times[name])), spearman=spearman(results[name], reference),
-                        max_abs_diff=float(np.max(np.abs(results[name] - reference)))) for name in engines]
+    expected = probe_scores(reference, layout, documents)
+    torch_times: list[float] = []
+    measured, skipped = [], []
+
+    def timed(replicas: list) -> float:
+        started = time.perf_counter()
+        probe_scores(replicas, layout, documents)
+        return time.perf_counter() - started
+
+    for name, build in candidates.items():
+        try:
+            replicas = build()
+        except Exception as exc:
+            skipped.append(Measurement(backend=name, note=str(exc).splitlines()[0][:200]))
+            continue
+        scores = probe_scores(replicas, layout, documents)  # also the warm-up
+        times = []
+        for _ in range(rounds):
+            torch_times.append(timed(reference))
+            times.append(timed(replicas))
+        measured.append(Measurement(backend=name, seconds=float(np.median(times)), spearman=spearman(scores, expected),
+                                    max_abs_diff=float(np.max(np.abs(scores - expected)))))
+        del replicas
+    if not torch_times:
+        torch_times = [timed(reference) for _ in range(rounds)]
+    return [Measurement(backend="torch", seconds=float(np.median(torch_times)), spearman=1.0, max_abs_diff=0.0),
+            *measured], skipped
 
 
 def pick(measurements: Sequence[Measurement]) -> str:
@@ -532,20 +555,19 @@ def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_d
     import copy
 
     first = torch_engine(model_dir, layout, tokenizer.copy(), model=reference_model, trust_remote_code=trust_remote_code)
-    engines: dict[str, list] = {"torch": [first] + [
-        torch_engine(model_dir, layout, tokenizer.copy(), model=copy.deepcopy(first.model)) for _ in range(workers - 1)]}
-    skipped = []
+    reference = [first] + [torch_engine(model_dir, layout, tokenizer.copy(), model=copy.deepcopy(first.model))
+                           for _ in range(workers - 1)]
+    candidates: dict[str, Callable[[], list]] = {}
+    unavailable_here = []
     for name in BACKENDS[1:]:
         reason = unavailable(name)
         if reason:
-            skipped.append(Measurement(backend=name, note=reason))
+            unavailable_here.append(Measurement(backend=name, note=reason))
             continue
-        try:
-            engines[name] = [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
-                                    trust_remote_code=trust_remote_code) for _ in range(workers)]
-        except Exception as exc:
-            skipped.append(Measurement(backend=name, note=str(exc).splitlines()[0][:200]))
-    measurements = measure(engines, layout) + skipped
+        candidates[name] = lambda name=name: [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
+                                                     trust_remote_code=trust_remote_code) for _ in range(workers)]
+    measured, skipped = measure(reference, candidates, layout)
+    measurements = measured + skipped + unavailable_here
     for m in measurements:
         if m.seconds is not None and (m.spearman or 0) < MIN_SPEARMAN:
             m.note = f"rankings drift from fp32 torch (Spearman {m.spearman:.3f} < {MIN_SPEARMAN})"
