@@ -293,7 +293,7 @@ def main() -> None:
     log.info("serving with %s", scorer.describe())
     server = build_server(settings, scorer, start_retriever(settings), extra)
     for model in (scorer, *extra):
-        model.start_tuning()  # measures the backends beside the running service, once per machine
+        model.start_tuning(delay=15)  # measures the backends beside the running service, once per machine
     log.info("UI on http://%s:%d/, HTTP API docs on /docs", settings.server_name, settings.server_port)
     uvicorn.run(server, host=settings.server_name, port=settings.server_port, log_level="warning")
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -471,12 +472,16 @@ class Scorer:
                                               else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
         return choice
 
-    def start_tuning(self) -> threading.Thread | None:
-        """:meth:`tune` in a background thread when :attr:`needs_tuning`; the service keeps answering meanwhile."""
+    def start_tuning(self, delay: float = 0.0) -> threading.Thread | None:
+        """:meth:`tune` in a background thread when :attr:`needs_tuning`; the service keeps answering meanwhile.
+
+        ``delay`` seconds first, so that the measurement does not slow a service's first answers.
+        """
         if not self.needs_tuning:
             return None
 
         def run() -> None:
+            time.sleep(delay)
             try:
                 self.tune()
             except Exception:  # the current backend keeps serving
