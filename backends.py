@@ -370,9 +370,6 @@ def unavailable(name: str) -> str | None:
              "openvino": "openvino"}[name]
     if importlib.util.find_spec(needs) is None:
         return f"{needs} is not installed"
-    if name.startswith("onnxruntime") or name == "openvino":
-        if importlib.util.find_spec("onnx") is None and importlib.util.find_spec("torch") is None:
-            return "exporting to ONNX needs torch and onnx"
     if name == "torch-bf16" and not cpu_has_native_bf16():
         return "this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 would be emulated"
     return None
