@@ -390,9 +390,14 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
         path = onnx_path(model_dir, layout, cache_dir, int8=name == "onnxruntime-int8", trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise BackendError(f"cannot export {model_dir.name} for {name}: {exc}") from exc
-    if name.startswith("onnxruntime"):
-        return onnxruntime_engine(path, layout, tokenizer, threads=threads)
-    return openvino_engine(path, layout, tokenizer, threads=threads)
+    try:
+        if name.startswith("onnxruntime"):
+            return onnxruntime_engine(path, layout, tokenizer, threads=threads)
+        return openvino_engine(path, layout, tokenizer, threads=threads)
+    except Exception as exc:  # a damaged cached graph: remove it, so the next measurement exports it again
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise BackendError(f"cannot run {path} on {name} ({str(exc).splitlines()[0][:200]}); removed it") from exc
 
 
 class SentenceTransformersEngine:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,18 @@ def test_custom_sentence_transformers_modules_run_through_sentence_transformers(
     expected = reference.encode_document(docs, normalize_embeddings=True) @ \
         reference.encode_query(["probe"], normalize_embeddings=True)[0]
     np.testing.assert_allclose(scorer.score("probe", docs, raw=True), expected, atol=1e-5)
+
+
+def test_a_damaged_cached_graph_serves_on_torch_and_is_exported_again(tmp_path, tiny_cross_encoder_dir):
+    scorer = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="onnxruntime", cache_dir=tmp_path)
+    graph = next(tmp_path.glob("backends/*/model.onnx"))
+    expected = scorer.score(backends.PROBE_QUERY, backends.probe_documents(), raw=True)
+    backends.save_choice(Path(str(tiny_cross_encoder_dir)), scorer._pool.source.layout, tmp_path,
+                         backends.Choice("onnxruntime", "measured"))
+    graph.write_bytes(b"not an onnx graph")
+    damaged = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="auto", cache_dir=tmp_path)
+    assert damaged.backend.backend == "torch" and "removed it" in damaged.backend.how
+    np.testing.assert_allclose(damaged.score(backends.PROBE_QUERY, backends.probe_documents(), raw=True), expected, atol=1e-4)
+    assert not graph.exists()
+    again = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="onnxruntime", cache_dir=tmp_path)
+    assert again.backend.backend == "onnxruntime" and graph.is_file()
