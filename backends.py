@@ -283,14 +283,14 @@ def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, int8: bool = 
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             fp32 = onnx_path(model_dir, layout, cache_dir, trust_remote_code=trust_remote_code)
-            partial = folder / "model-int8.partial.onnx"
+            partial = folder / f"model-int8.{os.getpid()}.partial.onnx"  # processes sharing the cache never clobber
             logging.disable(logging.INFO)  # the quantizer logs a line per tensor
             try:
                 quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8, per_channel=True)
             finally:
                 logging.disable(logging.NOTSET)
         else:
-            partial = folder / "model.partial.onnx"
+            partial = folder / f"model.{os.getpid()}.partial.onnx"
             _export(model_dir, layout, partial, trust_remote_code)
         partial.replace(target)
         log.info("exported %s to %s", model_dir.name, target)
