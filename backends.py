@@ -400,6 +400,24 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
         raise BackendError(f"cannot run {path} on {name} ({str(exc).splitlines()[0][:200]}); removed it") from exc
 
 
+def replicas(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path | None,
+             workers: int, trust_remote_code: bool = False, model=None) -> list[GraphEngine]:
+    """``workers`` engines of backend ``name``, each with its own tokenizer and one thread (torch: copies of one model)."""
+    if name in ("torch", "torch-bf16"):
+        import copy
+
+        import torch
+
+        if workers > 1:
+            torch.set_num_threads(1)  # one core per worker thread
+        first = create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
+                       trust_remote_code=trust_remote_code, model=model)
+        return [first] + [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
+                                 model=copy.deepcopy(first.model)) for _ in range(workers - 1)]
+    return [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir, threads=1,
+                   trust_remote_code=trust_remote_code) for _ in range(workers)]
+
+
 class SentenceTransformersEngine:
     """sentence-transformers itself, for checkpoints with modules the graph engines do not run."""
 
@@ -554,11 +572,8 @@ def pick(measurements: Sequence[Measurement]) -> str:
 def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path, reference_model=None,
            trust_remote_code: bool = False, workers: int = 1) -> Choice:
     """Measure every backend available here on the probe, ``workers`` replicas each, and pick one; cached on disk."""
-    import copy
-
-    first = torch_engine(model_dir, layout, tokenizer.copy(), model=reference_model, trust_remote_code=trust_remote_code)
-    reference = [first] + [torch_engine(model_dir, layout, tokenizer.copy(), model=copy.deepcopy(first.model))
-                           for _ in range(workers - 1)]
+    reference = replicas("torch", model_dir, layout, tokenizer, cache_dir=cache_dir, workers=workers,
+                         trust_remote_code=trust_remote_code, model=reference_model)
     candidates: dict[str, Callable[[], list]] = {}
     unavailable_here = []
     for name in BACKENDS[1:]:
@@ -566,8 +581,8 @@ def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_d
         if reason:
             unavailable_here.append(Measurement(backend=name, note=reason))
             continue
-        candidates[name] = lambda name=name: [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
-                                                     trust_remote_code=trust_remote_code) for _ in range(workers)]
+        candidates[name] = lambda name=name: replicas(name, model_dir, layout, tokenizer, cache_dir=cache_dir,
+                                                      workers=workers, trust_remote_code=trust_remote_code)
     measured, skipped = measure(reference, candidates, layout)
     measurements = measured + skipped + unavailable_here
     for m in measurements:

@@ -497,20 +497,9 @@ Backend = Literal["auto", "torch", "torch-bf16", "onnxruntime", "openvino", "onn
 
 
 def _engines(name: str, source: ModelSource, tokenizer: backends.TextTokenizer, workers: int) -> list:
-    """``workers`` replicas of the model on backend ``name``, one thread each."""
-    if name in ("torch", "torch-bf16"):
-        import copy
-
-        import torch
-
-        if workers > 1:
-            torch.set_num_threads(1)  # one core per worker; see WorkerPool
-        first = backends.create(name, source.path, source.layout, tokenizer.copy(), cache_dir=source.cache_dir,
-                                trust_remote_code=source.trust_remote_code)
-        return [first] + [backends.create(name, source.path, source.layout, tokenizer.copy(), cache_dir=source.cache_dir,
-                                          model=copy.deepcopy(first.model)) for _ in range(workers - 1)]
-    return [backends.create(name, source.path, source.layout, tokenizer.copy(), cache_dir=source.cache_dir, threads=1,
-                            trust_remote_code=source.trust_remote_code) for _ in range(workers)]
+    """``workers`` replicas of the model on backend ``name``, one thread each (see WorkerPool)."""
+    return backends.replicas(name, source.path, source.layout, tokenizer, cache_dir=source.cache_dir, workers=workers,
+                             trust_remote_code=source.trust_remote_code)
 
 
 def _sentence_transformers_pool(path: Path, mode: Mode, trust_remote_code: bool, workers: int) -> tuple[WorkerPool, int]:
