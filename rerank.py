@@ -556,8 +556,6 @@ def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *,
                 choice = backends.Choice("torch", f"{choice.backend} unavailable here: {exc}")
                 engines = _engines("torch", source, tokenizer, workers)
             pool, max_length = WorkerPool(engines, tokenizer, choice, source=source), layout.max_length
-    except (ModelLoadError, backends.BackendError) as exc:
-        raise ModelLoadError(f"cannot load {requested!r} as a {mode} model: {exc}") from exc
     except Exception as exc:
         raise ModelLoadError(f"cannot load {requested!r} as a {mode} model: {exc}") from exc
     info = ModelInfo(name=name, path=str(path), mode=mode, max_length=max_length, requested=requested,

@@ -232,13 +232,6 @@ def _start(command: list[str], env: dict[str, str], port: int, tmp: Path) -> tup
     raise RuntimeError(f"{command} did not answer within 300 s")
 
 
-def _peak_rss(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _clients(url: str, batches: list[list[str]], clients: int) -> tuple[float, float]:
     """Pairs/s of single requests one after another, then of ``clients`` threads each sending its own requests."""
     import threading
@@ -283,7 +276,7 @@ def serve_benchmark(requests: list[list[str]], ce_dir: Path, backend: str, tmp: 
         proc, cold = _start(command, {**env, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}, port, tmp)
         try:
             seq, conc = _clients(f"http://127.0.0.1:{port}/", batches[part * 2 * clients:(part + 1) * 2 * clients], clients)
-            rows.append((name, cold, seq, conc, _peak_rss(proc.pid)))
+            rows.append((name, cold, seq, conc, load.rss_mb(proc.pid, "VmHWM")))
         finally:
             proc.terminate()
             proc.wait(30)

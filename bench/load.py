@@ -31,10 +31,10 @@ WORDS = ("retrieval rerank question answer passage model score vector index quer
 ROUTES = ("gradio", "v2", "v1", "tei")
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process, in MiB (Linux /proc)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of a process in MiB (Linux /proc); ``field="VmHWM"`` gives its peak."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
