@@ -33,11 +33,13 @@ import numpy as np
 log = logging.getLogger("rag_augment.backends")
 
 Mode = Literal["cross-encoder", "embedding"]
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "onnxruntime-int8")
+BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8")
+REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "onnxruntime-int8")  # their own candidates behind the gate
 ST_BACKEND = "torch (sentence-transformers)"
 MIN_SPEARMAN = 0.99
+MAX_DIFF_OF_SPREAD = 0.05  # and no score may move by more than 5% of the probe's score range
 TIE = 0.05  # candidates within 5% of the fastest count as equally fast; the lighter start-up wins
-_START_COST = {"onnxruntime": 0, "onnxruntime-int8": 1, "openvino": 2, "torch": 3, "torch-bf16": 4}
+_START_COST = {"onnxruntime": 0, "onnxruntime-int8": 1, "openvino": 2, "openvino-bf16": 3, "torch": 4, "torch-bf16": 5}
 _EXPORT_LOCK = threading.RLock()
 
 
@@ -340,13 +342,14 @@ def onnxruntime_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, 
     return engine
 
 
-def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1) -> GraphEngine:
-    """An OpenVINO compiled model on the CPU (bf16 inference only where the CPU has it natively)."""
+def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1,
+                    bf16: bool = False) -> GraphEngine:
+    """An OpenVINO compiled model on the CPU, in fp32 unless ``bf16`` (OpenVINO's own default is bf16 where the CPU has it)."""
     import openvino
 
     core = openvino.Core()
     model = core.read_model(str(path))
-    precision = "bf16" if cpu_has_native_bf16() else "f32"
+    precision = "bf16" if bf16 else "f32"
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
                                                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
     request = compiled.create_infer_request()
@@ -356,7 +359,7 @@ def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, thr
         return np.array(request.infer(batch)[0])
 
     engine = GraphEngine(tokenizer, layout, forward, inputs)
-    engine.name = "openvino"
+    engine.name = "openvino-bf16" if bf16 else "openvino"
     return engine
 
 
@@ -367,10 +370,10 @@ def unavailable(name: str) -> str | None:
     if name not in BACKENDS:
         return f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto"
     needs = {"torch": "torch", "torch-bf16": "torch", "onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime",
-             "openvino": "openvino"}[name]
+             "openvino": "openvino", "openvino-bf16": "openvino"}[name]
     if importlib.util.find_spec(needs) is None:
         return f"{needs} is not installed"
-    if name == "torch-bf16" and not cpu_has_native_bf16():
+    if name in ("torch-bf16", "openvino-bf16") and not cpu_has_native_bf16():
         return "this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 would be emulated"
     return None
 
@@ -393,7 +396,7 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
     try:
         if name.startswith("onnxruntime"):
             return onnxruntime_engine(path, layout, tokenizer, threads=threads)
-        return openvino_engine(path, layout, tokenizer, threads=threads)
+        return openvino_engine(path, layout, tokenizer, threads=threads, bf16=name == "openvino-bf16")
     except Exception as exc:  # a damaged cached graph: remove it, so the next measurement exports it again
         with contextlib.suppress(OSError):
             path.unlink()

@@ -16,7 +16,7 @@ DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
 
 # RERANK_BACKEND: auto measures the others at start-up (see backends.py)
-BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino", "onnxruntime-int8")
+BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
