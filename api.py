@@ -1,69 +1,145 @@
-"""The rerank HTTP APIs that RAG frameworks already call, on the same scoring core as the Gradio app.
+"""The HTTP face: the rerank APIs RAG frameworks already call, thin adapters on the service.
 
 Routes: ``POST /v2/rerank`` (Cohere v2), ``POST /v1/rerank`` (Cohere v1 and Jina), ``POST /rerank``
-(Hugging Face TEI), ``GET /health``, ``GET /info``, ``GET /metrics`` (Prometheus), docs at ``/docs``.
-Long documents are scored by their best window (Cohere's behaviour) unless the caller asks to
-truncate. Models are only ever loaded from configuration: a request's ``model`` picks among them.
+(Hugging Face TEI), ``GET /health`` (open), ``GET /info`` and ``GET /metrics`` (behind the key like
+everything else), ``/login`` for browsers, docs at ``/docs``. The routes parse, call
+:class:`service.Service` and render its typed ranking; the service owns the key, the limits, the
+queue and the ranking. :class:`Guard` is the door in front of every path of the server, the mounted
+Gradio app and its MCP endpoint included.
 """
 
 from __future__ import annotations
 
-import hmac
-import threading
-import time
+import html
+import json
+import logging
 import uuid
-from collections.abc import Sequence
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import rerank as core
 from config import VERSION
+from scoring.ranking import unicode_problem
+from service import InvalidInput, Service, ServiceError, TooLarge, Unauthorized
+from service.auth import COOKIE
 
+log = logging.getLogger("rag_augment.api")
 RERANK_ROUTES = ("/v2/rerank", "/v1/rerank", "/rerank")
+OPEN_PATHS = ("/health", "/login", "/logout", "/favicon.ico", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 
-class ApiError(Exception):
-    """An error answered as JSON with a status code; the message names the field and the limit."""
-
-    def __init__(self, status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.error_type, self.headers = status, message, error_type, headers
-
-
-def error_response(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(error: ServiceError) -> JSONResponse:
     """The error body every route uses: Cohere reads ``message``, TEI reads ``error``/``error_type``."""
-    return JSONResponse({"message": message, "error": message, "error_type": error_type}, status_code=status,
-                        headers=headers)
+    return JSONResponse({"message": error.message, "error": error.message, "error_type": error.kind},
+                        status_code=error.status, headers=error.headers or None)
 
 
-class Models:
-    """The configured scorers by name; a request's unknown model name gets the default."""
+class Guard:
+    """The door of the whole server: the key (bearer header or browser session cookie) and the body-size cap.
 
-    def __init__(self, default: core.Scorer, others: Sequence[core.Scorer] = ()) -> None:
-        self.default = default
-        self.by_name: dict[str, core.Scorer] = {}
-        for scorer in [default, *others]:
-            for name in {scorer.info.requested, scorer.info.name, scorer.info.requested.rstrip("/").split("/")[-1]}:
-                self.by_name.setdefault(name, scorer)
+    A pure ASGI middleware, so the streaming responses behind it (Gradio's event stream, MCP) pass untouched.
+    """
 
-    def pick(self, requested: str | None) -> core.Scorer:
-        """The scorer configured under that name, else the default (clients send their own defaults)."""
-        return self.by_name.get(requested or "", self.default)
+    def __init__(self, app, service: Service) -> None:
+        self.app, self.service = app, service
 
-    @property
-    def names(self) -> list[str]:
-        """Every name a request may use."""
-        return sorted(self.by_name)
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        path = request.url.path
+        refusal = self._refusal(request, path)
+        if refusal is None and request.method == "POST" and "/mcp" in path:
+            body = await _read_body(receive)
+            refusal = self._mcp_refusal(path, body)
+            receive = _replay(body, receive)
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        await refusal(scope, receive, send)
+
+    def _mcp_refusal(self, path: str, body: bytes) -> Response | None:
+        """MCP tool arguments are checked for text that is not valid Unicode before Gradio's MCP layer sees them
+        (it would fail re-encoding them with a codec message that names no field)."""
+        try:
+            message = json.loads(body) if body else None
+        except ValueError:
+            return None  # the MCP server answers malformed JSON-RPC itself
+        found = _bad_text(message, "")
+        if found is None:
+            return None
+        where, problem = found
+        return error_response(self.service.refuse("mcp", path, InvalidInput(f"{where.lstrip('.')} {problem}")))
+
+    def _refusal(self, request: Request, path: str) -> Response | None:
+        keys, limits = self.service.keys, self.service.limits
+        face = "mcp" if "/mcp" in path else "http" if path in RERANK_ROUTES or path in ("/info", "/metrics") else "gradio"
+        if path not in OPEN_PATHS and not keys.allows(request.headers.get("authorization"), request.cookies.get(COOKIE)):
+            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+                return RedirectResponse("/login", status_code=303)
+            return error_response(self.service.refuse(face, path, Unauthorized()))
+        length = request.headers.get("content-length")
+        if request.method == "POST" and length is not None and not path.endswith("/upload") and (
+                not length.isdigit() or int(length) > limits.max_body_bytes):
+            return error_response(self.service.refuse(face, path, TooLarge(
+                f"request body of {length} bytes is over the limit of {limits.max_body_bytes} bytes "
+                "(RERANK_MAX_BODY_BYTES)")))
+        return None
+
+
+async def _read_body(receive) -> bytes:
+    """The whole request body (already capped in size by the Content-Length check)."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A ``receive`` that hands the already-read body on once, then the connection's own messages."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _bad_text(value: object, where: str) -> tuple[str, str] | None:
+    """The first string in a JSON value that is not valid Unicode, with its path."""
+    if isinstance(value, str):
+        problem = unicode_problem(value)
+        return (where or "body", problem) if problem else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _bad_text(item, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
+LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>rag-augment: sign in</title><style>body{{font-family:system-ui,sans-serif;max-width:26rem;margin:12vh auto;padding:0 1rem}}
+input,button{{font-size:1rem;padding:.5rem;width:100%;box-sizing:border-box;margin:.3rem 0}}
+.error{{color:#b00020}}</style></head><body><h1>rag-augment</h1>
+<p>This reranking service is closed with an API key. Enter it to use the demo; programs send
+<code>Authorization: Bearer &lt;key&gt;</code> instead.</p>{error}
+<form method="post" action="/login"><label for="key">API key</label>
+<input id="key" name="key" type="password" autocomplete="current-password" autofocus required>
+<button type="submit">Sign in</button></form></body></html>"""
 
 
 # --- request schemas -------------------------------------------------------------------------------
@@ -118,8 +194,6 @@ class TeiResult(BaseModel):
     text: str | None = None
 
 
-# --- the shared scoring step -----------------------------------------------------------------------
-
 def _v1_text(document: str | dict[str, Any], position: int, rank_fields: list[str] | None) -> str:
     """The text a v1/Jina document is ranked on: the string, its ``text``, or its ``rank_fields``."""
     if isinstance(document, str):
@@ -127,110 +201,33 @@ def _v1_text(document: str | dict[str, Any], position: int, rank_fields: list[st
     fields = rank_fields or ["text"]
     missing = [f for f in fields if f not in document]
     if missing:
-        raise ApiError(422, f"documents.{position} has no field {missing[0]!r} (rank_fields: {fields})", "Validation")
+        raise InvalidInput(f"documents.{position} has no field {missing[0]!r} (rank_fields: {fields})")
     values = [document[f] if isinstance(document[f], str) else str(document[f]) for f in fields]
     return values[0] if len(fields) == 1 else "\n".join(f"{f}: {v}" for f, v in zip(fields, values, strict=True))
 
 
-class Service:
-    """Validation, limits and scoring shared by every route."""
-
-    def __init__(self, models: Models, *, max_documents: int, max_queue: int) -> None:
-        self.models = models
-        self.max_documents = max_documents
-        self.max_queue = max_queue
-        self._in_flight = 0
-        self._lock = threading.Lock()
-
-    def score(self, model: str | None, query: str, texts: list[str], **options) -> tuple[core.Scorer, np.ndarray]:
-        """Score ``texts`` for ``query`` on the chosen model, enforcing the limits; the caller's order is kept."""
-        try:
-            core.validate_query(query)
-        except core.RerankError as exc:
-            raise ApiError(422, str(exc), "Validation") from None
-        if not texts:
-            raise ApiError(422, "documents is empty: send at least one document", "Validation")
-        if len(texts) > self.max_documents:
-            raise ApiError(413, f"{len(texts)} documents sent; the limit is {self.max_documents} "
-                                "(RERANK_MAX_DOCUMENTS)", "Validation")
-        with self._lock:
-            if self._in_flight >= self.max_queue:
-                raise ApiError(429, f"too many requests in progress (RERANK_MAX_QUEUE={self.max_queue}); retry shortly",
-                               "Overloaded", {"Retry-After": "1"})
-            self._in_flight += 1
-        try:
-            scorer = self.models.pick(model)
-            return scorer, core.score_unique(scorer, query, texts, **options)
-        except core.RerankError as exc:
-            raise ApiError(422, str(exc), "Validation") from None
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-
-def _top(scores: np.ndarray, top_n: int | None) -> list[int]:
-    """Indices by descending score (ties in input order), cut to ``top_n`` clamped to the list."""
-    order = np.argsort(-scores, kind="stable").tolist()
-    return order[: min(top_n, len(order))] if top_n else order
-
-
-# --- the app ---------------------------------------------------------------------------------------
-
-class CacheCollector(Collector):
-    """The scorers' caches, read at scrape time: hits, misses and entries by model."""
-
-    def __init__(self, models: Models) -> None:
-        self.models = models
-
-    def collect(self):
-        hits = CounterMetricFamily("rerank_cache_hits", "scores or embeddings served from cache", labels=["model"])
-        misses = CounterMetricFamily("rerank_cache_misses", "scores or embeddings computed", labels=["model"])
-        entries = GaugeMetricFamily("rerank_cache_entries", "items held in the cache", labels=["model"])
-        seen = set()
-        for scorer in self.models.by_name.values():
-            cache = scorer.cache
-            if id(cache) in seen:
-                continue
-            seen.add(id(cache))
-            hits.add_metric([scorer.info.name], cache.hits)
-            misses.add_metric([scorer.info.name], cache.misses)
-            entries.add_metric([scorer.info.name], len(cache))
-        yield from (hits, misses, entries)
-
-
-class Metrics:
-    """Prometheus counters for the rerank routes, in a registry of this app's own."""
-
-    def __init__(self, models: Models | None = None) -> None:
-        self.registry = CollectorRegistry()
-        if models is not None:
-            self.registry.register(CacheCollector(models))
-        self.requests = Counter("rerank_requests", "HTTP requests", ["route", "status"], registry=self.registry)
-        self.documents = Counter("rerank_documents_scored", "documents scored", ["route"], registry=self.registry)
-        self.errors = Counter("rerank_errors", "requests answered with an error", ["route", "status"],
-                              registry=self.registry)
-        self.latency = Histogram("rerank_request_duration_seconds", "request latency", ["route"],
-                                 registry=self.registry,
-                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-
-
-def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int = 10 * 1024 * 1024,
-               max_queue: int = 64, api_key: str | None = None, fusion_description: str | None = None) -> FastAPI:
-    """The FastAPI app with the rerank routes; the Gradio app is mounted beside them by ``app.py``."""
+def create_api(service: Service) -> FastAPI:
+    """The FastAPI app with the rerank routes behind the :class:`Guard`; ``app.py`` mounts Gradio beside them."""
     api = FastAPI(title="rag-augment rerank API", version=VERSION,
-                  description="Cohere-, Jina- and TEI-compatible rerank endpoints over one scoring core.")
-    service = Service(models, max_documents=max_documents, max_queue=max_queue)
-    metrics = Metrics(models)
-    api.state.metrics = metrics
+                  description="Cohere-, Jina- and TEI-compatible rerank endpoints over one service.")
+    api.add_middleware(Guard, service=service)
+    api.state.service = service
+    _error_handlers(api, service)
+    _rerank_routes(api, service)
+    _service_routes(api, service)
+    return api
 
-    @api.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.error_type, exc.headers)
+
+def _error_handlers(api: FastAPI, service: Service) -> None:
+    @api.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(service.refuse("http", request.url.path, exc))
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "Validation" if exc.status_code in (400, 413, 415, 422) else "HTTP"
-        return error_response(exc.status_code, str(exc.detail), kind, getattr(exc, "headers", None))
+        error = ServiceError(str(exc.detail), headers=getattr(exc, "headers", None))
+        error.status, error.kind = exc.status_code, "Validation" if exc.status_code in (400, 413, 415, 422) else "HTTP"
+        return error_response(error)
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -238,96 +235,63 @@ def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
             problems.append(f"{loc}: {err.get('msg', 'invalid')}")
-        return error_response(422, "; ".join(problems[:5]) or "invalid request body", "Validation")
+        error = InvalidInput("; ".join(problems[:5]) or "invalid request body")
+        return error_response(service.refuse("http", request.url.path, error))
 
-    @api.middleware("http")
-    async def _limits_and_metrics(request: Request, call_next):
-        route = request.url.path
-        length = request.headers.get("content-length")
-        too_big = length is not None and (not length.isdigit() or int(length) > max_body_bytes)
-        over_limit = error_response(413, f"request body of {length} bytes is over the limit of {max_body_bytes} "
-                                         "bytes (RERANK_MAX_BODY_BYTES)", "Validation") if too_big else None
-        if request.method != "POST" or route not in RERANK_ROUTES:
-            # the mounted Gradio app's calls are capped too; file uploads (a corpus) are Gradio's to limit
-            if request.method == "POST" and over_limit is not None and not route.endswith("/upload"):
-                return over_limit
-            return await call_next(request)
-        started = time.perf_counter()
-        if over_limit is not None:
-            response: Response = over_limit
-        else:
-            response = await call_next(request)
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        if response.status_code >= 400:
-            metrics.errors.labels(route, str(response.status_code)).inc()
-        return response
 
-    async def body_cap(request: Request) -> None:
-        """Bodies sent without a Content-Length are measured too."""
-        if len(await request.body()) > max_body_bytes:
-            raise ApiError(413, f"request body is over the limit of {max_body_bytes} bytes (RERANK_MAX_BODY_BYTES)",
-                           "Validation")
+async def body_cap(request: Request) -> None:
+    """Bodies sent without a Content-Length are measured too."""
+    limit = request.app.state.service.limits.max_body_bytes
+    if len(await request.body()) > limit:
+        raise TooLarge(f"request body is over the limit of {limit} bytes (RERANK_MAX_BODY_BYTES)")
 
-    def auth(request: Request) -> None:
-        """``Authorization: Bearer <RERANK_API_KEY>`` on rerank routes when a key is configured."""
-        if not api_key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "Unauthorized",
-                           {"WWW-Authenticate": "Bearer"})
 
-    guards = [Depends(body_cap), Depends(auth)]
+def _rerank_routes(api: FastAPI, service: Service) -> None:
+    guards = [Depends(body_cap)]
 
     @api.post("/v2/rerank", dependencies=guards, response_model=CohereV2Response, tags=["rerank"])
-    def cohere_v2(body: CohereV2Request, response: Response) -> dict:
+    async def cohere_v2(body: CohereV2Request, request: Request, response: Response) -> dict:
         """Cohere v2 rerank: relevance of each document, best first."""
-        scorer, scores = service.score(body.model, body.query, body.documents, long_documents="chunk",
-                                       max_tokens_per_doc=body.max_tokens_per_doc)
-        metrics.documents.labels("/v2/rerank").inc(len(body.documents))
-        response.headers["X-Rerank-Model"] = scorer.info.name
-        return {"id": str(uuid.uuid4()), "model": scorer.info.name,
-                "results": [{"index": i, "relevance_score": float(scores[i])} for i in _top(scores, body.top_n)],
+        ranking = await service.run(service.rank, body.query, body.documents, face="http", route="/v2/rerank",
+                                    model=body.model, max_tokens_per_doc=body.max_tokens_per_doc,
+                                    disconnected=request.is_disconnected)
+        response.headers["X-Rerank-Model"] = ranking.model.name
+        return {"id": str(uuid.uuid4()), "model": ranking.model.name,
+                "results": [{"index": r.index, "relevance_score": r.score} for r in ranking.with_duplicates()[: body.top_n]],
                 "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}}
 
     @api.post("/v1/rerank", dependencies=guards, tags=["rerank"])
-    def cohere_v1(body: CohereV1Request, response: Response) -> dict:
+    async def cohere_v1(body: CohereV1Request, request: Request, response: Response) -> dict:
         """Cohere v1 / Jina rerank: strings or objects, ``document`` returned only when asked."""
         texts = [_v1_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
-        scorer, scores = service.score(body.model, body.query, texts, long_documents="chunk",
-                                       max_tokens_per_doc=body.max_tokens_per_doc)
-        metrics.documents.labels("/v1/rerank").inc(len(texts))
-        response.headers["X-Rerank-Model"] = scorer.info.name
+        ranking = await service.run(service.rank, body.query, texts, face="http", route="/v1/rerank", model=body.model,
+                                    max_tokens_per_doc=body.max_tokens_per_doc, disconnected=request.is_disconnected)
+        response.headers["X-Rerank-Model"] = ranking.model.name
         results = []
-        for i in _top(scores, body.top_n):
-            item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
+        for r in ranking.with_duplicates()[: body.top_n]:
+            item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
             if body.return_documents:
-                doc = body.documents[i]
+                doc = body.documents[r.index]
                 item["document"] = {"text": doc} if isinstance(doc, str) else doc
             results.append(item)
-        return {"id": str(uuid.uuid4()), "model": scorer.info.name, "results": results,
-                "usage": {"total_tokens": sum(len(t.split()) for t in texts) + len(body.query.split())},
+        return {"id": str(uuid.uuid4()), "model": ranking.model.name, "results": results,
+                "usage": {"total_tokens": ranking.cost},
                 "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}}}
 
     @api.post("/rerank", dependencies=guards, response_model=list[TeiResult], response_model_exclude_none=True,
               tags=["rerank"])
-    def tei(body: TeiRequest, response: Response) -> list[dict]:
+    async def tei(body: TeiRequest, request: Request, response: Response) -> list[dict]:
         """Hugging Face Text Embeddings Inference rerank: a bare list, best first."""
-        left = body.truncation_direction.lower() == "left"
-        scorer, scores = service.score(None, body.query, body.texts, raw=body.raw_scores,
-                                       long_documents="truncate" if body.truncate else "chunk", truncate_left=left)
-        metrics.documents.labels("/rerank").inc(len(body.texts))
-        response.headers["X-Rerank-Model"] = scorer.info.name
-        out = []
-        for i in _top(scores, None):
-            item: dict[str, Any] = {"index": i, "score": float(scores[i])}
-            if body.return_text:
-                item["text"] = body.texts[i]
-            out.append(item)
-        return out
+        ranking = await service.run(service.rank, body.query, body.texts, face="http", route="/rerank", raw=body.raw_scores,
+                                    long_documents="truncate" if body.truncate else "chunk",
+                                    truncate_left=body.truncation_direction.lower() == "left",
+                                    disconnected=request.is_disconnected)
+        response.headers["X-Rerank-Model"] = ranking.model.name
+        return [{"index": r.index, "score": r.score, **({"text": body.texts[r.index]} if body.return_text else {})}
+                for r in ranking.with_duplicates()]
 
+
+def _service_routes(api: FastAPI, service: Service) -> None:
     @api.get("/health", tags=["service"])
     def health() -> dict:
         """Liveness: open without a key."""
@@ -335,19 +299,33 @@ def create_api(models: Models, *, max_documents: int = 1000, max_body_bytes: int
 
     @api.get("/info", tags=["service"])
     def info() -> dict:
-        """The default model, its scoring mode, every configured model name, the limits and the version."""
-        default = models.default.info
-        return {"version": VERSION, "model_id": default.name, "model": default.as_dict(), "models": models.names,
-                "scoring": default.mode_description, "long_documents": "best window of overlapping chunks",
-                "gradio_fusion": fusion_description or core.DEFAULT_POLICY.describe(default.mode),
-                "backend": models.default.backend.as_dict(), "workers": models.default.workers,
-                "max_input_length": default.max_length, "max_client_batch_size": max_documents,
-                "limits": {"max_documents": max_documents, "max_body_bytes": max_body_bytes, "max_queue": max_queue},
-                "auth": bool(api_key)}
+        """The default model, its scoring mode and backend, every configured model name, the limits and the version."""
+        return {"version": VERSION, **service.info()}
 
     @api.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
-        """Prometheus text: requests, documents scored, latency histogram, errors, by route."""
-        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus text: requests, documents, latency, errors and cost by face and route; caches and pools by model."""
+        return PlainTextResponse(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
-    return api
+    @api.get("/login", include_in_schema=False)
+    def login_page() -> HTMLResponse:
+        return HTMLResponse(LOGIN_PAGE.format(error=""))
+
+    @api.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        """Check the key typed on the page; a session cookie (a keyed digest, not the key) lets the browser in."""
+        key = parse_qs((await request.body()).decode("utf-8", "replace")).get("key", [""])[0]
+        if not service.keys.key_ok(key):
+            service.refuse("gradio", "/login", Unauthorized("wrong API key"))
+            return HTMLResponse(LOGIN_PAGE.format(error=f'<p class="error">{html.escape("That key is wrong.")}</p>'),
+                                status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, service.keys.session_value(), httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    @api.get("/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response

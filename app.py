@@ -1,7 +1,8 @@
 """The Gradio face of rag-augment: the UI and its wiring, nothing else.
 
-``python app.py`` serves the browser demo and the ``/rerank`` API (gradio_client) on
-``GRADIO_SERVER_NAME``:``GRADIO_SERVER_PORT``.
+``python app.py`` serves the browser demo, the ``/rerank`` API (gradio_client), the MCP tools and the
+HTTP rerank APIs on ``GRADIO_SERVER_NAME``:``GRADIO_SERVER_PORT``. Every event goes through the one
+:class:`service.Service` (the key, admission, limits and the ranking), as the HTTP routes do.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pipeline
 import rerank as core
 import retrieval_client as rc
 from config import Settings
+from service import Service, ServiceError, from_settings
 
 log = logging.getLogger("rag_augment.app")
 
@@ -60,7 +62,9 @@ def documents_from_payload(payload: object, *, max_documents: int) -> pd.DataFra
     if not isinstance(rows, list) or not all(isinstance(r, (list, tuple)) for r in rows):
         raise core.RerankError("documents.data must be a list of rows, each a list of cells")
     if len(rows) > max_documents:
-        raise core.RerankError(f"documents has {len(rows)} rows; the limit is {max_documents} (RERANK_MAX_DOCUMENTS)")
+        from scoring.errors import LimitExceeded
+
+        raise LimitExceeded(f"documents has {len(rows)} rows; the limit is {max_documents} (RERANK_MAX_DOCUMENTS)")
     ragged = [i for i, r in enumerate(rows) if len(r) != len(headers)]
     if ragged and rows != [[]]:
         shown = ", ".join(str(i) for i in ragged[:10]) + (" …" if len(ragged) > 10 else "")
@@ -68,27 +72,18 @@ def documents_from_payload(payload: object, *, max_documents: int) -> pd.DataFra
     return pd.DataFrame([] if rows == [[]] else rows, columns=[str(h) for h in headers])
 
 
-def scoring_policy(settings: Settings) -> core.ScoringPolicy:
-    """The configured fusion of model and first-stage scores (RERANK_FUSION, RERANK_FUSION_WEIGHT)."""
-    return core.ScoringPolicy(fusion=settings.fusion, weight=settings.fusion_weight)
+def build_service(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None,
+                  extra_scorers: list[core.Scorer] | None = None, *, embedder: core.Scorer | None = None) -> Service:
+    """The one service every face of this server calls."""
+    return from_settings(settings, scorer, retriever, extra_scorers or [], embedder=embedder)
 
 
-def make_rerank_handler(scorer: core.Scorer, max_documents: int, policy: core.ScoringPolicy = core.DEFAULT_POLICY):
-    """The ``/rerank`` endpoint: the seed's call, a table in, the reranked table out."""
-
-    def rerank(query: str, documents: pd.DataFrame) -> pd.DataFrame:
-        """Rerank documents (a table with a `text` column) by relevance to the query.
-
-        Duplicate texts are dropped; a `rank` column (higher is more relevant) is added and the
-        rows are sorted by it; every other column is returned unchanged.
-        """
-        try:
-            table = documents_from_payload(documents, max_documents=max_documents)
-            return core.rerank_table(query, table, scorer=scorer, max_documents=max_documents, policy=policy).table
-        except core.RerankError as exc:
-            raise gr.Error(str(exc)) from None
-
-    return rerank
+def face_of(request: gr.Request | None) -> str:
+    """Which face an event came from: an MCP tool call, or the browser / gradio_client."""
+    if request is None:
+        return "gradio"
+    path = str(getattr(request, "url", "") or "")
+    return "mcp" if request.headers.get("x-gradio-user") == "mcp" or "/mcp" in path else "gradio"
 
 
 def describe_run(documents: pd.DataFrame, reranked: pd.DataFrame) -> str:
@@ -102,90 +97,126 @@ def describe_run(documents: pd.DataFrame, reranked: pd.DataFrame) -> str:
     return f"{len(texts)} documents in, {len(reranked)} ranked; {dup}."
 
 
-class Services:
-    """What the UI talks to: the scorer and the current retrieval backend (an upload replaces it)."""
-
-    def __init__(self, settings: Settings, scorer: core.Scorer, retriever: rc.Retriever) -> None:
-        self.settings = settings
-        self.scorer = scorer
-        self.retriever = retriever
-
-
 def _table_payload(frame: pd.DataFrame) -> dict:
     """A table in the Dataframe component's wire shape, for API-only endpoints."""
     clean = frame.astype(object).where(frame.notna(), None)
     return {"headers": [str(c) for c in frame.columns], "data": clean.values.tolist(), "metadata": None}
 
 
-def make_retrieval_handlers(services: Services):
-    """The retrieval endpoints: /similarity_search (the seed Space's shape) and the pipeline."""
+class Handlers:
+    """The Gradio events and API endpoints, each a thin adapter on the service."""
 
-    def similarity_search(query: str, k: int = 5) -> pd.DataFrame:
-        """The k passages closest to the query: url, text, distance (cosine; lower is closer)."""
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def _run(self, method, *args, **kwargs):
         try:
-            return services.retriever.search(query, int(k) if k is not None else 5)
-        except (rc.RetrievalError, TypeError, ValueError) as exc:
-            raise gr.Error(str(exc)) from None
+            return await self.service.run(method, *args, **kwargs)
+        except ServiceError as exc:
+            raise gr.Error(exc.message) from None
 
-    def run_pipeline(query: str, k: int, top_n: int) -> pipeline.PipelineResult:
-        try:
-            return pipeline.retrieve_and_rerank(query, retriever=services.retriever, scorer=services.scorer,
-                                                k=int(k), top_n=int(top_n),
-                                                max_documents=services.settings.max_documents,
-                                                policy=scoring_policy(services.settings))
-        except (core.RerankError, rc.RetrievalError) as exc:
-            raise gr.Error(str(exc)) from None
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"k and top_n must be whole numbers: {exc}") from None
+    async def rerank(self, query: str, documents: dict, request: gr.Request) -> pd.DataFrame:
+        """Rerank documents (a table with a `text` column) by relevance to the query.
 
-    def retrieve_and_rerank(query: str, k: int = 50, top_n: int = 5) -> dict:
+        Duplicate texts are dropped; a `rank` column (higher is more relevant) is added and the
+        rows are sorted by it; every other column is returned unchanged.
+
+        Args:
+            query: the question to rank the documents against.
+            documents: a table with a `text` column (other columns are kept): {"headers": ["url", "text"], "data": [...]}.
+        """
+        parse = lambda payload: documents_from_payload(payload, max_documents=self.service.limits.max_documents)  # noqa: E731
+        result = await self._run(self.service.rank_table, query, documents, face=face_of(request), route="/rerank",
+                                 parse=parse)
+        return result.table
+
+    async def similarity_search(self, query: str, k: int = 5, request: gr.Request = None) -> dict:
+        """The k passages closest to the query (the seed retrieval Space's table).
+
+        Args:
+            query: the question to search for.
+            k: how many passages to return (1 to 1000).
+        Returns:
+            a table with columns url, text, distance (cosine; lower is closer), closest first.
+        """
+        frame = await self._run(self.service.search, query, k, face=face_of(request), route="/similarity_search")
+        return _table_payload(frame)
+
+    async def retrieve_and_rerank(self, query: str, k: int = 50, top_n: int = 5, request: gr.Request = None) -> dict:
         """Retrieve the k closest passages, rerank them and return the best top_n as a table.
 
-        Columns: retrieved_position, url, text, distance, rank, move ("12 -> 1").
+        Args:
+            query: the question.
+            k: how many passages to retrieve first (1 to 1000).
+            top_n: how many reranked passages to keep.
+        Returns:
+            a table with columns retrieved_position, url, text, distance, rank, move ("12 -> 1").
         """
-        return _table_payload(run_pipeline(query, k, top_n).reranked)
+        result = await self._run(self.service.retrieve_and_rank, query, k, top_n, face=face_of(request),
+                                 route="/retrieve_and_rerank")
+        return _table_payload(result.reranked)
 
-    def pipeline_ui(query: str, k: int, top_n: int, progress=gr.Progress()):
-        backend = services.retriever
+    async def search_ui(self, query: str, k: int, private, request: gr.Request):
+        return await self._run(self.service.search, query, int(k), retriever=private, face="gradio", route="search_ui")
+
+    async def pipeline_ui(self, query: str, k: int, top_n: int, private, request: gr.Request, progress=gr.Progress()):
+        backend = private or self.service.retriever
         while isinstance(backend, rc.BackgroundRetriever) and not backend.finished(timeout=0.5):
             progress((backend.done, backend.total or None), desc="Building the index", unit="passages")
-        result = run_pipeline(query, k, top_n)
+        result = await self._run(self.service.retrieve_and_rank, query, int(k), int(top_n), retriever=private,
+                                 face="gradio", route="retrieve_and_rerank_ui")
         return result.retrieved, result.reranked, pipeline.score_chart(result.reranked), result.summary
 
-    def index_upload(file: str | None, progress=gr.Progress()):
+    async def index_upload(self, file: str | None, private, request: gr.Request, progress=gr.Progress()):
         if not file:
             raise gr.Error("choose a JSONL, CSV, Parquet, .txt or .md file to index")
 
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Embedding passages", unit="passages")
 
-        try:
-            services.retriever = rc.LocalRetriever.build(corpus_path=file, cache_dir=services.settings.cache_dir,
-                                                         progress=report)
-        except (rc.RetrievalError, Exception) as exc:
-            raise gr.Error(f"could not index {Path(file).name}: {exc}") from None
-        return backend_line(services)
+        corpus = await self._run(self.service.index_upload, file, progress=report)
+        if private is not None:
+            private.close()
+        Path(file).unlink(missing_ok=True)  # the index holds what it needs; the upload is not kept
+        return corpus, backend_line(self.service, corpus)
 
-    return similarity_search, retrieve_and_rerank, pipeline_ui, index_upload
-
-
-def backend_line(services: Services) -> str:
-    """Which retrieval backend answers, for the Retrieve tab."""
-    return f"**Retrieval backend:** {services.retriever.description}"
+    def forget_upload(self, private):
+        if private is not None:
+            private.close()
+        return None, backend_line(self.service, None)
 
 
-def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None) -> gr.Blocks:
+def backend_line(service: Service, private=None) -> str:
+    """Which retrieval backend answers this session's searches, for the Retrieve tab."""
+    if private is not None:
+        return f"**Retrieval backend:** {private.description}"
+    return f"**Retrieval backend:** {service.retriever.description}"
+
+
+def inference_line(scorer: core.Scorer) -> str:
+    """Which inference backend runs the model and how it was chosen (it may change once measured)."""
+    return f"**Inference backend:** {scorer.backend.describe()}, {scorer.workers} worker thread(s)"
+
+
+def _close_corpus(private) -> None:
+    if private is not None:
+        private.close()
+
+
+def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None, *,
+               service: Service | None = None) -> gr.Blocks:
     """The Blocks app: title naming the model and scoring mode, the rerank form, the pipeline tab."""
+    service = service or build_service(settings, scorer, retriever)
+    handlers = Handlers(service)
     info = scorer.info
-    services = Services(settings, scorer, retriever or rc.NoRetriever())
-    similarity_search, retrieve_and_rerank, pipeline_ui, index_upload = make_retrieval_handlers(services)
     fallback = (f"\n\n> **Fallback:** `{info.requested}` could not be loaded ({info.fallback_reason}); "
                 f"serving the packaged all-MiniLM-L6-v2 instead." if info.fallback_reason else "")
     with gr.Blocks(title="rag-augment: rerank retrieved documents") as demo:
+        private = gr.State(None, time_to_live=service.limits.upload_ttl_seconds, delete_callback=_close_corpus)
         gr.Markdown(
             "# RAG - Augment\n\nReranks retrieved documents by relevance to a question, so the LLM sees "
             f"the best ones first.\n\n**Model:** `{info.name}`, scoring by **{info.mode_description}**; "
-            f"final score: {scoring_policy(settings).describe(info.mode)}."
+            f"final score: {service.policy.describe(info.mode)}."
             f"{fallback}"
         )
         inference = gr.Markdown(inference_line(scorer), elem_id="inference")
@@ -200,7 +231,7 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
             status = gr.Markdown(elem_id="status")
             gr.Examples(examples=EXAMPLES, inputs=[query, documents])
         with gr.Tab("Retrieve & rerank"):
-            backend = gr.Markdown(backend_line(services), elem_id="backend")
+            backend = gr.Markdown(backend_line(service), elem_id="backend")
             with gr.Row():
                 p_query = gr.Textbox(label="Question", placeholder="e.g. How do I parse JSON from a string?",
                                      scale=3, elem_id="pipeline-query")
@@ -208,7 +239,7 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                 p_top = gr.Slider(1, 50, value=5, step=1, label="Keep top_n")
             with gr.Row():
                 run = gr.Button("Retrieve & rerank", variant="primary", elem_id="pipeline-run")
-                search = gr.Button("Search only")
+                search = gr.Button("Search only", elem_id="search-only")
             p_status = gr.Markdown(elem_id="pipeline-status")
             with gr.Row():
                 retrieved_out = gr.Dataframe(label="Retrieved (first stage)", wrap=True, interactive=False,
@@ -223,44 +254,41 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                                   ["How can I run a function in a background thread?"],
                                   ["create a temporary directory that is removed automatically"]],
                         inputs=[p_query])
-            with gr.Accordion("Index your own documents", open=False):
-                upload = gr.File(label="JSONL, CSV or Parquet with a text column, or .txt / .md",
-                                 file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"])
-                index_btn = gr.Button("Index this file")
-        ranked = submit.click(make_rerank_handler(scorer, settings.max_documents, scoring_policy(settings)),
-                              inputs=[query, documents], outputs=[reranked], api_name="rerank", preprocess=False,
-                              concurrency_limit=None)  # concurrent requests share the core's worker pool
+            with gr.Accordion("Index your own documents (private to this browser session)", open=False):
+                upload = gr.File(label=f"JSONL, CSV or Parquet with a text column, or .txt / .md (at most "
+                                       f"{service.limits.max_upload_bytes // 1024:,} KiB, "
+                                       f"{service.limits.max_upload_passages:,} passages)",
+                                 file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"], elem_id="upload")
+                with gr.Row():
+                    index_btn = gr.Button("Index this file", elem_id="index-upload")
+                    forget_btn = gr.Button("Back to the shared index", elem_id="forget-upload")
+        ranked = submit.click(handlers.rerank, inputs=[query, documents], outputs=[reranked], api_name="rerank",
+                              preprocess=False, concurrency_limit=None)  # the service's queue interleaves requests
         ranked.success(describe_run, inputs=[documents, reranked], outputs=[status], api_visibility="private")
         ranked.then(lambda: inference_line(scorer), outputs=[inference], api_visibility="private")
         demo.load(lambda: inference_line(scorer), outputs=[inference], api_visibility="private")
         ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
-        search.click(similarity_search, inputs=[p_query, p_k], outputs=[retrieved_out], api_name="similarity_search")
-        run.click(pipeline_ui, inputs=[p_query, p_k, p_top], outputs=[retrieved_out, reranked_out, chart, p_status],
-                  api_visibility="private").then(backend_line_fn(services), outputs=[backend],
-                                                 api_visibility="private")
-        index_btn.click(index_upload, inputs=[upload], outputs=[backend], api_visibility="private")
-        gr.api(retrieve_and_rerank, api_name="retrieve_and_rerank")
+        search.click(handlers.search_ui, inputs=[p_query, p_k, private], outputs=[retrieved_out],
+                     api_visibility="private", concurrency_limit=None)
+        run.click(handlers.pipeline_ui, inputs=[p_query, p_k, p_top, private],
+                  outputs=[retrieved_out, reranked_out, chart, p_status], api_visibility="private",
+                  concurrency_limit=None).then(lambda p: backend_line(service, p), inputs=[private], outputs=[backend],
+                                               api_visibility="private")
+        index_btn.click(handlers.index_upload, inputs=[upload, private], outputs=[private, backend],
+                        api_visibility="private")
+        forget_btn.click(handlers.forget_upload, inputs=[private], outputs=[private, backend], api_visibility="private")
+        gr.api(handlers.similarity_search, api_name="similarity_search", concurrency_limit=None)
+        gr.api(handlers.retrieve_and_rerank, api_name="retrieve_and_rerank", concurrency_limit=None)
     return demo
 
 
-def inference_line(scorer: core.Scorer) -> str:
-    """Which inference backend runs the model and how it was chosen (it may change once measured)."""
-    return f"**Inference backend:** {scorer.backend.describe()}, {scorer.workers} worker thread(s)"
-
-
-def backend_line_fn(services: Services):
-    """A no-argument refresher of the backend line (the index may have finished building)."""
-    return lambda: backend_line(services)
-
-
-def start_retriever(settings: Settings) -> rc.Retriever:
+def start_retriever(settings: Settings, embedder: core.Scorer) -> rc.Retriever:
     """The configured retrieval backend: the remote Space, or the local index built in the background."""
     if settings.retrieval_url:
         return rc.RemoteRetriever(settings.retrieval_url, timeout=settings.retrieval_timeout)
 
     def build(progress) -> rc.Retriever:
         with rc.terminal_progress(also=progress) as report:
-            embedder = core.packaged_scorer(backend=settings.backend, cache_dir=settings.cache_dir)
             return rc.LocalRetriever.build(corpus_path=settings.corpus_path, cache_dir=settings.cache_dir,
                                            embedder=embedder, progress=report)
 
@@ -269,29 +297,65 @@ def start_retriever(settings: Settings) -> rc.Retriever:
 
 
 def build_server(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None,
-                 extra_scorers: list[core.Scorer] | None = None, *, mcp_server: bool = True):
-    """The FastAPI app with the rerank HTTP APIs, the Gradio app mounted at / beside them."""
-    from api import Models, create_api
+                 extra_scorers: list[core.Scorer] | None = None, *, mcp_server: bool = True,
+                 embedder: core.Scorer | None = None):
+    """The FastAPI app with the rerank HTTP APIs and the Gradio app mounted at /, behind one service and one key."""
+    from api import create_api
 
-    api = create_api(Models(scorer, extra_scorers or []), max_documents=settings.max_documents,
-                     max_body_bytes=settings.max_body_bytes, max_queue=settings.max_queue, api_key=settings.api_key,
-                     fusion_description=scoring_policy(settings).describe(scorer.info.mode))
-    demo = build_demo(settings, scorer, retriever)
-    return gr.mount_gradio_app(api, demo, path="/", mcp_server=mcp_server)
+    service = build_service(settings, scorer, retriever, extra_scorers, embedder=embedder)
+    api = create_api(service)
+    demo = build_demo(settings, scorer, retriever, service=service)
+    server = gr.mount_gradio_app(api, demo, path="/", mcp_server=mcp_server, max_file_size=settings.max_upload_bytes)
+    if mcp_server and settings.api_key:
+        _mcp_loopback_with_key(demo, settings.api_key)
+    return server
+
+
+def _mcp_loopback_with_key(demo: gr.Blocks, api_key: str) -> None:
+    """Gradio's MCP server runs a queued tool through a gradio_client of its own, pointed back at this server.
+
+    With a key set, that loopback client must carry the key too: the MCP request that caused it has already
+    passed the key check at the door, and every other caller of the Gradio routes still needs the key.
+    """
+    mcp = getattr(demo, "mcp_server_obj", None)
+    if mcp is None or not hasattr(mcp, "_get_or_create_client"):
+        log.warning("this Gradio version's MCP server has no loopback client to authenticate; MCP tools will be refused")
+        return
+
+    def create_client():
+        if mcp._client_instance is None:
+            from gradio import route_utils
+            from gradio_client import Client
+
+            request = mcp.mcp_server.request_context.request
+            root = route_utils.get_root_url(request=request, route_path=mcp.get_route_path(request),
+                                            root_path=mcp.root_path)
+            mcp._client_instance = Client(mcp.local_url or root, download_files=False, verbose=False,
+                                          analytics_enabled=False, ssl_verify=False, _skip_components=False,
+                                          headers={"x-gradio-user": "mcp", "Authorization": f"Bearer {api_key}"})
+        return mcp._client_instance
+
+    mcp._get_or_create_client = create_client
 
 
 def main() -> None:
-    """Load the configured models once and serve the UI, the Gradio API and the HTTP APIs on one port."""
+    """Load the configured models once and serve the UI, the Gradio API, MCP and the HTTP APIs on one port."""
     import uvicorn
+
+    from local_index import remove_stale_builds
+    from scoring.engines.onnx_engines import remove_stale_exports
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    remove_stale_builds(settings.cache_dir)
+    remove_stale_exports(settings.cache_dir)
     load = {"trust_remote_code": settings.trust_remote_code, "backend": settings.backend,
             "cache_dir": str(settings.cache_dir)}
     scorer = core.get_scorer(settings.model, **load)
     extra = [core.get_scorer(m, **load) for m in settings.extra_models]
+    embedder = core.packaged_scorer(backend=settings.backend, cache_dir=settings.cache_dir)
     log.info("serving with %s", scorer.describe())
-    server = build_server(settings, scorer, start_retriever(settings), extra)
+    server = build_server(settings, scorer, start_retriever(settings, embedder), extra, embedder=embedder)
     for model in (scorer, *extra):
         model.start_tuning(delay=15)  # measures the backends beside the running service, once per machine
     log.info("UI on http://%s:%d/, HTTP API docs on /docs", settings.server_name, settings.server_port)

@@ -15,7 +15,7 @@ VERSION = "0.1.0"
 DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
 
-# RERANK_BACKEND: auto measures the others at start-up (see backends.py)
+# RERANK_BACKEND: auto measures the others at start-up (see scoring/choice.py)
 BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8")
 
 
@@ -89,6 +89,10 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     max_queue: int = 64
+    max_request_tokens: int = 262_144
+    max_upload_bytes: int = 5 * 1024 * 1024
+    max_upload_passages: int = 5000
+    upload_ttl: float = 3600.0
     trust_remote_code: bool = False
     fusion: str = "auto"
     fusion_weight: float = 0.7
@@ -112,6 +116,10 @@ class Settings:
             api_key=env.get("RERANK_API_KEY") or None,
             max_body_bytes=_int(env, "RERANK_MAX_BODY_BYTES", 10 * 1024 * 1024),
             max_queue=_int(env, "RERANK_MAX_QUEUE", 64),
+            max_request_tokens=_int(env, "RERANK_MAX_REQUEST_TOKENS", 262_144),
+            max_upload_bytes=_int(env, "RERANK_MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
+            max_upload_passages=_int(env, "RERANK_MAX_UPLOAD_PASSAGES", 5000),
+            upload_ttl=_float(env, "RERANK_UPLOAD_TTL", 3600.0),
             trust_remote_code=env.get("RERANK_TRUST_REMOTE_CODE", "").strip().lower() in {"1", "true", "yes"},
             fusion=_choice(env, "RERANK_FUSION", "auto", ("auto", "none", "rrf", "interpolate")),
             fusion_weight=_weight(env, "RERANK_FUSION_WEIGHT", 0.7),

@@ -23,38 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-import rerank as core
+from scoring.ranking import Ranking, ScoringPolicy
+from service import Service, from_settings
 
 METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@10")
 Run = dict[str, list[tuple[str, float]]]
-Scored = dict[str, tuple[list[str], np.ndarray, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """How reranked scores are made: the model's score, fused with the first stage or not."""
-
-    name: str
-    fusion: core.Fusion = "none"
-    weight: float = 0.5
-    rrf_k: int = 60
-    long_documents: core.LongDocuments = "truncate"
-
-    def combine(self, model_scores: np.ndarray, first_stage: np.ndarray) -> np.ndarray:
-        """Final scores for one query's candidates."""
-        return core.fuse(model_scores, first_stage, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight)
-
-
-    @classmethod
-    def from_policy(cls, policy: core.ScoringPolicy, mode: core.Mode) -> Scoring:
-        """The app's scoring for a model of this mode (what ``/rerank`` and the pipeline do)."""
-        return cls("default", fusion=policy.method_for(mode), weight=policy.weight, rrf_k=policy.rrf_k)
-
+Scored = dict[str, tuple[list[str], np.ndarray, Ranking]]
 
 SCORINGS = {
-    "rerank": Scoring("rerank"),
-    "rrf": Scoring("rrf", fusion="rrf"),
-    "interpolate": Scoring("interpolate", fusion="interpolate", weight=0.7),
+    "rerank": ScoringPolicy(fusion="none", name="rerank"),
+    "rrf": ScoringPolicy(fusion="rrf", weight=0.5, name="rrf"),
+    "interpolate": ScoringPolicy(fusion="interpolate", weight=0.7, name="interpolate"),
 }
 
 
@@ -106,13 +85,12 @@ def load_dataset(folder: str | Path) -> Dataset:
 
 
 def read_run(path: str | Path) -> dict[str, list[tuple[str, float]]]:
-    """A TREC run (``qid Q0 docid rank score tag``) as each query's (docid, score), best first."""
+    """A TREC run (``qid Q0 docid rank score tag``) as each query's (docid, score), best first (ir-measures' reader)."""
+    import ir_measures
+
     run: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            parts = line.split()
-            if len(parts) >= 6:
-                run[parts[0]].append((parts[2], float(parts[4])))
+    for doc in ir_measures.read_trec_run(str(path)):
+        run[doc.query_id].append((doc.doc_id, float(doc.score)))
     return {q: sorted(docs, key=lambda d: -d[1]) for q, docs in run.items()}
 
 
@@ -144,30 +122,35 @@ def measure(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, flo
     return means, dict(per_query)
 
 
-def score_candidates(dataset: Dataset, candidates: dict[str, list[tuple[str, float]]], scorer: core.Scorer, *,
-                     long_documents: core.LongDocuments = "truncate", limit: int | None = None,
+def score_candidates(dataset: Dataset, candidates: dict[str, list[tuple[str, float]]], service: Service, *,
+                     policy: ScoringPolicy | None = None, limit: int | None = None, long_documents: str = "chunk",
                      progress: Callable[[int, int, float], None] | None = None) -> Scored:
-    """Model scores for each judged query's candidates: {qid: (docids, first-stage scores, model scores)}."""
-    qids = [q for q in candidates if q in dataset.qrels and q in dataset.queries]
-    qids = sorted(qids, key=lambda q: (len(q), q))[:limit] if limit else sorted(qids, key=lambda q: (len(q), q))
+    """Each judged query's candidates ranked through the service (as the app ranks): {qid: (docids, first stage, ranking)}."""
+    qids = sorted((q for q in candidates if q in dataset.qrels and q in dataset.queries), key=lambda q: (len(q), q))
+    qids = qids[:limit] if limit else qids
     out = {}
     started, pairs = time.perf_counter(), 0
     for n, qid in enumerate(qids, start=1):
         docs = [(d, s) for d, s in candidates[qid] if d in dataset.corpus]
         ids = [d for d, _ in docs]
-        model_scores = core.score_unique(scorer, dataset.queries[qid], [dataset.corpus[d] for d in ids],
-                                         long_documents=long_documents)
-        out[qid] = (ids, np.array([s for _, s in docs], dtype=np.float64), model_scores.astype(np.float64))
+        first = np.array([s for _, s in docs], dtype=np.float64)
+        ranking = service.rank(dataset.queries[qid], [dataset.corpus[d] for d in ids], first_stage=first,
+                               policy=policy or service.policy, long_documents=long_documents, face="evaluate",
+                               route=dataset.name)
+        out[qid] = (ids, first, ranking)
         pairs += len(ids)
         if progress:
             progress(n, len(qids), pairs / max(time.perf_counter() - started, 1e-9))
     return out
 
 
-def build_run(scored: Scored, scoring: Scoring) -> Run:
-    """The reranked run under one scoring configuration."""
-    return {q: list(zip(ids, scoring.combine(model, first).tolist(), strict=True))
-            for q, (ids, first, model) in scored.items()}
+def build_run(scored: Scored, policy: ScoringPolicy | None = None) -> Run:
+    """The reranked run: as ranked, or the same model scores under another ``policy`` (no re-scoring)."""
+    run = {}
+    for q, (ids, _, ranking) in scored.items():
+        ranked = ranking if policy is None else ranking.under(policy)
+        run[q] = [(ids[r.index], r.score) for r in ranked.with_duplicates()]
+    return run
 
 
 def compare(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]], metric: str = "ndcg@10") -> dict[str, int]:
@@ -179,29 +162,44 @@ def compare(first: dict[str, dict[str, float]], second: dict[str, dict[str, floa
     return counts
 
 
-def evaluate(dataset_dir: str | Path, *, candidates: str | Path | None = None, scorer: core.Scorer,
-             scoring: Scoring | None = None, limit: int | None = None,
+def evaluate(dataset_dir: str | Path, *, service: Service, candidates: str | Path | None = None,
+             policy: ScoringPolicy | None = None, limit: int | None = None,
              progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Rerank a collection's candidate pools and compare with the first stage; a JSON-ready report."""
+    """Rerank a collection's candidate pools through the service and compare with the first stage; a JSON-ready report."""
     started = time.perf_counter()
-    scoring = scoring or Scoring.from_policy(core.DEFAULT_POLICY, scorer.info.mode)
+    policy = policy or service.policy
     dataset = load_dataset(dataset_dir)
     pools = read_run(candidates or Path(dataset_dir) / "candidates" / "bm25_top100.trec")
-    scored = score_candidates(dataset, pools, scorer, long_documents=scoring.long_documents, limit=limit,
-                              progress=progress)
+    scored = score_candidates(dataset, pools, service, policy=policy, limit=limit, progress=progress)
     first_run = {q: list(zip(ids, first.tolist(), strict=True)) for q, (ids, first, _) in scored.items()}
-    reranked_run = build_run(scored, scoring)
+    reranked_run = build_run(scored)
     qrels = {q: dataset.qrels[q] for q in scored}
     first_means, first_per_query = measure(qrels, first_run, mrr_threshold=dataset.mrr_threshold)
     rerank_means, rerank_per_query = measure(qrels, reranked_run, mrr_threshold=dataset.mrr_threshold)
+    scorer = service.models.default
     return {
         "dataset": dataset.name, "queries": len(scored), "model": scorer.info.name, "mode": scorer.info.mode,
-        "scoring": scoring.name, "first_stage": first_means, "reranked": rerank_means,
+        "backend": scorer.backend.backend, "scoring": policy.name, "fusion": policy.describe(scorer.info.mode),
+        "first_stage": first_means, "reranked": rerank_means,
         "difference": {k: rerank_means[k] - first_means[k] for k in METRIC_NAMES},
         "per_query": compare(first_per_query, rerank_per_query),
         "seconds": time.perf_counter() - started,
         "_runs": {"reranked": reranked_run, "first_per_query": first_per_query, "rerank_per_query": rerank_per_query},
     }
+
+
+def evaluation_service(model: str | None = None, *, backend: str | None = None, settings=None) -> Service:
+    """The service as ``python app.py`` would serve ``model``: the configured backend (``auto``: measured here
+    first, as the app does), fusion and limits, so evaluation measures what serves."""
+    from config import Settings
+    from scoring.loading import get_scorer
+
+    settings = settings or Settings.from_env()
+    scorer = get_scorer(model or settings.model, trust_remote_code=settings.trust_remote_code,
+                        backend=backend or settings.backend, cache_dir=str(settings.cache_dir))
+    if scorer.needs_tuning:
+        scorer.tune()
+    return from_settings(settings, scorer)
 
 
 def plot(report: dict, path: str | Path) -> None:
@@ -232,8 +230,8 @@ def plot(report: dict, path: str | Path) -> None:
 
 
 def _print_report(report: dict) -> None:
-    print(f"{report['dataset']}: {report['queries']} queries, model {report['model']} ({report['mode']}), "
-          f"scoring {report['scoring']}, {report['seconds']:.1f} s")
+    print(f"{report['dataset']}: {report['queries']} queries, model {report['model']} ({report['mode']}, "
+          f"backend {report['backend']}), scoring {report['scoring']}: {report['fusion']}, {report['seconds']:.1f} s")
     print(f"{'metric':<10} {'first stage':>12} {'reranked':>10} {'difference':>11}")
     for name in METRIC_NAMES:
         print(f"{name:<10} {report['first_stage'][name]:>12.4f} {report['reranked'][name]:>10.4f} "
@@ -244,31 +242,31 @@ def _print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; see the module docstring."""
-    from config import Settings
-
     parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset_dir")
     parser.add_argument("--candidates", help="first-stage run in TREC format (default candidates/bm25_top100.trec)")
     parser.add_argument("--model", help="model id or path (default RERANK_MODEL)")
+    parser.add_argument("--backend", help="inference backend (default RERANK_BACKEND, as the app serves)")
     parser.add_argument("--scoring", choices=["default", *sorted(SCORINGS)], default="default",
-                        help="scoring configuration (default: the app's, see rerank.DEFAULT_POLICY)")
+                        help="scoring configuration (default: the app's, RERANK_FUSION / RERANK_FUSION_WEIGHT)")
     parser.add_argument("--run-out", help="write the reranked run (TREC format) here")
     parser.add_argument("--limit", type=int, help="only the first N judged queries")
     parser.add_argument("--plot", help="write a PNG of per-query nDCG@10 changes")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    scorer = core.get_scorer(args.model or settings.model, trust_remote_code=settings.trust_remote_code)
-    scoring = (Scoring.from_policy(core.DEFAULT_POLICY, scorer.info.mode) if args.scoring == "default"
-               else SCORINGS[args.scoring])
+    if not Path(args.dataset_dir).is_dir():
+        print(f"evaluate.py: {args.dataset_dir} is not a BEIR-layout folder (no such folder)", file=sys.stderr)
+        return 2
+    service = evaluation_service(args.model, backend=args.backend)
 
     def progress(done: int, total: int, rate: float) -> None:
         if done == total or done % 10 == 0:
             print(f"\r{done}/{total} queries, {rate:.0f} pairs/s", end="" if done < total else "\n", file=sys.stderr)
 
     try:
-        report = evaluate(args.dataset_dir, candidates=args.candidates, scorer=scorer, scoring=scoring,
-                          limit=args.limit, progress=progress)
+        report = evaluate(args.dataset_dir, candidates=args.candidates, service=service,
+                          policy=None if args.scoring == "default" else SCORINGS[args.scoring], limit=args.limit,
+                          progress=progress)
     except FileNotFoundError as exc:
         print(f"evaluate.py: {exc}", file=sys.stderr)
         return 2

@@ -116,6 +116,20 @@ def _write_index(con, passages: Sequence[Passage], embedder: Embedder, content_h
     return dim
 
 
+def _remove_partial(tmp: Path) -> None:
+    """A failed build's temporary file and its write-ahead log."""
+    tmp.unlink(missing_ok=True)
+    tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+
+
+def remove_stale_builds(cache_dir: Path) -> list[Path]:
+    """Delete the temporary files of index builds whose process is gone (``index-*.duckdb.<pid>.tmp[.wal]``)."""
+    from stale_files import remove_if_owner_gone
+
+    files = [*Path(cache_dir).glob("index-*.duckdb.*.tmp"), *Path(cache_dir).glob("index-*.duckdb.*.tmp.wal")]
+    return remove_if_owner_gone(files, lambda p: p.name.removesuffix(".wal").removesuffix(".tmp").rsplit(".", 1)[-1])
+
+
 class LocalIndex:
     """A DuckDB table of passages with FLOAT[dim] embeddings; thread-safe searches."""
 
@@ -150,7 +164,7 @@ class LocalIndex:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-                tmp.unlink(missing_ok=True)
+                _remove_partial(tmp)
                 con = duckdb.connect(str(tmp))
             except Exception as exc:
                 log.warning("cannot write the index at %s (%s); building it in memory", path, exc)
@@ -162,7 +176,7 @@ class LocalIndex:
         except Exception:
             con.close()
             if target is not None:
-                tmp.unlink(missing_ok=True)
+                _remove_partial(tmp)
             raise
         seconds = time.perf_counter() - started
         if target is not None:

@@ -1,17 +1,18 @@
 """Retrieve, then rerank: the first half of RAG in one call.
 
-Pure orchestration over a retriever (``retrieval_client``) and the scoring core (``rerank``); the
-app and the HTTP API present its result.
+Pure orchestration over a search function (the retriever, through the service) and a ranking
+function (the service's); the app presents its result.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 
-import rerank as core
-from retrieval_client import Retriever
+from scoring.ranking import DEFAULT_POLICY, ScoringPolicy
+from scoring.table import SCORE_COLUMN, TEXT_COLUMN, RankFn, RerankResult, rerank_table
 
 POSITION_COLUMN = "retrieved_position"
 MOVE_COLUMN = "move"
@@ -23,7 +24,7 @@ class PipelineResult:
 
     retrieved: pd.DataFrame
     reranked: pd.DataFrame
-    rerank: core.RerankResult
+    rerank: RerankResult
 
     @property
     def summary(self) -> str:
@@ -31,17 +32,17 @@ class PipelineResult:
         return f"Retrieved {len(self.retrieved)} passages; {self.rerank.summary}."
 
 
-def retrieve_and_rerank(query: str, *, retriever: Retriever, scorer: core.Scorer, k: int = 50, top_n: int = 5,
-                        max_documents: int = 1000, policy: core.ScoringPolicy = core.DEFAULT_POLICY) -> PipelineResult:
+def retrieve_and_rerank(query: str, *, search: Callable[[str, object], pd.DataFrame], rank_fn: RankFn, k: object = 50,
+                        top_n: int | None = 5, max_documents: int = 1000,
+                        policy: ScoringPolicy = DEFAULT_POLICY) -> PipelineResult:
     """Fetch the k closest passages, rerank them, keep the best ``top_n``.
 
     The reranked table has the retrieval columns, ``rank``, the 1-based ``retrieved_position``
     and ``move`` ("12 -> 1"). Duplicate passages from retrieval are dropped by the reranker.
     """
-    core.validate_query(query)
-    retrieved = retriever.search(query, k).reset_index(drop=True)
+    retrieved = search(query, k).reset_index(drop=True)
     retrieved.insert(0, POSITION_COLUMN, range(1, len(retrieved) + 1))
-    result = core.rerank_table(query, retrieved, top_n, scorer=scorer, max_documents=max_documents, policy=policy)
+    result = rerank_table(query, retrieved, top_n, rank_fn=rank_fn, max_documents=max_documents, policy=policy)
     reranked = result.table.reset_index(drop=True)
     reranked[MOVE_COLUMN] = [f"{before} -> {after}" for after, before in enumerate(reranked[POSITION_COLUMN], start=1)]
     return PipelineResult(retrieved=retrieved, reranked=reranked, rerank=result)
@@ -49,5 +50,5 @@ def retrieve_and_rerank(query: str, *, retriever: Retriever, scorer: core.Scorer
 
 def score_chart(reranked: pd.DataFrame, *, label_chars: int = 40) -> pd.DataFrame:
     """Data for the bar chart: one bar per reranked document, labelled by position and opening words."""
-    labels = [f"{i}. {text[:label_chars]}" for i, text in enumerate(reranked[core.TEXT_COLUMN], start=1)]
-    return pd.DataFrame({"document": labels, "score": reranked[core.SCORE_COLUMN].astype(float)})
+    labels = [f"{i}. {text[:label_chars]}" for i, text in enumerate(reranked[TEXT_COLUMN], start=1)]
+    return pd.DataFrame({"document": labels, "score": reranked[SCORE_COLUMN].astype(float)})

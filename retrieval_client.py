@@ -163,10 +163,9 @@ class LocalRetriever:
         name = "the Python standard library docs" if corpus_path is None else Path(corpus_path).name
         index = LocalIndex.open(passages, embedder, path=index_path(cache_dir, corpus_path), name=name,
                                 progress=progress)
-        cache = getattr(embedder, "cache", None)
-        if cache is not None and len(passages) <= cache.capacity // 2:
-            texts, vectors = index.stored_vectors()  # reranking retrieved passages then needs no re-encoding
-            cache.put_many({cache.key(t): v for t, v in zip(texts, vectors, strict=True)})
+        seed = getattr(embedder, "seed_embeddings", None)
+        if seed is not None and len(passages) <= embedder.cache.capacity // 2:
+            seed(*index.stored_vectors())  # reranking retrieved passages then needs no re-encoding
         return cls(index)
 
     def search(self, query: str, k: int = 5) -> pd.DataFrame:

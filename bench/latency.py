@@ -28,9 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import backends  # noqa: E402
 import corpus  # noqa: E402
 import rerank as core  # noqa: E402
+from config import Settings  # noqa: E402
+from scoring import choice, engines  # noqa: E402
+from service import from_settings  # noqa: E402
 
 QUERY = "How do I run a coroutine with a timeout and cancel it cleanly?"
 
@@ -146,8 +148,8 @@ def main() -> int:
                 torch.set_num_threads(threads)
 
         scorers = {}
-        for name in backends.BACKENDS:
-            reason = backends.unavailable(name)
+        for name in engines.BACKENDS:
+            reason = engines.unavailable(name)
             if reason:
                 print(f"backend {name}: not measured ({reason})")
                 continue
@@ -155,17 +157,18 @@ def main() -> int:
             if loaded.backend.backend == name:
                 scorers[name] = core.Scorer(loaded.info, loaded, cache_size=0)  # no cache hits
         seed_name = "seed: CrossEncoder.predict bs=32"
-        variants = {seed_name: seed_way} | {f"ours: {name}": (lambda docs, s=s: s.score(QUERY, docs, raw=True))
-                                            for name, s in scorers.items()}
+        services = {name: from_settings(Settings(), s) for name, s in scorers.items()}  # the front door every face uses
+        variants = {seed_name: seed_way} | {f"ours: {name}": (lambda docs, s=s: s.rank(QUERY, docs, raw=True).scores())
+                                            for name, s in services.items()}
         results = {name: time_variant(fn, requests) for name, fn in variants.items()}
         some = next(iter(scorers.values()))
-        plans = [(some.pair_lengths(QUERY, r), r) for r in requests]
+        plans = [(some.plan(QUERY, r).lengths, r) for r in requests]
         seed_waste = np.mean([core.padding_waste(lens, core.plan_batches(lens, 10**9, 32)) for lens, _ in plans])
         our_waste = np.mean([core.padding_waste(lens, core.plan_batches(lens, 1024, 32)) for lens, _ in plans])
         reference = results[seed_name]
         base_p50 = float(np.median(reference[0]))
         print(f"\nmachine: {cores} cores, {some.workers} scoring workers, fp32 matmul {fp32:.0f} GFLOP/s (measured), "
-              f"native bf16: {backends.cpu_has_native_bf16()}; request: {args.docs} docs, tokens median "
+              f"native bf16: {engines.cpu_has_native_bf16()}; request: {args.docs} docs, tokens median "
               f"{np.median(lengths):.0f} (min {min(lengths)}, max {max(lengths)}), ~{flop_per_request / 1e9:.0f} GFLOP "
               f"-> fp32 floor {floor_s:.2f} s")
         print(f"(a) one {args.docs}-document request")
@@ -175,7 +178,7 @@ def main() -> int:
         for name, (lat, scores) in results.items():
             p50, p95 = float(np.median(lat)), float(np.percentile(lat, 95))
             rho, top5 = agreement(scores, reference[1])
-            if name != seed_name and rho >= backends.MIN_SPEARMAN:
+            if name != seed_name and rho >= choice.MIN_SPEARMAN:
                 faithful[name.split(": ", 1)[1]] = p50
             print(f"{name:<36}{p50:>8.2f}{p95:>8.2f}{args.docs / p50:>9.1f}{base_p50 / p50:>8.2f}"
                   f"{floor_s / p50:>10.2f}{rho:>10.4f}{top5:>6.2f}{(seed_waste if name == seed_name else our_waste):>9.0%}")
@@ -186,20 +189,21 @@ def main() -> int:
         seed_way(pool)
         seed_tp = len(pool) / (time.perf_counter() - started)
         started = time.perf_counter()
-        scorers[best].score(QUERY, pool)
+        services[best].rank(QUERY, pool)
         our_tp = len(pool) / (time.perf_counter() - started)
-        pair_flop = 2 * layer_params * float(np.mean(some.pair_lengths(QUERY, pool)))
+        pair_flop = 2 * layer_params * float(np.mean(some.plan(QUERY, pool).lengths))
         print(f"(b) {len(pool)} pairs: seed {seed_tp:.1f} pairs/s; ours ({best}) {our_tp:.1f} pairs/s = "
               f"{our_tp / seed_tp:.2f}x; fp32 floor {fp32 * 1e9 / pair_flop:.1f} pairs/s "
               f"(ours at {our_tp * pair_flop / (fp32 * 1e9):.0%} of it)")
 
-        embedder = core.load_scorer(str(core.packaged_model_path()), allow_fallback=False, backend=best, cache_dir=cache)
+        embedder = from_settings(Settings(), core.load_scorer(str(core.packaged_model_path()), allow_fallback=False,
+                                                              backend=best, cache_dir=cache))
         cold = [d for r in requests for d in r][: args.docs]
         started = time.perf_counter()
-        embedder.score(QUERY, cold)
+        embedder.rank(QUERY, cold)
         first = time.perf_counter() - started
         started = time.perf_counter()
-        embedder.score(QUERY + " again", cold)
+        embedder.rank(QUERY + " again", cold)
         cached = time.perf_counter() - started
         print(f"embedding mode (all-MiniLM-L6-v2, {best}): {args.docs} new documents {first:.2f} s; the same documents "
               f"for another query {cached:.3f} s (document-embedding cache, {first / max(cached, 1e-6):.0f}x)")

@@ -1,6 +1,8 @@
 """A bounded load test on loopback: N clients mixing the Gradio and HTTP rerank routes for T seconds.
 
 ``python bench/load.py [--clients 8] [--seconds 60] [--docs 20] [--url URL --pid PID]``
+``python bench/load.py --scenario cost-limit [--small 12]``: small requests' latency alone, then while one request
+at the cost limit (``RERANK_MAX_REQUEST_TOKENS``) runs: the fair scheduler's effect, as a ratio.
 
 Without ``--url`` it starts ``python app.py`` on a free loopback port (a small corpus for the local
 index, so no long index build competes with the load) and stops it at the end. It prints requests,
@@ -89,8 +91,8 @@ def one_request(client: httpx.Client, gradio, route: str, docs: list[str]) -> in
 
 
 def run_load(url: str, *, clients: int = 8, seconds: float = 60.0, docs: int = 20, seed: int = 0,
-             headers: dict[str, str] | None = None) -> LoadReport:
-    """Run ``clients`` threads against ``url`` for ``seconds``; bounded in time, loopback only."""
+             headers: dict[str, str] | None = None, requests_per_client: int | None = None) -> LoadReport:
+    """Run ``clients`` threads against ``url`` for ``seconds`` (or ``requests_per_client`` requests each); loopback only."""
     from gradio_client import Client
 
     report = LoadReport()
@@ -99,10 +101,10 @@ def run_load(url: str, *, clients: int = 8, seconds: float = 60.0, docs: int = 2
 
     def worker(k: int) -> None:
         rng = random.Random(seed * 1000 + k)
-        gradio = Client(url, verbose=False)
+        gradio = Client(url, verbose=False, headers=headers)
         with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
             n = 0
-            while time.monotonic() < deadline:
+            while (time.monotonic() < deadline if requests_per_client is None else n < requests_per_client):
                 route = ROUTES[(k + n) % len(ROUTES)]
                 n += 1
                 batch = make_documents(rng, docs)
@@ -135,13 +137,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(tmp: Path) -> tuple[subprocess.Popen, str]:
-    """``python app.py`` on a free loopback port with a one-file corpus; waits until it answers."""
+def start_app(tmp: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:
+    """``python app.py`` on a free loopback port with a one-file corpus; waits until it answers.
+
+    ``extra_env`` adds configuration (``RERANK_API_KEY=...``, ``RERANK_BACKEND=torch``, ...)."""
     corpus = tmp / "corpus.md"
     corpus.write_text("Rerank latency depends on batch size.\n\nMemory stays flat under load.")
     port = _free_port()
     env = {"MALLOC_ARENA_MAX": "2", **os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "CORPUS_PATH": str(corpus), "RAG_AUGMENT_CACHE": str(tmp / "cache")}
+           "CORPUS_PATH": str(corpus), "RAG_AUGMENT_CACHE": str(tmp / "cache"), **extra_env}
     env.pop("RETRIEVAL_URL", None)
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -159,14 +163,67 @@ def start_app(tmp: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("app.py did not answer within 180 s")
 
 
+def _small_latencies(client: httpx.Client, rng: random.Random, n: int, docs: int) -> list[float]:
+    """``n`` small /v2/rerank requests one after another (fresh documents each); their latencies."""
+    out = []
+    for _ in range(n):
+        batch = make_documents(rng, docs)
+        started = time.perf_counter()
+        client.post("/v2/rerank", json={"query": "which passage is about latency?", "documents": batch}).raise_for_status()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def _at_the_limit(client: httpx.Client, rng: random.Random) -> tuple[list[str], int]:
+    """Documents whose request costs just under the server's token limit (the server's 413 says the cost)."""
+    doc = lambda: " ".join(rng.choice(WORDS) for _ in range(3000)) + f" #{rng.random():.6f}"  # noqa: E731
+    probe = [doc() for _ in range(200)]
+    over = client.post("/v2/rerank", json={"query": "q", "documents": probe})
+    if over.status_code != 413:
+        raise RuntimeError(f"expected the probe to exceed the cost limit, got {over.status_code}")
+    message = over.json()["message"]
+    cost = int(message.split("needs ")[1].split(" tokens")[0].replace(",", ""))
+    limit = int(message.split("the limit is ")[1].split(" ")[0].replace(",", ""))
+    return probe[: max(1, int(len(probe) * limit / cost * 0.97))], limit
+
+
+def cost_limit_scenario(url: str, *, small: int = 12, docs: int = 20) -> dict:
+    """Small requests' p50 alone, then while one request at the cost limit runs (fair scheduling keeps them moving)."""
+    rng = random.Random(5)
+    with httpx.Client(base_url=url, timeout=600) as client:
+        _small_latencies(client, rng, 3, docs)  # warm-up
+        alone = _small_latencies(client, rng, small, docs)
+        big_docs, limit = _at_the_limit(client, rng)
+        big: dict = {}
+
+        def run_big() -> None:
+            started = time.perf_counter()
+            response = client.post("/v2/rerank", json={"query": "which passage is about latency?", "documents": big_docs})
+            big.update(status=response.status_code, seconds=time.perf_counter() - started, ended=time.perf_counter())
+
+        thread = threading.Thread(target=run_big)
+        thread.start()
+        time.sleep(1.0)
+        during = _small_latencies(client, rng, small, docs)
+        finished = time.perf_counter()
+        thread.join()
+    return {"limit": limit, "big_documents": len(big_docs), "big_status": big["status"], "big_seconds": big["seconds"],
+            "small_alone_p50": float(np.median(alone)), "small_during_p50": float(np.median(during)),
+            "small_during_max": max(during), "all_small_done_while_big_ran": finished < big["ended"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=["mixed", "cost-limit"], default="mixed")
+    parser.add_argument("--small", type=int, default=12, help="cost-limit: small requests timed alone and during")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--docs", type=int, default=20, help="documents per request (one is a duplicate)")
     parser.add_argument("--url", help="an already running rag-augment (loopback)")
     parser.add_argument("--pid", type=int, help="its process id, for RSS")
     args = parser.parse_args()
+    if args.scenario == "cost-limit":
+        return _cost_limit_main(args)
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
         if args.url:
@@ -194,6 +251,24 @@ def main() -> int:
     for err in report.errors[:10]:
         print("error:", err)
     return 1 if report.errors or report.lost_rows else 0
+
+
+def _cost_limit_main(args) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = (None, args.url.rstrip("/")) if args.url else start_app(Path(tmp), RERANK_BACKEND="torch")
+        try:
+            r = cost_limit_scenario(url, small=args.small, docs=args.docs)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+    print(f"cost limit {r['limit']:,} tokens (RERANK_MAX_REQUEST_TOKENS); the large request: {r['big_documents']} documents "
+          f"of ~3,000 words, answered {r['big_status']} after {r['big_seconds']:.1f} s ({os.cpu_count()} CPUs)")
+    print(f"small requests ({args.docs} documents each, one after another): p50 alone {r['small_alone_p50'] * 1000:.0f} ms, "
+          f"p50 while the large one ran {r['small_during_p50'] * 1000:.0f} ms "
+          f"({r['small_during_p50'] / r['small_alone_p50']:.2f}x; max {r['small_during_max'] * 1000:.0f} ms); "
+          f"all {args.small} done while it ran: {r['all_small_done_while_big_ran']}")
+    return 0
 
 
 if __name__ == "__main__":

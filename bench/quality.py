@@ -17,12 +17,13 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
 import rerank as core  # noqa: E402
+from scoring.ranking import ScoringPolicy  # noqa: E402
 
 EVAL_DIR = ROOT.parent / "shared" / "eval"
 SETS = ["scifact", "trec-dl-2019-passage", "cranfield"]
-CONFIGS = [evaluate.Scoring("rerank"), evaluate.Scoring.from_policy(core.DEFAULT_POLICY, "embedding"),
-           *(evaluate.Scoring(f"rrf w={w}", fusion="rrf", weight=w) for w in (0.5, 0.6, 0.7, 0.8)),
-           *(evaluate.Scoring(f"interp a={a}", fusion="interpolate", weight=a) for a in (0.3, 0.5, 0.6, 0.7, 0.8))]
+CONFIGS = [ScoringPolicy(fusion="none", name="rerank"), core.DEFAULT_POLICY,
+           *(ScoringPolicy(fusion="rrf", weight=w, name=f"rrf w={w}") for w in (0.5, 0.6, 0.7, 0.8)),
+           *(ScoringPolicy(fusion="interpolate", weight=a, name=f"interp a={a}") for a in (0.3, 0.5, 0.6, 0.7, 0.8))]
 
 
 def main() -> int:
@@ -34,7 +35,7 @@ def main() -> int:
     if not EVAL_DIR.is_dir():
         print(f"skipped: no IR collections at {EVAL_DIR}")
         return 0
-    scorer = core.get_scorer(args.model)
+    service = evaluate.evaluation_service(args.model)  # the backend and limits the app would serve with
     table: dict[tuple[str, str], float] = {}
     first: dict[str, float] = {}
     for name in SETS:
@@ -42,7 +43,7 @@ def main() -> int:
         pools = evaluate.read_run(EVAL_DIR / name / "candidates" / "bm25_top100.trec")
         for mode in args.long.split(","):
             started = time.perf_counter()
-            scored = evaluate.score_candidates(dataset, pools, scorer, long_documents=mode, limit=args.limit)
+            scored = evaluate.score_candidates(dataset, pools, service, long_documents=mode, limit=args.limit)
             qrels = {q: dataset.qrels[q] for q in scored}
             first_run = {q: list(zip(ids, f.tolist(), strict=True)) for q, (ids, f, _) in scored.items()}
             first[name] = evaluate.measure(qrels, first_run, mrr_threshold=dataset.mrr_threshold)[0]["ndcg@10"]

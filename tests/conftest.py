@@ -124,6 +124,31 @@ def small_corpus():
     return corpus.builtin_passages(modules={"json", "tempfile", "threading", "zipfile"})
 
 
+@pytest.fixture(scope="session")
+def local_retriever(packaged_scorer, small_corpus):
+    """The small corpus indexed in memory with the packaged model."""
+    import retrieval_client as rc
+    from local_index import LocalIndex
+
+    return rc.LocalRetriever(LocalIndex.open(small_corpus, packaged_scorer, path=None, name="small corpus"))
+
+
+class GatedScorer(core.Scorer):
+    """The real model, held at a gate so a test can keep requests in flight (open the gate to let them through)."""
+
+    def __init__(self, base: core.Scorer) -> None:
+        import threading
+
+        super().__init__(base.info, base)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def score_plan(self, *args, **kwargs):
+        self.entered.set()
+        self.gate.wait(60)
+        return super().score_plan(*args, **kwargs)
+
+
 def serve_in_thread(app, host: str = "127.0.0.1"):
     """Run an ASGI app with uvicorn on a free loopback port; returns (base_url, server)."""
     import socket

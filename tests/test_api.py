@@ -7,10 +7,9 @@ import threading
 import cohere
 import httpx
 import pytest
-from conftest import serve_in_thread
+from conftest import GatedScorer, serve_in_thread
 
 import app as app_module
-import rerank as core
 from config import Settings
 
 QUERY = "What is the future of AI?"
@@ -18,20 +17,6 @@ DOCS = ["Knead the dough and let the bread rise.",
         "Artificial intelligence will transform medicine and science in the coming decade.",
         "The football match ended in a draw.",
         "Researchers expect future AI systems to reason and plan much better."]
-
-
-class GatedScorer(core.Scorer):
-    """The real model, held at a gate so a test can keep a request in flight."""
-
-    def __init__(self, base: core.Scorer) -> None:
-        super().__init__(base.info, base)
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def score(self, *args, **kwargs):
-        self.entered.set()
-        self.gate.wait(30)
-        return super().score(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +84,13 @@ def test_tei_schema(server, packaged_scorer):
 
 
 def test_model_picks_among_configured_and_says_which(server, tiny_scorer):
-    name = tiny_scorer.info.requested
+    name = tiny_scorer.info.name  # a local folder is named by its folder, never by its filesystem path
+    assert "/" not in name
     out = httpx.post(f"{server}/v2/rerank", json={"model": name, "query": QUERY, "documents": DOCS}, timeout=30)
     assert out.json()["model"] == name and out.headers["x-rerank-model"] == name
+    by_path = httpx.post(f"{server}/v2/rerank", json={"model": tiny_scorer.info.requested, "query": QUERY,
+                                                      "documents": DOCS}, timeout=30)
+    assert by_path.json()["model"] == name
     expected = tiny_scorer.score(QUERY, DOCS, long_documents="chunk")
     assert out.json()["results"][0]["relevance_score"] == pytest.approx(float(expected.max()), abs=1e-5)
     other = httpx.post(f"{server}/v2/rerank", json={"model": "/etc/passwd", "query": QUERY, "documents": DOCS}, timeout=30)
@@ -140,14 +129,16 @@ def test_health_info_metrics_docs(server):
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
     info = httpx.get(f"{server}/info").json()
     assert info["model"]["mode"] == "embedding" and info["limits"]["max_documents"] == 50 and info["version"]
+    assert "/tmp" not in str(info) and "site-packages" not in str(info)  # no filesystem paths
     assert "embedding similarity" in info["scoring"]
     assert info["backend"]["backend"] == "torch" and info["backend"]["how"] and info["workers"] >= 1
     httpx.post(f"{server}/v2/rerank", json={"query": QUERY, "documents": DOCS}, timeout=30)
     httpx.post(f"{server}/v2/rerank", json={"query": "", "documents": DOCS}, timeout=30)
     text = httpx.get(f"{server}/metrics").text
-    assert 'rerank_requests_total{route="/v2/rerank",status="200"}' in text
-    assert 'rerank_errors_total{route="/v2/rerank",status="422"}' in text
-    assert 'rerank_documents_scored_total{route="/v2/rerank"}' in text
+    assert 'rerank_requests_total{face="http",route="/v2/rerank",status="200"}' in text
+    assert 'rerank_errors_total{face="http",route="/v2/rerank",status="422"}' in text
+    assert 'rerank_documents_scored_total{face="http",route="/v2/rerank"}' in text
+    assert "rerank_batches_total{model=" in text and "rerank_request_tokens_bucket" in text
     assert "rerank_request_duration_seconds_bucket" in text
     assert "rerank_cache_hits_total{model=" in text and "rerank_cache_entries{model=" in text
     assert httpx.get(f"{server}/docs").status_code == 200
@@ -189,8 +180,9 @@ def test_auth_limits_and_queue(locked_server):
 
     streamed = httpx.post(f"{url}/rerank", content=chunks(), headers={**auth, "content-type": "application/json"})
     assert streamed.status_code == 413
-    gradio_call = httpx.post(f"{url}/gradio_api/call/rerank",
-                             json={"data": ["q", {"headers": ["text"], "data": [["z" * 6000]], "metadata": None}]})
+    big_table = {"data": ["q", {"headers": ["text"], "data": [["z" * 6000]], "metadata": None}]}
+    assert httpx.post(f"{url}/gradio_api/call/rerank", json=big_table).status_code == 401  # the Gradio face is closed too
+    gradio_call = httpx.post(f"{url}/gradio_api/call/rerank", json=big_table, headers=auth)
     assert gradio_call.status_code == 413 and "RERANK_MAX_BODY_BYTES" in gradio_call.json()["message"]
 
     gated.gate.clear()

@@ -111,8 +111,8 @@ def test_fusion_settings(packaged_scorer):
     with pytest.raises(ValueError, match="RERANK_FUSION_WEIGHT must be from 0 to 1"):
         Settings.from_env({"RERANK_FUSION_WEIGHT": "2"})
     docs = pd.DataFrame({"text": ["AI will change work.", "Bread needs yeast."], "distance": [0.9, 0.1]})
-    handler = app_module.make_rerank_handler(packaged_scorer, 10, app_module.scoring_policy(s))
-    plain = handler("What is the future of AI?", docs)
+    service = app_module.build_service(s, packaged_scorer)
+    plain = service.rank_table("What is the future of AI?", docs).table
     model = packaged_scorer.score("What is the future of AI?", docs["text"].tolist())
     np.testing.assert_allclose(plain.sort_index()["rank"], model, rtol=1e-6)
 

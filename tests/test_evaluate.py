@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 
+import app as app_module
 import evaluate
 import rerank as core
+from config import Settings
 
 
 def test_graded_ndcg_mrr_recall_by_hand():
@@ -64,17 +66,18 @@ def test_document_text_does_not_repeat_titles():
 
 
 def test_harness_on_a_slice_beats_the_first_stage(eval_dir, packaged_scorer, tmp_path, capsys):
-    report = evaluate.evaluate(eval_dir / "cranfield", scorer=packaged_scorer, scoring=evaluate.SCORINGS["rrf"],
-                               limit=40)
+    service = app_module.build_service(Settings(), packaged_scorer)
+    report = evaluate.evaluate(eval_dir / "cranfield", service=service, policy=evaluate.SCORINGS["rrf"], limit=40)
     assert report["queries"] == 40
     assert report["reranked"]["ndcg@10"] > report["first_stage"]["ndcg@10"]
     assert sum(report["per_query"].values()) == 40
     run_out, plot_out = tmp_path / "run.trec", tmp_path / "plot.png"
     code = evaluate.main([str(eval_dir / "trec-dl-2019-passage"), "--model", str(core.packaged_model_path()),
-                          "--limit", "5", "--json", "--run-out", str(run_out), "--plot", str(plot_out)])
+                          "--backend", "torch", "--limit", "5", "--json", "--run-out", str(run_out), "--plot", str(plot_out)])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["queries"] == 5 and set(summary["first_stage"]) == {"ndcg@10", "mrr@10", "recall@10"}
+    assert summary["backend"] == "torch" and summary["scoring"] == "default"
     rescored = evaluate.measure(evaluate.load_dataset(eval_dir / "trec-dl-2019-passage").qrels | {},
                                 {q: d for q, d in evaluate.read_run(run_out).items()}, mrr_threshold=2)[0]
     assert rescored["ndcg@10"] == pytest.approx(summary["reranked"]["ndcg@10"], abs=1e-4)  # the run file scores the same

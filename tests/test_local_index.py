@@ -112,6 +112,7 @@ def test_local_retriever_seeds_the_embedding_cache(tmp_path, packaged_scorer):
     retriever = rc.LocalRetriever.build(corpus_path=str(tmp_path / "notes.md"), cache_dir=tmp_path / "cache",
                                         embedder=packaged_scorer)
     texts, vectors = retriever.index.stored_vectors()
-    cached = packaged_scorer.cache.get_many([packaged_scorer.cache.key(t) for t in texts])
-    assert len(cached) == len(texts)
-    np.testing.assert_allclose(np.stack(list(cached.values())), vectors, atol=1e-6)
+    misses, batches = packaged_scorer.cache.misses, packaged_scorer.pool.batches_run
+    again = packaged_scorer.embed(texts)  # every passage comes from the seeded cache: no forward pass
+    assert packaged_scorer.cache.misses == misses and packaged_scorer.pool.batches_run == batches
+    np.testing.assert_allclose(again, vectors, atol=1e-6)

@@ -10,12 +10,6 @@ import app as app_module
 import pipeline
 import retrieval_client as rc
 from config import Settings
-from local_index import LocalIndex
-
-
-@pytest.fixture(scope="module")
-def local_retriever(packaged_scorer, small_corpus):
-    return rc.LocalRetriever(LocalIndex.open(small_corpus, packaged_scorer, path=None, name="small corpus"))
 
 
 def _launch(demo):
@@ -35,8 +29,8 @@ def _frame(payload) -> pd.DataFrame:
 
 
 def test_pipeline_function_moves_and_dedups(packaged_scorer, tiny_scorer, local_retriever):
-    result = pipeline.retrieve_and_rerank("How do I extract files from a zip archive?", retriever=local_retriever,
-                                          scorer=tiny_scorer, k=20, top_n=5)
+    service = app_module.build_service(Settings(), tiny_scorer, local_retriever)
+    result = service.retrieve_and_rank("How do I extract files from a zip archive?", 20, 5)
     assert len(result.retrieved) == 20 and len(result.reranked) == 5
     assert list(result.reranked.columns) == ["retrieved_position", "url", "text", "distance", "rank", "move"]
     for after, row in enumerate(result.reranked.itertuples(), start=1):
@@ -60,8 +54,8 @@ class DuplicatingRetriever:
 
 
 def test_duplicates_from_retrieval_are_dropped(packaged_scorer, local_retriever):
-    result = pipeline.retrieve_and_rerank("zip archive", retriever=DuplicatingRetriever(local_retriever),
-                                          scorer=packaged_scorer, k=5, top_n=50)
+    service = app_module.build_service(Settings(), packaged_scorer, DuplicatingRetriever(local_retriever))
+    result = service.retrieve_and_rank("zip archive", 5, 50)
     assert len(result.retrieved) == 10 and len(result.reranked) == 5
     assert result.rerank.duplicates == [5, 6, 7, 8, 9]
 
@@ -129,21 +123,36 @@ def test_building_index_is_reported_not_hung(packaged_scorer):
         gate.set()
 
 
-def test_ui_upload_indexes_a_file_and_replaces_the_backend(tmp_path, packaged_scorer, local_retriever):
-    services = app_module.Services(Settings(cache_dir=tmp_path / "cache"), packaged_scorer, local_retriever)
-    _, _, _, index_upload = app_module.make_retrieval_handlers(services)
+def test_an_upload_is_indexed_privately_within_limits(tmp_path, packaged_scorer, local_retriever):
+    from service import InvalidInput, TooLarge
+
+    cache = tmp_path / "cache"
+    settings = Settings(cache_dir=cache, max_upload_bytes=2_000, max_upload_passages=3)
+    service = app_module.build_service(settings, packaged_scorer, local_retriever)
     upload = tmp_path / "faq.csv"
     upload.write_text("url,text\nhttps://e.org/returns,Items can be returned within 30 days.\n"
                       "https://e.org/shipping,Shipping takes three to five working days.\n")
-    line = index_upload(str(upload))
-    assert "faq.csv: 2 passages" in line
-    hits = services.retriever.search("how long does delivery take?", 1)
+    private = service.index_upload(str(upload))
+    assert private.passages == 2 and "faq.csv" in private.description
+    hits = service.search("how long does delivery take?", 1, retriever=private)
     assert hits["url"].tolist() == ["https://e.org/shipping"]
-    import gradio as gr
+    shared = service.search("how long does delivery take?", 1)  # everyone else keeps the shared index
+    assert "docs.python.org" in shared["url"].iloc[0]
+    assert not cache.exists() or not any(cache.iterdir())  # in memory: nothing is written to the cache
+    private.close()
+    import duckdb
 
+    with pytest.raises(duckdb.ConnectionException):  # closed: its memory is released
+        private.search("anything", 1)
     bad = tmp_path / "bad.csv"
     bad.write_text("title\nno text column here\n")
-    with pytest.raises(gr.Error, match="has no 'text' column"):
-        index_upload(str(bad))
-    with pytest.raises(gr.Error, match="choose a JSONL"):
-        index_upload(None)
+    with pytest.raises(InvalidInput, match="has no 'text' column"):
+        service.index_upload(str(bad))
+    big = tmp_path / "big.csv"
+    big.write_text("text\n" + "word " * 1000)
+    with pytest.raises(TooLarge, match="the limit is 2,000 \\(RERANK_MAX_UPLOAD_BYTES\\)"):
+        service.index_upload(str(big))
+    many = tmp_path / "many.csv"
+    many.write_text("text\n" + "\n".join(f"passage {i}" for i in range(5)))
+    with pytest.raises(TooLarge, match="5 passages; the limit is 3 \\(RERANK_MAX_UPLOAD_PASSAGES\\)"):
+        service.index_upload(str(many))

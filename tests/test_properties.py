@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 
 import rerank as core
 
-POOL = ["alpha beta", "gamma", "", "   ", "naïve café ☕", "مرحبا بالعالم", "a\x00b", "\u202edir", "🎉" * 30]
-TEXTS = st.one_of(st.sampled_from(POOL), st.text(max_size=60), st.text(alphabet=st.characters(codec="utf-8"), max_size=20))
+POOL = ["alpha beta", "gamma", "", "   ", "naïve café ☕", "مرحبا بالعالم", "a\x00b", "\u202edir", "🎉" * 30, "\x00",
+        "lone \ud800 surrogate", "\udfff"]
+SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+TEXTS = st.one_of(st.sampled_from(POOL), st.text(max_size=60), st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
+                  st.text(alphabet=st.one_of(st.sampled_from("\x00ab "), SURROGATE), max_size=12))
 CELLS = st.one_of(TEXTS, TEXTS, TEXTS, st.none(), st.floats(allow_nan=True), st.integers(), st.binary(max_size=5),
                   st.booleans())
 EXTRA = st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=10), st.none(),
@@ -80,7 +83,38 @@ def test_rerank_is_lossless_or_a_clear_error(packaged_scorer, frame, query, top_
         message = str(exc)
         assert message and len(message) < 600  # clear, and never echoes whole documents
         return
+    assert not _has_surrogate(query) and not any(_has_surrogate(t) for t in frame["text"])  # never scored
     check_answer(frame, query, result, top_n)
+
+
+def _has_surrogate(value: object) -> bool:
+    return isinstance(value, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(query=TEXTS, texts=st.lists(TEXTS, min_size=1, max_size=8))
+@example(query="q\ud800", texts=["abc"])
+@example(query="a\x00b", texts=["x\x00y", "x\x00z"])
+def test_the_service_answers_or_names_the_field(packaged_scorer, query, texts):
+    """The front door every face uses: any text is ranked, or refused with the field named (never a 500)."""
+    import app as app_module
+    from config import Settings
+    from service import InvalidInput
+
+    service = _SERVICES.setdefault("s", app_module.build_service(Settings(), packaged_scorer))
+    try:
+        ranking = service.rank(query, texts)
+    except InvalidInput as exc:
+        assert str(exc).startswith(("query", "documents")) and len(str(exc)) < 300
+        bad_query = _has_surrogate(query) or not query.strip()
+        assert bad_query or any(_has_surrogate(t) for t in texts)
+        return
+    assert not _has_surrogate(query) and not any(_has_surrogate(t) for t in texts)
+    every = ranking.with_duplicates()
+    assert sorted(r.index for r in every) == list(range(len(texts)))  # each input exactly once
+
+
+_SERVICES: dict = {}
 
 
 def test_ten_thousand_rows_of_duplicates(packaged_scorer):

@@ -186,13 +186,14 @@ def test_long_document_best_chunk_finds_a_late_passage(packaged_scorer):
     cut = packaged_scorer.score(QUERY, [long_doc], long_documents="chunk", max_tokens_per_doc=200)[0]
     assert cut == pytest.approx(truncated, abs=0.025)
     # truncating from the left keeps the end, where the needle is
-    left = packaged_scorer.score(QUERY, [long_doc], truncate_left=True)[0]
+    left = packaged_scorer.score(QUERY, [long_doc], long_documents="truncate", truncate_left=True)[0]
     assert left > truncated + 0.05
 
 
 def test_long_document_chunks_with_a_cross_encoder(tiny_scorer):
     long_doc = FILLER * 3 + " " + NEEDLE
-    units, owners = tiny_scorer._units(QUERY, ["short", long_doc], "chunk", None, False)
+    plan = tiny_scorer.plan(QUERY, ["short", long_doc])
+    units, owners = plan.units, plan.owners
     assert units[0] == "short" and owners.tolist()[0] == 0 and len(units) > 3 and set(owners[1:].tolist()) == {1}
     assert units[-1].endswith(NEEDLE)
     scores = tiny_scorer.score(QUERY, ["short", long_doc], long_documents="chunk", raw=True)
@@ -200,10 +201,12 @@ def test_long_document_chunks_with_a_cross_encoder(tiny_scorer):
     assert scores[1] == pytest.approx(per_unit.max(), rel=1e-5)
 
 
-def test_score_unique_scores_each_text_once(packaged_scorer):
+def test_rank_scores_each_text_once_and_reports_duplicates(packaged_scorer):
     texts = [RELEVANT[0], UNRELATED[0], RELEVANT[0]]
-    scores = core.score_unique(packaged_scorer, QUERY, texts)
-    assert scores[0] == scores[2] and scores[0] > scores[1]
+    ranking = core.rank(QUERY, texts, scorer=packaged_scorer)
+    assert [r.index for r in ranking] == [0, 1] and ranking.duplicates == [core.Duplicate(2, 0)]
+    every = ranking.with_duplicates()
+    assert [r.index for r in every] == [0, 2, 1] and every[0].score == every[1].score > every[2].score
 
 
 @pytest.mark.parametrize(("option", "value"), [("long_documents", "split"), ("max_tokens_per_doc", 0)])

@@ -81,22 +81,48 @@ def test_expected_messages_for_common_mistakes(server):
 
 
 def test_short_load_run_loses_nothing(server):
-    report = load.run_load(server, clients=4, seconds=4, docs=12)
+    report = load.run_load(server, clients=4, docs=12, requests_per_client=4)
     summary = report.summary()
     assert summary["errors"] == 0, report.errors[:3]
     assert summary["lost_rows"] == 0
-    assert summary["requests"] >= 8 and set(summary["by_route"]) == set(load.ROUTES)
+    assert summary["requests"] == 16 and set(summary["by_route"]) == set(load.ROUTES)
 
 
-def test_client_disconnecting_mid_request(server):
-    docs = [f"document {i} " + "filler words " * 300 for i in range(20)]
+def _metric(url: str, name: str) -> float:
+    """The sum of a Prometheus counter's samples."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def _settled(url: str, name: str, seconds: float = 1.0) -> float:
+    """A counter's value once it has stopped moving for ``seconds``."""
+    value = _metric(url, name)
+    for _ in range(60):
+        time.sleep(seconds)
+        now = _metric(url, name)
+        if now == value:
+            return now
+        value = now
+    raise AssertionError(f"{name} kept moving")
+
+
+def test_a_client_that_goes_away_stops_its_work(server):
+    docs = [f"document {i} " + "filler words " * 900 for i in range(20)]  # ~160 windows: seconds of work
+    dropped = _metric(server, "rerank_batches_dropped_total")
     with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{server}/v2/rerank", json={"query": "q", "documents": docs}, timeout=0.05)
+        httpx.post(f"{server}/v2/rerank", json={"query": "q", "documents": docs}, timeout=0.3)
+    after_http = _settled(server, "rerank_batches_dropped_total")
+    assert after_http > dropped  # the server saw the disconnect and dropped the batches not yet started
+    assert 'status="499"' in httpx.get(f"{server}/metrics", timeout=10).text
     gradio = Client(server, verbose=False)
-    job = gradio.submit(query="q", documents={"headers": ["text"], "data": [[d] for d in docs], "metadata": None},
-                        api_name="/rerank")
-    time.sleep(0.05)
+    job = gradio.submit(query="q2", documents={"headers": ["text"], "data": [[d + " again"] for d in docs],
+                                                "metadata": None}, api_name="/rerank")
+    time.sleep(0.6)
     job.cancel()
+    batches = _settled(server, "rerank_batches_total")
+    assert _metric(server, "rerank_batches_dropped_total") > after_http  # Gradio's cancel reached the worker pool
+    time.sleep(1.0)
+    assert _metric(server, "rerank_batches_total") == batches  # and no work goes on after it
     ok = httpx.post(f"{server}/v2/rerank", json={"query": "bread", "documents": ["Bread needs yeast.", "x"]}, timeout=60)
     assert ok.status_code == 200 and ok.json()["results"][0]["index"] == 0
     assert _call_gradio(server, GOOD, timeout=60)[0] == "complete"
@@ -125,7 +151,31 @@ def test_error_messages_do_not_echo_documents_or_keys(server, packaged_scorer):
     assert "TOP-SECRET" not in str(err.value)
 
 
-def test_trust_remote_code_is_off_unless_configured():
+def _custom_code_checkpoint(folder: Path, marker: Path) -> Path:
+    """A checkpoint whose config asks for code of its own: importing it would write ``marker``."""
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                     "from transformers import BertConfig as EvilConfig, BertModel as EvilModel\n")
+    return folder
+
+
+def test_custom_code_never_runs_unless_configured(tmp_path, server):
     assert Settings().trust_remote_code is False
     assert Settings.from_env({"RERANK_TRUST_REMOTE_CODE": "1"}).trust_remote_code is True
-    assert Path(ROOT / "api.py").read_text().count("trust_remote_code") == 0  # no request field reaches the loader
+    marker = tmp_path / "marker"
+    checkpoint = _custom_code_checkpoint(tmp_path / "custom", marker)
+    core.load_scorer(str(checkpoint), allow_fallback=False)  # loads as the built-in architecture it names
+    assert not marker.exists()
+    # a request can neither name a model to load nor switch custom code on
+    answer = httpx.post(f"{server}/v2/rerank", json={"model": str(checkpoint), "trust_remote_code": True,
+                                                     "query": "q", "documents": ["a", "b"]}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["model"] != "custom"
+    assert not marker.exists()
+    core.load_scorer(str(checkpoint), allow_fallback=False, trust_remote_code=True)  # what the setting unlocks
+    assert marker.read_text() == "ran"

@@ -1,4 +1,4 @@
-"""Every inference backend ranks like fp32 torch (sentence-transformers) on a fixed probe; the choice is measured."""
+"""Every engine scores like fp32 sentence-transformers on a fixed probe; unusable engines fall back to torch and say why."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backends
 import rerank as core
 from config import Settings
+from scoring import choice, engines
+from scoring.engines.st_engine import ST_BACKEND
 
-RUNNABLE = [b for b in ("torch", "onnxruntime", "openvino") if backends.unavailable(b) is None]
+RUNNABLE = [b for b in ("torch", "onnxruntime", "openvino") if engines.unavailable(b) is None]
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +41,15 @@ def _ranks(scores: np.ndarray) -> list[int]:
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_embedding_backend_matches_sentence_transformers(name, backend_cache, st_embedder):
-    docs = backends.probe_documents()
+    docs = choice.probe_documents()
     expected = st_embedder.encode_document(docs, normalize_embeddings=True) @ \
-        st_embedder.encode_query([backends.PROBE_QUERY], normalize_embeddings=True)[0]
+        st_embedder.encode_query([choice.PROBE_QUERY], normalize_embeddings=True)[0]
     scorer = core.load_scorer(str(core.packaged_model_path()), allow_fallback=False, backend=name,
                               cache_dir=backend_cache)
     assert scorer.backend.backend == name and "RERANK_BACKEND" in scorer.backend.how
-    got = scorer.score(backends.PROBE_QUERY, docs, raw=True)
+    got = scorer.score(choice.PROBE_QUERY, docs, raw=True)
     np.testing.assert_allclose(got, expected, atol=2e-5)
-    assert backends.spearman(got, expected) >= backends.MIN_SPEARMAN
+    assert choice.spearman(got, expected) >= choice.MIN_SPEARMAN
     assert _ranks(got)[:5] == _ranks(expected)[:5]
 
 
@@ -57,47 +58,16 @@ def test_cross_encoder_backend_matches_cross_encoder_predict(name, backend_cache
                                                              st_cross_encoder):
     import torch
 
-    docs = backends.probe_documents()
-    expected = st_cross_encoder.predict([(backends.PROBE_QUERY, d) for d in docs], activation_fn=torch.nn.Identity())
+    docs = choice.probe_documents()
+    expected = st_cross_encoder.predict([(choice.PROBE_QUERY, d) for d in docs], activation_fn=torch.nn.Identity())
     scorer = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend=name, cache_dir=backend_cache)
-    got = scorer.score(backends.PROBE_QUERY, docs, raw=True)
+    got = scorer.score(choice.PROBE_QUERY, docs, raw=True)
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    assert backends.spearman(got, expected) >= backends.MIN_SPEARMAN
-
-
-def test_pick_takes_the_fastest_faithful_backend():
-    m = backends.Measurement
-    assert backends.pick([m("torch", 1.0, 1.0), m("openvino", 0.5, 1.0), m("onnxruntime-int8", 0.2, 0.95)]) == "openvino"
-    # within 5% of the fastest, the backend that starts without torch wins
-    assert backends.pick([m("torch", 1.0, 1.0), m("onnxruntime", 1.04, 1.0)]) == "onnxruntime"
-    assert backends.pick([m("torch", 1.0, 1.0), m("onnxruntime", 1.2, 1.0)]) == "torch"
-    assert backends.pick([m("onnxruntime-int8", 0.2, 0.5), m("openvino", note="not installed")]) == "torch"
-
-
-def test_auto_measures_swaps_and_remembers(tmp_path, tiny_cross_encoder_dir):
-    scorer = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="auto", cache_dir=tmp_path)
-    assert scorer.backend.backend == "torch" and scorer.needs_tuning
-    before = scorer.score(backends.PROBE_QUERY, backends.probe_documents(), raw=True)
-    choice = scorer.tune()
-    measured = {m.backend: m for m in choice.measurements}
-    assert set(measured) == set(backends.BACKENDS)
-    assert measured["torch"].spearman == pytest.approx(1.0)
-    for name in RUNNABLE:
-        assert measured[name].seconds > 0 and measured[name].spearman >= backends.MIN_SPEARMAN
-    if backends.unavailable("torch-bf16"):
-        assert measured["torch-bf16"].seconds is None and measured["torch-bf16"].note
-    assert choice.backend in RUNNABLE and scorer.backend.backend == choice.backend and not scorer.needs_tuning
-    assert {r.name for r in scorer._pool.replicas} == {choice.backend}
-    scorer.cache._data.clear()
-    after = scorer.score(backends.PROBE_QUERY, backends.probe_documents(), raw=True)
-    np.testing.assert_allclose(after, before, atol=1e-4)
-    again = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="auto", cache_dir=tmp_path)
-    assert again.backend.backend == choice.backend and "earlier start" in again.backend.how
-    assert not again.needs_tuning and again.start_tuning() is None
+    assert choice.spearman(got, expected) >= choice.MIN_SPEARMAN
 
 
 def test_unavailable_backend_serves_on_torch_and_says_why(tmp_path, tiny_cross_encoder_dir, monkeypatch):
-    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
     scorer = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="torch-bf16", cache_dir=tmp_path)
     assert scorer.backend.backend == "torch" and "no native bf16" in scorer.backend.how
     with pytest.raises(core.ModelLoadError, match="RERANK_BACKEND"):
@@ -113,9 +83,9 @@ def test_custom_sentence_transformers_modules_run_through_sentence_transformers(
     dense = models.Dense(in_features=384, out_features=64)
     SentenceTransformer(modules=[st_embedder[0], st_embedder[1], dense], device="cpu").save(str(tmp_path / "dense"))
     scorer = core.load_scorer(str(tmp_path / "dense"), allow_fallback=False, backend="onnxruntime", cache_dir=tmp_path)
-    assert scorer.backend.backend == backends.ST_BACKEND
+    assert scorer.backend.backend == ST_BACKEND
     reference = SentenceTransformer(str(tmp_path / "dense"), device="cpu")
-    docs = backends.probe_documents()[:6]
+    docs = choice.probe_documents()[:6]
     expected = reference.encode_document(docs, normalize_embeddings=True) @ \
         reference.encode_query(["probe"], normalize_embeddings=True)[0]
     np.testing.assert_allclose(scorer.score("probe", docs, raw=True), expected, atol=1e-5)
@@ -124,13 +94,13 @@ def test_custom_sentence_transformers_modules_run_through_sentence_transformers(
 def test_a_damaged_cached_graph_serves_on_torch_and_is_exported_again(tmp_path, tiny_cross_encoder_dir):
     scorer = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="onnxruntime", cache_dir=tmp_path)
     graph = next(tmp_path.glob("backends/*/model.onnx"))
-    expected = scorer.score(backends.PROBE_QUERY, backends.probe_documents(), raw=True)
-    backends.save_choice(Path(str(tiny_cross_encoder_dir)), scorer._pool.source.layout, tmp_path,
-                         backends.Choice("onnxruntime", "measured"))
+    expected = scorer.score(choice.PROBE_QUERY, choice.probe_documents(), raw=True)
+    choice.save_choice(Path(str(tiny_cross_encoder_dir)), scorer._pool.source.layout, tmp_path,
+                         choice.Choice("onnxruntime", "measured"))
     graph.write_bytes(b"not an onnx graph")
     damaged = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="auto", cache_dir=tmp_path)
     assert damaged.backend.backend == "torch" and "removed it" in damaged.backend.how
-    np.testing.assert_allclose(damaged.score(backends.PROBE_QUERY, backends.probe_documents(), raw=True), expected, atol=1e-4)
+    np.testing.assert_allclose(damaged.score(choice.PROBE_QUERY, choice.probe_documents(), raw=True), expected, atol=1e-4)
     assert not graph.exists()
     again = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="onnxruntime", cache_dir=tmp_path)
     assert again.backend.backend == "onnxruntime" and graph.is_file()

@@ -1,0 +1,246 @@
+"""Which engine serves here: measured on a fixed probe, admitted by a fidelity gate, remembered per machine.
+
+:func:`choose` times every available candidate on the probe, one replica per worker as the pool
+runs them, and keeps the fastest whose scores agree with fp32 torch: Spearman >= 0.99 *and* no
+score moved by more than 5% of the probe's score range (reduced precision is admitted only by
+measurement, never assumed). Among candidates within 5% of the fastest, the one that starts
+quickest wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scoring import engines
+from scoring.checkpoint import Layout, digest, read_json
+from scoring.engines.onnx_engines import export_folder
+from scoring.tokenizer import TextTokenizer
+
+log = logging.getLogger("rag_augment.choice")
+
+MIN_SPEARMAN = 0.99
+MAX_DIFF_OF_RANGE = 0.05
+REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "onnxruntime-int8")  # admitted only through the gate
+TIE = 0.05  # candidates within 5% of the fastest count as equally fast; the lighter start-up wins
+_START_COST = {"onnxruntime": 0, "onnxruntime-int8": 1, "openvino": 2, "openvino-bf16": 3, "torch": 4, "torch-bf16": 5}
+
+PROBE_QUERY = "how do transformers rank documents for a search query"
+_PROBE_SENTENCES = (
+    "A cross-encoder reads the query and the document together and outputs one relevance score.",
+    "Bread dough rises when yeast ferments the sugars in the flour and releases carbon dioxide.",
+    "Search engines first retrieve candidates with a fast index, then rerank them with a slower model.",
+    "The football season ended with a close final decided by a penalty shoot-out.",
+    "Transformer encoders use self-attention so that every token can look at every other token.",
+    "Tulips bloom in spring and come in many colours, from deep purple to bright yellow.",
+    "BM25 scores documents by term frequency, inverse document frequency and document length.",
+    "The museum reopened after renovation with a new wing devoted to modern sculpture.",
+    "Dense retrieval embeds queries and documents into vectors and compares them by cosine similarity.",
+    "Interest rates rose again this quarter as the central bank tried to curb inflation.",
+    "Ranking quality is measured with metrics such as nDCG and mean reciprocal rank on judged queries.",
+    "The recipe calls for two eggs, a cup of milk and a pinch of salt.",
+)
+
+
+def probe_documents(n: int = 24) -> list[str]:
+    """A fixed set of documents of 20 to ~300 tokens, some on the probe query's topic, some not."""
+    docs = []
+    for i in range(n):
+        count = 1 + (i * 7) % 13
+        docs.append(" ".join(_PROBE_SENTENCES[(i + j * 5) % len(_PROBE_SENTENCES)] for j in range(count)))
+    return docs
+
+
+def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], batch: int = 4) -> np.ndarray:
+    """The probe's scores (logits or cosines) on one backend, its replicas working side by side as the scorer runs them."""
+    order = sorted(range(len(documents)), key=lambda i: -len(documents[i]))
+    chunks = [order[i:i + batch] for i in range(0, len(order), batch)]
+    query = replicas[0].embed([PROBE_QUERY], query=True)[0] if layout.mode == "embedding" else None
+    out = np.zeros(len(documents), dtype=np.float64)
+
+    def work(n: int) -> None:
+        engine = replicas[n]
+        for chunk in chunks[n::len(replicas)]:
+            texts = [documents[i] for i in chunk]
+            out[chunk] = engine.score_pairs(PROBE_QUERY, texts) if query is None else engine.embed(texts) @ query
+
+    with ThreadPoolExecutor(len(replicas)) as pool:
+        list(pool.map(work, range(len(replicas))))
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two score lists (0 where it is undefined, e.g. a constant list)."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    value = spearmanr(a, b).statistic
+    return float(value) if np.isfinite(value) else 0.0
+
+
+@dataclass
+class Measurement:
+    """One candidate on the probe: time per probe, agreement with fp32 torch, or why it was skipped."""
+
+    backend: str
+    seconds: float | None = None
+    spearman: float | None = None
+    max_abs_diff: float | None = None
+    note: str = ""
+    score_range: float | None = None
+
+    @property
+    def faithful(self) -> bool:
+        """Measured, ranks like fp32 (Spearman) and scores like it (no score moved by 5% of the range)."""
+        if self.seconds is None or (self.spearman or 0) < MIN_SPEARMAN:
+            return False
+        if self.max_abs_diff is None or not self.score_range:
+            return True
+        return self.max_abs_diff <= MAX_DIFF_OF_RANGE * self.score_range
+
+    def verdict(self) -> str:
+        """Why an unfaithful measurement was rejected."""
+        if (self.spearman or 0) < MIN_SPEARMAN:
+            return f"rankings drift from fp32 torch (Spearman {self.spearman:.3f} < {MIN_SPEARMAN})"
+        return (f"scores drift from fp32 torch (max difference {self.max_abs_diff:.4f} > {MAX_DIFF_OF_RANGE:.0%} "
+                f"of the probe's range {self.score_range:.4f})")
+
+
+@dataclass
+class Choice:
+    """The backend in use and how it was chosen, for /info, the UI and the logs."""
+
+    backend: str
+    how: str
+    measurements: list[Measurement] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"{self.backend} ({self.how})"
+
+    def as_dict(self) -> dict:
+        return {"backend": self.backend, "how": self.how, "measurements": [asdict(m) for m in self.measurements]}
+
+
+def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: Layout, *,
+            rounds: int = 3) -> tuple[list[Measurement], list[Measurement]]:
+    """Time fp32 torch and each candidate's replicas on the probe.
+
+    Candidates are built and dropped one at a time (memory stays at two copies of the model beside the
+    serving one), and each is timed in rounds alternating with torch so background load hits both alike.
+    Returns the measurements and the candidates that could not be built.
+    """
+    documents = probe_documents()
+    expected = probe_scores(reference, layout, documents)
+    spread = float(expected.max() - expected.min())
+    torch_times: list[float] = []
+    measured, skipped = [], []
+
+    def timed(replicas: list) -> float:
+        started = time.perf_counter()
+        probe_scores(replicas, layout, documents)
+        return time.perf_counter() - started
+
+    for name, build in candidates.items():
+        try:
+            replicas = build()
+        except Exception as exc:
+            skipped.append(Measurement(backend=name, note=str(exc).splitlines()[0][:200]))
+            continue
+        scores = probe_scores(replicas, layout, documents)  # also the warm-up
+        times = []
+        for _ in range(rounds):
+            torch_times.append(timed(reference))
+            times.append(timed(replicas))
+        measured.append(Measurement(backend=name, seconds=float(np.median(times)), spearman=spearman(scores, expected),
+                                    max_abs_diff=float(np.max(np.abs(scores - expected))), score_range=spread))
+        del replicas
+    if not torch_times:
+        torch_times = [timed(reference) for _ in range(rounds)]
+    return [Measurement(backend="torch", seconds=float(np.median(torch_times)), spearman=1.0, max_abs_diff=0.0,
+                        score_range=spread), *measured], skipped
+
+
+def pick(measurements: Sequence[Measurement]) -> str:
+    """The fastest faithful backend; within 5% of the fastest, the one that starts quickest."""
+    faithful = [m for m in measurements if m.faithful]
+    if not faithful:
+        return "torch"
+    best = min(m.seconds for m in faithful)  # type: ignore[type-var]
+    close = [m for m in faithful if m.seconds <= best * (1 + TIE)]  # type: ignore[operator]
+    return min(close, key=lambda m: _START_COST.get(m.backend, 9)).backend
+
+
+def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path, reference_model=None,
+           trust_remote_code: bool = False, workers: int = 1) -> Choice:
+    """Measure every backend available here on the probe, ``workers`` replicas each, and pick one; cached on disk."""
+    reference = engines.replicas("torch", model_dir, layout, tokenizer, cache_dir=cache_dir, workers=workers,
+                                 trust_remote_code=trust_remote_code, model=reference_model)
+    candidates: dict[str, Callable[[], list]] = {}
+    unavailable_here = []
+    for name in engines.BACKENDS[1:]:
+        reason = engines.unavailable(name)
+        if reason:
+            unavailable_here.append(Measurement(backend=name, note=reason))
+            continue
+        candidates[name] = lambda name=name: engines.replicas(name, model_dir, layout, tokenizer, cache_dir=cache_dir,
+                                                              workers=workers, trust_remote_code=trust_remote_code)
+    measured, skipped = measure(reference, candidates, layout)
+    measurements = measured + skipped + unavailable_here
+    for m in measurements:
+        if m.seconds is not None and not m.faithful:
+            m.note = m.verdict()
+    choice = Choice(pick(measurements), "measured fastest with faithful rankings on this machine", measurements)
+    save_choice(model_dir, layout, cache_dir, choice)
+    return choice
+
+
+def _choice_file(model_dir: Path, layout: Layout, cache_dir: Path) -> Path:
+    return export_folder(model_dir, layout, cache_dir) / "choice.json"
+
+
+def machine_key() -> str:
+    """What a measured choice depends on besides the weights: CPU, core count and backend versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = []
+    for package in ("torch", "onnxruntime", "openvino"):
+        try:
+            versions.append(f"{package}={version(package)}")
+        except PackageNotFoundError:
+            versions.append(f"{package}=none")
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return digest(cpu, os.cpu_count(), versions)
+
+
+def save_choice(model_dir: Path, layout: Layout, cache_dir: Path, choice: Choice) -> None:
+    """Remember a measured choice for this checkpoint on this machine (best effort)."""
+    try:
+        target = _choice_file(model_dir, layout, cache_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps({"machine": machine_key(), **choice.as_dict()}, indent=1))
+    except OSError as exc:
+        log.warning("cannot remember the backend choice in %s: %s", cache_dir, exc)
+
+
+def load_choice(model_dir: Path, layout: Layout, cache_dir: Path) -> Choice | None:
+    """A choice measured earlier for this checkpoint on this machine, or None."""
+    data = read_json(_choice_file(model_dir, layout, cache_dir))
+    if data.get("machine") != machine_key() or data.get("backend") not in engines.BACKENDS:
+        return None
+    try:
+        measurements = [Measurement(**m) for m in data.get("measurements", [])]
+    except TypeError:
+        return None
+    return Choice(data["backend"], "measured on this machine at an earlier start", measurements)

@@ -1,0 +1,136 @@
+"""ONNX Runtime and OpenVINO: a graph exported once from the torch model into the cache folder.
+
+They import in well under a second where torch and transformers take several, which is most of a
+cold start. OpenVINO runs in fp32 unless asked for bf16: its own default is bf16 wherever the CPU
+has it, which would make the backend called ``openvino`` change its numbers from machine to machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from scoring.checkpoint import Layout, digest, file_list
+from scoring.engines.graph import GraphEngine
+from scoring.engines.torch_engine import model_inputs, output_name, torch_model
+from scoring.tokenizer import TextTokenizer
+
+log = logging.getLogger("rag_augment.engines")
+_EXPORT_LOCK = threading.RLock()
+PARTIAL = ".partial.onnx"  # exports in progress: model.<pid>.partial.onnx
+
+
+def export_folder(model_dir: Path, layout: Layout, cache_dir: Path) -> Path:
+    """Where a checkpoint's exports (and its measured choice) live: keyed by path, files, mtimes and layout."""
+    mtimes = sorted(f.stat().st_mtime_ns for f in Path(model_dir).glob("*") if f.is_file())
+    return Path(cache_dir) / "backends" / digest(str(Path(model_dir).resolve()), file_list(model_dir), mtimes, layout)
+
+
+def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, int8: bool = False,
+              trust_remote_code: bool = False) -> Path:
+    """The checkpoint exported to ONNX (``int8``: dynamically quantized), exported once into ``cache_dir``."""
+    folder = export_folder(model_dir, layout, cache_dir)
+    target = folder / ("model-int8.onnx" if int8 else "model.onnx")
+    with _EXPORT_LOCK:
+        if target.is_file():
+            return target
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"{target.stem}.{os.getpid()}{PARTIAL}"  # processes sharing the cache never clobber
+        try:
+            if int8:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                fp32 = onnx_path(model_dir, layout, cache_dir, trust_remote_code=trust_remote_code)
+                logging.disable(logging.INFO)  # the quantizer logs a line per tensor
+                try:
+                    quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8, per_channel=True)
+                finally:
+                    logging.disable(logging.NOTSET)
+            else:
+                _export(model_dir, layout, partial, trust_remote_code)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        log.info("exported %s to %s", model_dir.name, target)
+    return target
+
+
+def _export(model_dir: Path, layout: Layout, target: Path, trust_remote_code: bool) -> None:
+    """torch.onnx export with batch and sequence as dynamic axes."""
+    import torch
+
+    model = torch_model(model_dir, layout, trust_remote_code)
+    names = model_inputs(model)
+    output = output_name(layout)
+
+    class Graph(torch.nn.Module):
+        """The encoder with exactly the inputs the tokenizer gives and the one output the engines read."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            return getattr(self.model(**dict(zip(names, tensors, strict=True))), output)
+
+    example = tuple(torch.zeros((2, 8), dtype=torch.int64) if n == "token_type_ids" else torch.ones((2, 8), dtype=torch.int64)
+                    for n in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes[output] = {0: "batch"} if layout.mode == "cross-encoder" else {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Graph().eval(), example, str(target), input_names=names, output_names=[output],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+
+
+def onnxruntime_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1) -> GraphEngine:
+    """An ONNX Runtime session on the CPU with ``threads`` intra-op threads."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in session.get_inputs()]
+    name = "onnxruntime-int8" if "int8" in path.name else "onnxruntime"
+    return GraphEngine(name, tokenizer, layout, lambda batch: session.run(None, batch)[0], inputs)
+
+
+def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1,
+                    bf16: bool = False) -> GraphEngine:
+    """An OpenVINO compiled model on the CPU: fp32 on every CPU unless ``bf16`` (precision is always explicit)."""
+    import openvino
+
+    core = openvino.Core()
+    model = core.read_model(str(path))
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                 "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+                                                 "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
+    request = compiled.create_infer_request()
+    inputs = [i.get_any_name() for i in model.inputs]
+
+    def forward(batch: dict) -> np.ndarray:
+        return np.array(request.infer(batch)[0])
+
+    engine = GraphEngine("openvino-bf16" if bf16 else "openvino", tokenizer, layout, forward, inputs)
+    # One inference here, on the creating thread: OpenVINO's Python binding sets up its numpy bridge on first use,
+    # and two worker threads doing that at the same moment deadlock inside pybind11 (seen: both replicas' first
+    # infer() waiting forever). It also keeps the first-inference cost out of the first request.
+    if layout.mode == "cross-encoder":
+        engine.score_pairs("warm up", ["warm up"])
+    else:
+        engine.embed(["warm up"])
+    return engine
+
+
+def remove_stale_exports(cache_dir: Path) -> list[Path]:
+    """Delete half-written exports left by processes that are gone (their pid is in the name)."""
+    from stale_files import remove_if_owner_gone
+
+    return remove_if_owner_gone(Path(cache_dir).glob(f"backends/*/*{PARTIAL}"), lambda p: p.name.split(".")[-3])

@@ -1,0 +1,197 @@
+"""The worker threads that run every request's forward passes: fair between requests, cancellable, swappable.
+
+On a small CPU one thread per core, each owning a model replica and running whole batches, does
+more work than every core inside one batch (2 workers x 1 thread did a 50-document request's
+batches 1.34x faster than 1 worker x 2 threads on 2 cores). Each replica has its own tokenizer:
+fast tokenizers are not safe to share across threads.
+
+Fairness: each request holds a :class:`Ticket`; a free worker takes the next batch of the ticket
+that has been served the fewest tokens so far (a new ticket starts at the current virtual time, as
+in start-time fair queueing), so the batches of concurrent requests interleave and a small request
+is not stuck behind a large one. Cancelling a ticket drops its batches that have not started.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future
+
+from scoring.choice import Choice
+from scoring.errors import Cancelled
+from scoring.tokenizer import TextTokenizer
+
+Task = tuple[int, Callable]  # (cost in tokens, fn(replica) -> result)
+
+
+class Ticket:
+    """One request's share of the pool: its pending batches, how much it has been served, whether it was cancelled."""
+
+    def __init__(self, pool: WorkerPool, label: str, start: float) -> None:
+        self.label = label
+        self.served = start
+        self.pending: deque[tuple[int, Callable, Future]] = deque()
+        self.cancelled = False
+        self.batches_run = 0
+        self.batches_dropped = 0
+        self._pool = pool
+
+    def cancel(self) -> None:
+        """Drop every batch not yet started; the waiting request raises :class:`Cancelled`."""
+        self._pool._cancel(self)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool._close(self)
+
+
+class WorkerPool:
+    """``workers`` threads that each own an engine replica; batches come from tickets, fairly interleaved."""
+
+    def __init__(self, engines: Sequence, tokenizer: TextTokenizer, choice: Choice, *, source=None) -> None:
+        self.replicas = list(engines)
+        self.workers = len(self.replicas)
+        self.choice = choice
+        self.source = source
+        self.tokenizer = tokenizer.copy()  # for counting tokens on request threads
+        self.tokenizer_lock = threading.Lock()
+        self.batches_run = 0
+        self.batches_dropped = 0
+        self.tokens_run = 0
+        self._cv = threading.Condition()
+        self._open: list[Ticket] = []
+        self._running = 0
+        self._clock = 0.0
+        self._swapping = False
+        for n in range(self.workers):
+            threading.Thread(target=self._work, args=(n,), name=f"scorer-worker-{n}", daemon=True).start()
+
+    # --- tickets ---------------------------------------------------------------------------------
+
+    def ticket(self, label: str = "") -> Ticket:
+        """Open a ticket for one request's work (waits while the replicas are being swapped)."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self._swapping)
+            ticket = Ticket(self, label, self._clock)
+            self._open.append(ticket)
+            return ticket
+
+    def run(self, ticket: Ticket, tasks: Sequence[Task]) -> list:
+        """Queue ``tasks`` under ``ticket`` and wait for their results, in task order.
+
+        Raises :class:`Cancelled` when the ticket is (or gets) cancelled.
+        """
+        futures: list[Future] = []
+        with self._cv:
+            if ticket.cancelled:
+                raise Cancelled("the request was cancelled")
+            for cost, fn in tasks:
+                future: Future = Future()
+                ticket.pending.append((int(cost), fn, future))
+                futures.append(future)
+            self._cv.notify_all()
+        try:
+            return [f.result() for f in futures]
+        except CancelledError:
+            raise Cancelled("the request was cancelled; its remaining batches were dropped") from None
+
+    def map(self, tasks: Sequence[Callable], *, ticket: Ticket | None = None) -> list:
+        """Run ``task(replica)`` for every task (cost 1 each) under ``ticket`` or a ticket of its own."""
+        if ticket is not None:
+            return self.run(ticket, [(1, t) for t in tasks])
+        with self.ticket() as own:
+            return self.run(own, [(1, t) for t in tasks])
+
+    def _cancel(self, ticket: Ticket) -> None:
+        with self._cv:
+            ticket.cancelled = True
+            while ticket.pending:
+                _, _, future = ticket.pending.popleft()
+                future.cancel()
+                ticket.batches_dropped += 1
+                self.batches_dropped += 1
+            self._cv.notify_all()
+
+    def _close(self, ticket: Ticket) -> None:
+        if ticket.pending:
+            self._cancel(ticket)
+        with self._cv:
+            if ticket in self._open:
+                self._open.remove(ticket)
+            self._cv.notify_all()
+
+    # --- workers ---------------------------------------------------------------------------------
+
+    def _next(self) -> tuple[Ticket, int, Callable, Future]:
+        """The next batch: from the open ticket served least so far (call with the lock held)."""
+        while True:
+            ready = [t for t in self._open if t.pending]
+            if ready:
+                ticket = min(ready, key=lambda t: t.served)
+                cost, fn, future = ticket.pending.popleft()
+                self._clock = ticket.served
+                ticket.served += cost
+                self._running += 1
+                return ticket, cost, fn, future
+            self._cv.wait()
+
+    def _work(self, n: int) -> None:
+        while True:
+            with self._cv:
+                ticket, cost, fn, future = self._next()
+                replica = self.replicas[n]
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(replica))
+                    except BaseException as exc:  # handed to the waiting request
+                        future.set_exception(exc)
+            finally:
+                with self._cv:
+                    self._running -= 1
+                    ticket.batches_run += 1
+                    self.batches_run += 1
+                    self.tokens_run += cost
+                    self._cv.notify_all()
+
+    # --- swapping --------------------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        """No request holds a ticket and no batch runs."""
+        with self._cv:
+            return not self._open and self._running == 0
+
+    def swap(self, engines: Sequence, choice: Choice, *, timeout: float | None = None) -> bool:
+        """Serve with other replicas (same count, same model) once no request is in flight.
+
+        New requests wait for the swap (it takes a moment); a request never mixes two engines.
+        Returns False when the pool did not become idle within ``timeout`` seconds.
+        """
+        if len(engines) != self.workers:
+            raise ValueError(f"need {self.workers} replicas, got {len(engines)}")
+        with self._cv:
+            self._swapping = True
+            try:
+                if not self._cv.wait_for(lambda: not self._open and self._running == 0, timeout):
+                    return False
+                self.replicas = list(engines)
+                self.choice = choice
+                return True
+            finally:
+                self._swapping = False
+                self._cv.notify_all()
+
+    # --- token counting on request threads -------------------------------------------------------
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens in each text (no special tokens)."""
+        with self.tokenizer_lock:
+            return self.tokenizer.count(texts)
+
+    def offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Character spans of each text's tokens."""
+        with self.tokenizer_lock:
+            return self.tokenizer.offsets(texts)

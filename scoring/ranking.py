@@ -1,0 +1,331 @@
+"""The ranking operation every face calls: one query, a list of documents, typed results best first.
+
+Like sentence-transformers' ``CrossEncoder.rank`` and AnswerDotAI's rerankers, the result is a small
+typed object (:class:`Ranking` of :class:`RankedDocument`) that each face renders its own way: a
+DataFrame for the Gradio table, JSON for the Cohere / Jina / TEI routes, a TREC run for evaluation.
+
+Rules, the same on every face: duplicate texts (exact match) are scored once and reported (the first
+copy is kept); long documents are scored by their best window; where first-stage scores come with
+the documents, the :class:`ScoringPolicy` says how they are fused in; ties keep input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from scoring.checkpoint import Mode, ModelInfo
+from scoring.errors import LimitExceeded, RerankError
+from scoring.pool import Ticket
+from scoring.scorer import LongDocuments, Plan, Scorer
+
+Fusion = Literal["none", "rrf", "interpolate"]
+
+
+# --- input checks ---------------------------------------------------------------------------------
+
+def unicode_problem(text: str) -> str | None:
+    """Why a string is not valid Unicode text (a lone surrogate cannot be encoded or tokenized), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}; send valid Unicode text"
+    return None
+
+
+def validate_query(query: object) -> str:
+    """The query as text, or a :class:`RerankError` naming the problem."""
+    if not isinstance(query, str):
+        raise RerankError(f"query must be text, got {type(query).__name__}")
+    if not query.strip():
+        raise RerankError("query is empty: type a question to rank the documents against")
+    problem = unicode_problem(query)
+    if problem:
+        raise RerankError(f"query {problem}")
+    return query
+
+
+def validate_texts(texts: Sequence[object], *, field: str = "documents", max_documents: int | None = None) -> list[str]:
+    """The documents as a list of valid text, or a :class:`RerankError` naming the first bad ones by position."""
+    texts = list(texts)
+    if not texts:
+        raise RerankError(f"{field} is empty: send at least one document")
+    if max_documents is not None and len(texts) > max_documents:
+        raise LimitExceeded(f"{field} has {len(texts)} entries; the limit is {max_documents} (RERANK_MAX_DOCUMENTS)")
+    wrong = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if wrong:
+        kinds = sorted({type(texts[i]).__name__ if texts[i] is not None else "None" for i in wrong})
+        raise RerankError(f"{field} must be text in every entry; {_positions(field, wrong)} hold {', '.join(kinds)}")
+    for i, text in enumerate(texts):
+        problem = unicode_problem(text)
+        if problem:
+            raise RerankError(f"{field}[{i}] {problem}")
+    return texts  # type: ignore[return-value]
+
+
+def _positions(field: str, positions: Sequence[int], limit: int = 10) -> str:
+    shown = ", ".join(f"{field}[{p}]" for p in positions[:limit])
+    return shown + (f" and {len(positions) - limit} more" if len(positions) > limit else "")
+
+
+def validate_top_n(top_n: object) -> int | None:
+    """``top_n`` as a positive int, or None."""
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1):
+        raise RerankError(f"top_n must be a positive integer or None, got {top_n!r}")
+    return None if top_n is None else int(top_n)
+
+
+def duplicate_positions(texts: Sequence[str]) -> list[int]:
+    """Positions of texts that repeat an earlier text exactly (the first occurrence is kept)."""
+    seen: set[str] = set()
+    dropped = []
+    for i, text in enumerate(texts):
+        if text in seen:
+            dropped.append(i)
+        else:
+            seen.add(text)
+    return dropped
+
+
+# --- fusion with a first stage --------------------------------------------------------------------
+
+def ranks_of(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of each item by descending score, ties in input order."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1]; in a constant list every item is the best, 1."""
+    values = np.asarray(values, dtype=np.float64)
+    span = values.max() - values.min() if len(values) else 0.0
+    return (values - values.min()) / span if span > 0 else np.ones_like(values)
+
+
+def fuse(rerank_scores: np.ndarray, first_stage: np.ndarray, *, method: Fusion = "rrf", rrf_k: int = 60,
+         weight: float = 0.5) -> np.ndarray:
+    """Combine the reranker's scores with the first stage's (higher is better in both).
+
+    ``rrf``: weighted reciprocal-rank fusion, ``weight/(k + rank_rerank) + (1-weight)/(k + rank_first)``,
+    rescaled so the best possible value is 1; ``interpolate``: ``weight * minmax(rerank) +
+    (1-weight) * minmax(first_stage)``; ``none``: the reranker's scores unchanged.
+    """
+    rerank_scores = np.asarray(rerank_scores, dtype=np.float64)
+    first_stage = np.asarray(first_stage, dtype=np.float64)
+    if method == "none":
+        return rerank_scores
+    if len(first_stage) != len(rerank_scores) or not np.all(np.isfinite(first_stage)):
+        raise RerankError("first-stage scores must be finite numbers, one per document")
+    if method == "rrf":
+        fused = weight / (rrf_k + ranks_of(rerank_scores)) + (1 - weight) / (rrf_k + ranks_of(first_stage))
+        return fused * (rrf_k + 1)
+    if method == "interpolate":
+        return weight * _minmax(rerank_scores) + (1 - weight) * _minmax(first_stage)
+    raise RerankError(f"fusion must be 'none', 'rrf' or 'interpolate', got {method!r}")
+
+
+FIRST_STAGE_COLUMN = "distance"
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    """How the final score is made from the model's score and the first stage's, where one is given.
+
+    The default is what won on the dev collections (``bench/quality.py``): for an embedding model,
+    ``0.7 * minmax(model) + 0.3 * minmax(first stage)``; a cross-encoder's score is used alone.
+    """
+
+    fusion: Fusion | Literal["auto"] = "auto"
+    weight: float = 0.7
+    rrf_k: int = 60
+    first_stage_column: str = FIRST_STAGE_COLUMN
+    name: str = "default"
+
+    def method_for(self, mode: Mode) -> Fusion:
+        """The fusion rule in force for a model of this mode."""
+        if self.fusion != "auto":
+            return self.fusion
+        return "interpolate" if mode == "embedding" else "none"
+
+    def describe(self, mode: Mode) -> str:
+        """A sentence for the UI and /info."""
+        method = self.method_for(mode)
+        if method == "none":
+            return "model score alone"
+        rule = (f"{self.weight:g} x min-max(model) + {1 - self.weight:g} x min-max(first stage)" if method == "interpolate"
+                else f"reciprocal-rank fusion (k={self.rrf_k}, model weight {self.weight:g})")
+        return f"{rule} when a `{self.first_stage_column}` column (lower is closer) comes with the documents"
+
+    def combine(self, mode: Mode, model_scores: np.ndarray, first_stage: np.ndarray | None) -> np.ndarray:
+        """Final scores: the model's, fused with the first stage's where one is given and the policy asks."""
+        method = self.method_for(mode)
+        if first_stage is None or method == "none":
+            return np.asarray(model_scores, dtype=np.float64)
+        return fuse(model_scores, first_stage, method=method, rrf_k=self.rrf_k, weight=self.weight)
+
+
+DEFAULT_POLICY = ScoringPolicy()
+
+
+# --- the ranking ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RankedDocument:
+    """One document in a ranking: its position in the caller's list, its final and model scores, its text."""
+
+    index: int
+    score: float
+    model_score: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A document dropped because an earlier one has the same text."""
+
+    index: int
+    same_as: int
+
+
+@dataclass
+class Ranking:
+    """Documents best first (cut to ``top_n``), the duplicates dropped, and what scored them."""
+
+    results: list[RankedDocument]
+    duplicates: list[Duplicate]
+    model: ModelInfo
+    backend: str
+    fused: bool
+    cost: int = 0
+    first_stage: dict[int, float] = field(default_factory=dict, repr=False)
+
+    def __iter__(self) -> Iterator[RankedDocument]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> RankedDocument:
+        return self.results[i]
+
+    def scores(self, count: int | None = None) -> np.ndarray:
+        """Every input's score in input order (duplicates share their first copy's; NaN where cut by ``top_n``)."""
+        every = self.with_duplicates()
+        out = np.full(count if count is not None else len(every), np.nan)
+        for r in every:
+            out[r.index] = r.score
+        return out
+
+    def top_k(self, k: int) -> list[RankedDocument]:
+        """The best ``k`` results."""
+        return self.results[:k]
+
+    def with_duplicates(self) -> list[RankedDocument]:
+        """Every input position, duplicates right after the copy they repeat (same scores): the HTTP routes' shape."""
+        copies: dict[int, list[int]] = {}
+        for d in self.duplicates:
+            copies.setdefault(d.same_as, []).append(d.index)
+        out = []
+        for r in self.results:
+            out.append(r)
+            out.extend(RankedDocument(i, r.score, r.model_score, r.text) for i in copies.get(r.index, []))
+        return out
+
+    def under(self, policy: ScoringPolicy) -> Ranking:
+        """The same model scores ranked under another fusion policy (evaluation compares policies without re-scoring)."""
+        indices = np.array([r.index for r in self.results])
+        first = np.array([self.first_stage[i] for i in indices]) if self.first_stage else None
+        scores = policy.combine(self.model.mode, np.array([r.model_score for r in self.results]), first)
+        order = np.lexsort((indices, -scores))  # best first, ties in input order
+        results = [RankedDocument(int(indices[i]), float(scores[i]), self.results[i].model_score, self.results[i].text)
+                   for i in order]
+        fused = first is not None and policy.method_for(self.model.mode) != "none"
+        return Ranking(results, self.duplicates, self.model, self.backend, fused, self.cost, self.first_stage)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked ranking request, planned: what it will cost is known before any forward pass runs."""
+
+    scorer: Scorer
+    texts: list[str]
+    unique: list[int]
+    duplicates: list[Duplicate]
+    plan: Plan
+    top_n: int | None
+    first_stage: np.ndarray | None
+    policy: ScoringPolicy
+    raw: bool
+
+    @property
+    def cost(self) -> int:
+        """Tokens the model will read."""
+        return self.plan.cost
+
+
+def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int | None = None,
+            first_stage: Sequence[float] | None = None, policy: ScoringPolicy = DEFAULT_POLICY,
+            long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None,
+            truncate_left: bool = False, raw: bool = False, max_documents: int | None = None) -> Prepared:
+    """Check the inputs, drop duplicates and plan the windows (no model call yet)."""
+    query = validate_query(query)
+    texts = validate_texts(documents, max_documents=max_documents)
+    top_n = validate_top_n(top_n)
+    first: dict[str, int] = {}
+    unique, duplicates = [], []
+    for i, text in enumerate(texts):
+        if text in first:
+            duplicates.append(Duplicate(i, first[text]))
+        else:
+            first[text] = i
+            unique.append(i)
+    stage = None
+    if first_stage is not None:
+        values = np.asarray(list(first_stage), dtype=np.float64)
+        if len(values) != len(texts) or not np.all(np.isfinite(values)):
+            raise RerankError("first-stage scores must be finite numbers, one per document")
+        stage = values[unique]
+    plan = scorer.plan(query, [texts[i] for i in unique], long_documents=long_documents,
+                       max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left)
+    return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw)
+
+
+def complete(prepared: Prepared, *, ticket: Ticket | None = None) -> Ranking:
+    """Score a prepared request and rank it."""
+    p = prepared
+    model_scores = p.scorer.score_plan(p.plan, raw=p.raw, ticket=ticket).astype(np.float64)
+    mode = p.scorer.info.mode
+    scores = p.policy.combine(mode, model_scores, p.first_stage)
+    order = np.argsort(-scores, kind="stable")
+    if p.top_n is not None:
+        order = order[: p.top_n]
+    results = [RankedDocument(p.unique[i], float(scores[i]), float(model_scores[i]), p.texts[p.unique[i]]) for i in order]
+    fused = p.first_stage is not None and p.policy.method_for(mode) != "none"
+    stage = {p.unique[i]: float(v) for i, v in enumerate(p.first_stage)} if p.first_stage is not None else {}
+    if p.top_n is not None and stage:
+        kept = {r.index for r in results}
+        stage = {i: v for i, v in stage.items() if i in kept}
+    return Ranking(results, list(p.duplicates), p.scorer.info, p.scorer.backend.backend, fused, p.cost, stage)
+
+
+def rank(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int | None = None,
+         first_stage: Sequence[float] | None = None, policy: ScoringPolicy = DEFAULT_POLICY,
+         long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None, truncate_left: bool = False,
+         raw: bool = False, max_documents: int | None = None, ticket: Ticket | None = None) -> Ranking:
+    """Rank ``documents`` for ``query``: the best first, duplicates reported, cut to ``top_n``.
+
+    ``first_stage``: the retriever's scores, higher is better, one per document (fused in as ``policy``
+    says). ``raw``: the model's logit or cosine rather than the normalised [0, 1] score.
+
+    >>> ranking = rank(scorer, "What is AI?", ["Bread needs yeast.", "AI is machine intelligence."])
+    >>> ranking[0].index, round(ranking[0].score, 2)   # doctest: +SKIP
+    (1, 0.87)
+    """
+    return complete(prepare(scorer, query, documents, top_n=top_n, first_stage=first_stage, policy=policy,
+                            long_documents=long_documents, max_tokens_per_doc=max_tokens_per_doc,
+                            truncate_left=truncate_left, raw=raw, max_documents=max_documents), ticket=ticket)

@@ -1,0 +1,322 @@
+"""A loaded model that scores (query, document) pairs: windows, batches, cost and cache.
+
+Scores are normalised to [0, 1]: the sigmoid of a cross-encoder's ranking logit, or
+(1 + cosine) / 2 for an embedding model; ``raw=True`` gives the logit or the cosine itself.
+A text longer than the model's window is scored by its best window of overlapping chunks
+(``"chunk"``, the default: Cohere's behaviour) or truncated to one window (``"truncate"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from scoring import choice as choosing
+from scoring import engines
+from scoring.cache import ScoreCache, cache_key
+from scoring.checkpoint import Layout, ModelInfo, file_list
+from scoring.errors import ModelLoadError, RerankError
+from scoring.pool import Ticket, WorkerPool
+
+log = logging.getLogger("rag_augment.scorer")
+
+LongDocuments = Literal["truncate", "chunk"]
+UNMEASURED = "default until measured on this machine"
+
+
+def plan_batches(lengths: Sequence[int], token_budget: int, max_batch: int = 32) -> list[list[int]]:
+    """Group items longest first so each batch's padded size (longest x count) stays within the budget.
+
+    Similar lengths share a batch, so little compute goes to padding; short texts still batch widely.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        if current and len(current) < max_batch and lengths[current[0]] * (len(current) + 1) <= token_budget:
+            current.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def padding_waste(lengths: Sequence[int], batches: list[list[int]]) -> float:
+    """Fraction of the computed token positions that are padding under a batch plan."""
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1 - sum(lengths) / padded if padded else 0.0
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model's files are and how to rebuild its engines on another backend."""
+
+    path: Path
+    layout: Layout
+    cache_dir: Path | None
+    trust_remote_code: bool
+    needs_tuning: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What scoring a request computes: the pieces of text (windows), which document each belongs to, their tokens."""
+
+    query: str
+    units: list[str]
+    owners: np.ndarray
+    lengths: list[int]
+    documents: int
+
+    @property
+    def cost(self) -> int:
+        """Tokens the model reads for this request (every window, special tokens and query included)."""
+        return int(sum(self.lengths))
+
+    @property
+    def windows(self) -> int:
+        """Forward-pass inputs: one per document, more for documents scored by several windows."""
+        return len(self.units)
+
+
+class Scorer:
+    """A loaded model that scores (query, document) pairs; thread-safe (batches run on the worker pool)."""
+
+    def __init__(self, info: ModelInfo, model: WorkerPool | Scorer, *, batch_size: int = 32, cache_size: int | None = None,
+                 token_budget: int = 1024) -> None:
+        self.info = info
+        self._token_budget = token_budget
+        self._batch_size = batch_size
+        if isinstance(model, Scorer):  # a second name for an already loaded model: share its workers (and cache)
+            self._pool = model._pool
+            self._cache = model._cache if cache_size is None else ScoreCache(cache_size)
+        else:
+            self._pool = model
+            self._cache = ScoreCache(20_000 if cache_size is None else cache_size)
+
+    @property
+    def backend(self) -> choosing.Choice:
+        """The inference backend in use and how it was chosen."""
+        return self._pool.choice
+
+    @property
+    def workers(self) -> int:
+        """Threads running forward passes, each with its own replica."""
+        return self._pool.workers
+
+    @property
+    def pool(self) -> WorkerPool:
+        """The worker pool (tickets for fair, cancellable scheduling; counters for /metrics)."""
+        return self._pool
+
+    @property
+    def cache(self) -> ScoreCache:
+        """The document-embedding (embedding mode) or pair-score (cross-encoder) cache, for metrics."""
+        return self._cache
+
+    def describe(self) -> str:
+        """The model sentence plus the backend, for the UI and logs."""
+        return f"{self.info.describe()}; backend {self.backend.describe()}"
+
+    # --- planning --------------------------------------------------------------------------------
+
+    def window(self, query: str) -> int:
+        """How many document tokens fit beside the query in one forward pass."""
+        if self.info.mode == "cross-encoder":
+            query_tokens = self._pool.count([query])[0]
+            return max(32, self.info.max_length - min(query_tokens, self.info.max_length // 2) - 3)
+        return max(8, self.info.max_length - 2)
+
+    def plan(self, query: str, texts: Sequence[str], *, long_documents: LongDocuments = "chunk",
+             max_tokens_per_doc: int | None = None, truncate_left: bool = False) -> Plan:
+        """The windows to score for each text and their token lengths (``max_tokens_per_doc`` cuts each text first)."""
+        if long_documents not in ("truncate", "chunk"):
+            raise RerankError(f"long_documents must be 'truncate' or 'chunk', got {long_documents!r}")
+        if max_tokens_per_doc is not None and (isinstance(max_tokens_per_doc, bool) or
+                                               not isinstance(max_tokens_per_doc, int) or max_tokens_per_doc < 1):
+            raise RerankError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}")
+        texts = list(texts)
+        units, owners = self._units(texts, self.window(query), long_documents, max_tokens_per_doc, truncate_left)
+        counts = self._pool.count(units) if units else []
+        if self.info.mode == "cross-encoder":
+            query_tokens = self._pool.count([query])[0]
+            lengths = [min(self.info.max_length, query_tokens + c + 3) for c in counts]
+        else:
+            lengths = [min(self.info.max_length, c + 2) for c in counts]
+        return Plan(query, units, owners, lengths, len(texts))
+
+    def _units(self, texts: list[str], window: int, long_documents: str, max_tokens: int | None,
+               truncate_left: bool) -> tuple[list[str], np.ndarray]:
+        """The pieces of text to score and which input each belongs to."""
+        limit = min(window, max_tokens) if long_documents == "truncate" and max_tokens else window
+        candidates = [i for i, t in enumerate(texts) if len(t) > limit]  # a token spans at least one character
+        if not candidates:
+            return texts, np.arange(len(texts))
+        pieces: dict[int, list[str]] = {}
+        for i, offsets in zip(candidates, self._pool.offsets([texts[i] for i in candidates]), strict=True):
+            pieces[i] = _windows(texts[i], offsets[:max_tokens] if max_tokens else offsets, window,
+                                 chunk=long_documents == "chunk", from_end=truncate_left)
+        units: list[str] = []
+        owners: list[int] = []
+        for i, text in enumerate(texts):
+            for piece in pieces.get(i, [text]):
+                units.append(piece)
+                owners.append(i)
+        return units, np.asarray(owners, dtype=np.int64)
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def score(self, query: str, texts: Sequence[str], *, raw: bool = False, long_documents: LongDocuments = "chunk",
+              max_tokens_per_doc: int | None = None, truncate_left: bool = False,
+              ticket: Ticket | None = None) -> np.ndarray:
+        """Relevance of each text to the query, higher is better (see the module docstring)."""
+        if len(texts) == 0:
+            return np.zeros(0, dtype=np.float32)
+        plan = self.plan(query, texts, long_documents=long_documents, max_tokens_per_doc=max_tokens_per_doc,
+                         truncate_left=truncate_left)
+        return self.score_plan(plan, raw=raw, ticket=ticket)
+
+    def score_plan(self, plan: Plan, *, raw: bool = False, ticket: Ticket | None = None) -> np.ndarray:
+        """Scores of a planned request: each document's best window."""
+        if plan.documents == 0:
+            return np.zeros(0, dtype=np.float32)
+        if ticket is None:
+            with self._pool.ticket() as own:
+                return self.score_plan(plan, raw=raw, ticket=own)
+        unit_scores = self._score_units(plan, raw=raw, ticket=ticket)
+        if len(plan.units) == plan.documents:
+            return unit_scores
+        best = np.full(plan.documents, -np.inf, dtype=np.float32)
+        np.maximum.at(best, plan.owners, unit_scores)
+        return best
+
+    def _score_units(self, plan: Plan, *, raw: bool, ticket: Ticket) -> np.ndarray:
+        """One forward pass per unit (batched), cached by engine, query and text."""
+        if self.info.mode == "embedding":
+            q = self.embed([plan.query], query=True, ticket=ticket)
+            vectors = self.embed(plan.units, ticket=ticket, lengths=plan.lengths)
+            cosine = np.asarray((vectors * q[0]).sum(axis=1), dtype=np.float32)  # row by row: equal texts tie exactly
+            return cosine if raw else (cosine + 1.0) / 2.0
+        engine, query = self.backend.backend, plan.query
+        keys = [cache_key(engine, query, u) for u in plan.units]
+        found = self._cache.get_many(keys)
+        logits = np.array([found[k] if k in found else np.nan for k in keys], dtype=np.float32)
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        if todo:
+            lengths = [plan.lengths[i] for i in todo]
+            groups = plan_batches(lengths, self._token_budget, self._batch_size)
+            outputs = self._pool.run(ticket, [
+                (max(lengths[j] for j in g) * len(g),
+                 lambda replica, g=g: replica.score_pairs(query, [plan.units[todo[j]] for j in g])) for g in groups])
+            for group, out in zip(groups, outputs, strict=True):
+                logits[[todo[j] for j in group]] = np.asarray(out, dtype=np.float32).reshape(len(group))
+            self._cache.put_many({keys[i]: np.float32(logits[i]) for i in todo})
+        return logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+    def embed(self, texts: Sequence[str], *, query: bool = False, ticket: Ticket | None = None,
+              lengths: Sequence[int] | None = None) -> np.ndarray:
+        """Unit-length embeddings (one row per text); only embedding-mode models have them."""
+        if self.info.mode != "embedding":
+            raise ModelLoadError(f"{self.info.name} is a cross-encoder; it has no embeddings")
+        if ticket is None:
+            with self._pool.ticket() as own:
+                return self.embed(texts, query=query, ticket=own, lengths=lengths)
+        texts = list(texts)
+        if query:
+            cost = sum(min(self.info.max_length, c + 2) for c in self._pool.count(texts))
+            return self._pool.run(ticket, [(cost, lambda replica: replica.embed(texts, query=True))])[0]
+        engine = self.backend.backend
+        keys = [cache_key(engine, t) for t in texts]
+        found = self._cache.get_many(keys)
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
+        if missing:
+            todo = [texts[i] for i in missing]
+            sizes = ([min(self.info.max_length, lengths[i]) for i in missing] if lengths is not None else
+                     [min(self.info.max_length, c + 2) for c in self._pool.count(todo)])
+            groups = plan_batches(sizes, self._token_budget, 64)
+            outputs = self._pool.run(ticket, [(max(sizes[j] for j in g) * len(g),
+                                               lambda replica, g=g: replica.embed([todo[j] for j in g])) for g in groups])
+            fresh = np.empty((len(todo), outputs[0].shape[1]), dtype=np.float32)
+            for group, vectors in zip(groups, outputs, strict=True):
+                fresh[group] = vectors
+            for i, vector in zip(missing, fresh, strict=True):
+                found[keys[i]] = vector
+            self._cache.put_many({keys[i]: found[keys[i]] for i in missing})
+        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+
+    def seed_embeddings(self, texts: Sequence[str], vectors: np.ndarray) -> bool:
+        """Put stored fp32 document embeddings (the local index's) in the cache; refused on a reduced-precision engine."""
+        engine = self.backend.backend
+        if self.info.mode != "embedding" or engine in choosing.REDUCED_PRECISION or len(texts) > self._cache.capacity // 2:
+            return False
+        self._cache.put_many({cache_key(engine, t): v for t, v in zip(texts, vectors, strict=True)})
+        return True
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights and scoring mode, so indexes built with another model are not reused."""
+        return f"{self.info.mode}:{Path(self.info.path).name}:{file_list(Path(self.info.path))}"
+
+    # --- the measured backend choice -------------------------------------------------------------
+
+    @property
+    def needs_tuning(self) -> bool:
+        """True when the backend is ``auto`` and no measured choice exists yet for this model here."""
+        source = self._pool.source
+        return bool(source and source.needs_tuning and self.backend.how == UNMEASURED)
+
+    def tune(self) -> choosing.Choice:
+        """Measure every backend here on the probe and, if another is the better choice, serve with it from now on."""
+        source = self._pool.source
+        if source is None or source.cache_dir is None:
+            return self.backend
+        reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == "torch" else None
+        choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
+                                 reference_model=reference, trust_remote_code=source.trust_remote_code,
+                                 workers=self.workers)
+        if choice.backend != self.backend.backend:
+            replicas = engines.replicas(choice.backend, source.path, source.layout, self._pool.tokenizer,
+                                        cache_dir=source.cache_dir, workers=self.workers,
+                                        trust_remote_code=source.trust_remote_code)
+            self._pool.swap(replicas, choice)
+        else:
+            self._pool.choice = choice
+        log.info("backend for %s: %s; measured (probe seconds, Spearman vs fp32 torch): %s", self.info.name,
+                 choice.describe(), ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" if m.seconds is not None
+                                              else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
+        return choice
+
+    def start_tuning(self, delay: float = 0.0) -> threading.Thread | None:
+        """:meth:`tune` in a background thread when :attr:`needs_tuning`; the service keeps answering meanwhile."""
+        if not self.needs_tuning:
+            return None
+
+        def run() -> None:
+            time.sleep(delay)
+            try:
+                self.tune()
+            except Exception:  # the current backend keeps serving
+                log.exception("backend measurement failed; staying on %s", self.backend.backend)
+
+        thread = threading.Thread(target=run, name="backend-tuning", daemon=True)
+        thread.start()
+        return thread
+
+
+def _windows(text: str, offsets: list[tuple[int, int]], window: int, *, chunk: bool, from_end: bool) -> list[str]:
+    """The text cut to its tokens' spans: one window (its start, or its end), or overlapping windows (stride 3/4)."""
+    if not offsets:  # nothing the tokenizer reads (whitespace, say): the model sees it as empty either way
+        return [text]
+    if not chunk or len(offsets) <= window:
+        if len(offsets) > window:
+            offsets = offsets[-window:] if from_end else offsets[:window]
+        return [text[offsets[0][0]:offsets[-1][1]]]
+    stride = max(1, window * 3 // 4)
+    starts = range(0, max(1, len(offsets) - window + stride), stride)
+    return [text[offsets[s][0]:offsets[min(s + window, len(offsets)) - 1][1]] for s in starts if s < len(offsets)]

@@ -1,0 +1,290 @@
+"""The one front door: every face (Gradio, MCP, the HTTP routes, evaluation, benchmarks) ranks through here.
+
+Modelled on text-embeddings-inference's ``Infer``: the faces only parse and render; this layer owns
+the key, admission (one bound on requests in flight for all faces), the per-request cost budget
+(tokens the model would read, known before any forward pass), fair scheduling and cancellation (a
+ticket in the worker pool per request; a client that goes away has its pending batches dropped),
+metrics for every face, one-line logs for user errors, and the ranking itself
+(:func:`scoring.ranking.rank`, the same rules on every face).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import pandas as pd
+
+from scoring import ranking
+from scoring.errors import Cancelled, LimitExceeded, RerankError
+from scoring.pool import Ticket, WorkerPool
+from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy
+from scoring.table import RerankResult, rerank_table
+from service.auth import KeyCheck
+from service.errors import ClientGone, InvalidInput, Overloaded, ServiceError, TooLarge, Unavailable
+from service.metrics import ServiceMetrics
+from service.models import Models
+
+log = logging.getLogger("rag_augment.service")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request, and the service as a whole, may take (see the README's Configuration table)."""
+
+    max_documents: int = 1000
+    max_request_tokens: int = 262_144
+    max_in_flight: int = 64
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_upload_bytes: int = 5 * 1024 * 1024
+    max_upload_passages: int = 5000
+    upload_ttl_seconds: float = 3600.0
+
+
+class CancelToken:
+    """Cancels a request's work in the worker pool, including tickets it opens after being cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._tickets: list[Ticket] = []
+        self._lock = threading.Lock()
+
+    def open(self, pool: WorkerPool, label: str) -> Ticket:
+        """A pool ticket that this token cancels."""
+        ticket = pool.ticket(label)
+        with self._lock:
+            self._tickets.append(ticket)
+            if self.cancelled:
+                ticket.cancel()
+        return ticket
+
+    def cancel(self) -> None:
+        """Drop every batch of this request that has not started."""
+        with self._lock:
+            self.cancelled = True
+            tickets = list(self._tickets)
+        for ticket in tickets:
+            ticket.cancel()
+
+
+@dataclass
+class Call:
+    """One request on its way through the service."""
+
+    face: str
+    route: str
+    id: str
+    token: CancelToken
+    documents: int = 0
+
+
+class Service:
+    """Ranks for every face, with one key, one set of limits, one queue and one set of metrics."""
+
+    def __init__(self, models: Models, *, limits: Limits = Limits(), api_key: str | None = None,
+                 policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None) -> None:
+        from retrieval_client import NoRetriever
+
+        self.models = models
+        self.limits = limits
+        self.keys = KeyCheck(api_key)
+        self.policy = policy
+        self.retriever = retriever or NoRetriever()
+        self.embedder = embedder
+        self.metrics = ServiceMetrics(self.scorers)
+        self._executor = ThreadPoolExecutor(max_workers=limits.max_in_flight + 8, thread_name_prefix="service")
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def scorers(self) -> list:
+        """Every loaded model the service uses (for metrics)."""
+        return [*self.models.all, *([self.embedder] if self.embedder is not None else [])]
+
+    # --- admission, metrics, logs ----------------------------------------------------------------
+
+    @contextmanager
+    def call(self, face: str, route: str, token: CancelToken | None = None) -> Iterator[Call]:
+        """Admit one request (or refuse it with 429), then count, time and log how it ended."""
+        call = Call(face, route, uuid.uuid4().hex[:12], token or CancelToken())
+        with self._lock:
+            if self._in_flight >= self.limits.max_in_flight:
+                full = True
+            else:
+                full = False
+                self._in_flight += 1
+        if full:
+            error = Overloaded(f"the service is busy: {self.limits.max_in_flight} requests are in flight "
+                               "(RERANK_MAX_QUEUE); retry shortly")
+            self._record(call, error.status, 0.0, error)
+            raise error
+        self.metrics.in_flight.inc()
+        started = time.perf_counter()
+        try:
+            yield call
+        except ServiceError as exc:
+            self._record(call, exc.status, time.perf_counter() - started, exc)
+            raise
+        except RerankError as exc:
+            error = (TooLarge if isinstance(exc, LimitExceeded) else InvalidInput)(str(exc))
+            self._record(call, error.status, time.perf_counter() - started, error)
+            raise error from None
+        except Cancelled:
+            error = ClientGone("the client went away; the request's remaining work was dropped")
+            self._record(call, error.status, time.perf_counter() - started, error)
+            raise error from None
+        except Exception as exc:
+            log.exception("%s %s request %s failed", call.face, call.route, call.id)
+            error = ServiceError(f"internal error while serving request {call.id}; the server log has the details")
+            self._record(call, error.status, time.perf_counter() - started, None)
+            raise error from exc
+        else:
+            self._record(call, 200, time.perf_counter() - started, None)
+        finally:
+            self.metrics.in_flight.dec()
+            with self._lock:
+                self._in_flight -= 1
+
+    def _record(self, call: Call, status: int, seconds: float, error: ServiceError | None) -> None:
+        self.metrics.observe(call.face, call.route, status, seconds, call.documents)
+        if error is not None:
+            error.recorded = True  # type: ignore[attr-defined]
+            if status < 500:
+                log.info("%s %s request %s: %d %s", call.face, call.route, call.id, status, error.message)
+
+    def refuse(self, face: str, route: str, error: ServiceError) -> ServiceError:
+        """Count and log a refusal made by a face before the service was called (key, body size, schema)."""
+        if not getattr(error, "recorded", False):
+            self._record(Call(face, route, "-", CancelToken()), error.status, 0.0, error)
+        return error
+
+    async def run(self, fn: Callable, *args, disconnected: Callable[[], Awaitable[bool]] | None = None, **kwargs):
+        """Run a blocking service method off the event loop; cancel its work when the caller is cancelled
+        (Gradio cancels the event) or ``disconnected()`` says the client left (HTTP)."""
+        token = CancelToken()
+        future = asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, token=token, **kwargs))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never an unretrieved exception
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=0.25)
+                if done:
+                    return future.result()
+                if disconnected is not None and await disconnected():
+                    token.cancel()
+                    raise ClientGone("the client went away")
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+
+    # --- ranking ---------------------------------------------------------------------------------
+
+    def _rank(self, call: Call, query: str, documents: Sequence[object], *, model: str | None = None,
+              **options) -> Ranking:
+        """Check, plan, enforce the cost budget, then score under a fair, cancellable ticket."""
+        scorer = self.models.pick(model)
+        options.setdefault("policy", self.policy)
+        prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents, **options)
+        call.documents = len(prepared.texts)
+        if prepared.cost > self.limits.max_request_tokens:
+            raise TooLarge(f"the request needs {prepared.cost:,} tokens ({prepared.plan.windows:,} windows of query "
+                           f"+ document); the limit is {self.limits.max_request_tokens:,} (RERANK_MAX_REQUEST_TOKENS)")
+        self.metrics.cost.labels(call.face).observe(prepared.cost)
+        with call.token.open(scorer.pool, call.id) as ticket:
+            return ranking.complete(prepared, ticket=ticket)
+
+    def rank(self, query: str, documents: Sequence[object], *, face: str = "python", route: str = "rank",
+             token: CancelToken | None = None, **options) -> Ranking:
+        """Rank texts for a query (see :func:`scoring.ranking.rank` for ``options``; ``model`` picks by name)."""
+        with self.call(face, route, token) as call:
+            return self._rank(call, query, documents, **options)
+
+    def rank_table(self, query: str, documents: object, top_n: int | None = None, *, face: str = "python",
+                   route: str = "rank_table", token: CancelToken | None = None,
+                   parse: Callable[[object], pd.DataFrame] | None = None) -> RerankResult:
+        """Rerank a table (``parse`` turns a face's wire shape into the DataFrame, inside the call)."""
+        with self.call(face, route, token) as call:
+            table = parse(documents) if parse else documents
+            return rerank_table(query, table, top_n, rank_fn=partial(self._rank, call), policy=self.policy,
+                                max_documents=self.limits.max_documents)
+
+    # --- retrieval -------------------------------------------------------------------------------
+
+    def _search(self, query: str, k: object, retriever) -> pd.DataFrame:
+        import retrieval_client as rc
+
+        query = ranking.validate_query(query)
+        try:
+            query, k = rc.validate_search_args(query, k)
+        except rc.RetrievalError as exc:
+            raise InvalidInput(str(exc)) from None
+        try:
+            return (retriever or self.retriever).search(query, k)
+        except rc.RetrievalError as exc:
+            raise Unavailable(str(exc)) from None
+
+    def search(self, query: str, k: object = 5, *, retriever=None, face: str = "python", route: str = "search",
+               token: CancelToken | None = None) -> pd.DataFrame:
+        """The k passages closest to the query (the seed Space's table: url, text, distance)."""
+        with self.call(face, route, token):
+            return self._search(query, k, retriever)
+
+    def retrieve_and_rank(self, query: str, k: object = 50, top_n: object = 5, *, retriever=None, face: str = "python",
+                          route: str = "retrieve_and_rank", token: CancelToken | None = None):
+        """Retrieve k passages, rerank them, keep the best top_n (a :class:`pipeline.PipelineResult`)."""
+        import pipeline
+
+        with self.call(face, route, token) as call:
+            top_n = ranking.validate_top_n(int(top_n) if isinstance(top_n, float) and top_n.is_integer() else top_n)
+            return pipeline.retrieve_and_rerank(query, search=lambda q, n: self._search(q, n, retriever), k=k,
+                                                top_n=top_n, rank_fn=partial(self._rank, call), policy=self.policy,
+                                                max_documents=self.limits.max_documents)
+
+    def index_upload(self, path: str, *, face: str = "gradio", route: str = "index_upload", progress=None,
+                     token: CancelToken | None = None):
+        """Index one session's uploaded corpus in memory, within the upload limits (a :class:`PrivateCorpus`)."""
+        from local_index import LocalIndexError
+        from service.uploads import build_private_corpus
+
+        with self.call(face, route, token):
+            if self.embedder is None:
+                raise Unavailable("no embedding model is configured for uploads")
+            try:
+                return build_private_corpus(path, embedder=self.embedder, max_bytes=self.limits.max_upload_bytes,
+                                            max_passages=self.limits.max_upload_passages, progress=progress)
+            except LocalIndexError as exc:
+                raise InvalidInput(str(exc)) from None
+
+    # --- description -----------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """What serves and under which limits (for /info; behind the key; no filesystem paths)."""
+        default = self.models.default
+        info = default.info
+        limits = self.limits
+        return {"model_id": info.name, "model": info.as_dict(), "models": self.models.names, "scoring": info.mode_description,
+                "long_documents": "best window of overlapping chunks", "fusion": self.policy.describe(info.mode),
+                "backend": default.backend.as_dict(), "workers": default.workers, "max_input_length": info.max_length,
+                "max_client_batch_size": limits.max_documents,
+                "limits": {"max_documents": limits.max_documents, "max_request_tokens": limits.max_request_tokens,
+                           "max_in_flight": limits.max_in_flight, "max_body_bytes": limits.max_body_bytes,
+                           "max_upload_bytes": limits.max_upload_bytes, "max_upload_passages": limits.max_upload_passages},
+                "auth": self.keys.required}
+
+
+def from_settings(settings, scorer, retriever=None, extra_scorers=(), *, embedder=None) -> Service:
+    """The service as configured (``config.Settings``): limits, key and fusion policy; every entry point builds it so."""
+    limits = Limits(max_documents=settings.max_documents, max_request_tokens=settings.max_request_tokens,
+                    max_in_flight=settings.max_queue, max_body_bytes=settings.max_body_bytes,
+                    max_upload_bytes=settings.max_upload_bytes, max_upload_passages=settings.max_upload_passages,
+                    upload_ttl_seconds=settings.upload_ttl)
+    policy = ScoringPolicy(fusion=settings.fusion, weight=settings.fusion_weight)
+    embedder = embedder or (scorer if scorer.info.mode == "embedding" else None)
+    return Service(Models(scorer, list(extra_scorers)), limits=limits, api_key=settings.api_key, policy=policy,
+                   retriever=retriever, embedder=embedder)

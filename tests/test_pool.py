@@ -1,0 +1,101 @@
+"""The worker pool: requests' batches interleave fairly, a cancelled request stops, a swap never splits a request."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from scoring.choice import Choice
+from scoring.errors import Cancelled
+from scoring.pool import WorkerPool
+
+
+class Replica:
+    """A stand-in engine that records which batches ran, in order, taking ``seconds`` each."""
+
+    def __init__(self, name: str, log: list, seconds: float = 0.02) -> None:
+        self.name, self.log, self.seconds = name, log, seconds
+
+
+class FakeTokenizer:
+    def copy(self):
+        return self
+
+
+def _pool(workers: int, log: list, name: str = "a", seconds: float = 0.02) -> WorkerPool:
+    return WorkerPool([Replica(name, log, seconds) for _ in range(workers)], FakeTokenizer(), Choice(name, "test"))
+
+
+def _task(label: str):
+    def run(replica: Replica):
+        time.sleep(replica.seconds)
+        replica.log.append((label, replica.name))
+        return label
+    return run
+
+
+def test_a_small_request_is_not_stuck_behind_a_large_one():
+    log: list = []
+    pool = _pool(1, log)
+    big = pool.ticket("big")
+    results: dict = {}
+    worker = threading.Thread(target=lambda: results.update(big=pool.run(big, [(1000, _task(f"big{i}")) for i in range(30)])))
+    worker.start()
+    time.sleep(0.1)  # the large request is under way
+    with pool.ticket("small") as small:
+        assert pool.run(small, [(100, _task("small0")), (100, _task("small1"))]) == ["small0", "small1"]
+    done_at = [label for label, _ in log].index("small1")
+    assert done_at < 10  # served within a few batches of arriving, not after the 30 large ones
+    worker.join(10)
+    big.__exit__(None, None, None)
+    assert results["big"] == [f"big{i}" for i in range(30)]  # the large request still completes, in order
+
+
+def test_cancelling_drops_the_batches_not_yet_started():
+    log: list = []
+    pool = _pool(1, log, seconds=0.05)
+    ticket = pool.ticket("doomed")
+    errors = []
+
+    def run():
+        try:
+            pool.run(ticket, [(1, _task(f"t{i}")) for i in range(40)])
+        except Cancelled as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(0.2)
+    ticket.cancel()
+    worker.join(5)
+    ran = len(log)
+    time.sleep(0.3)
+    assert errors and "cancelled" in str(errors[0])
+    assert len(log) == ran < 10  # nothing runs after the cancel (at most the batch in progress finished)
+    assert ticket.batches_dropped == 40 - ran and pool.batches_dropped == 40 - ran
+    with pytest.raises(Cancelled):
+        pool.run(ticket, [(1, _task("late"))])
+    ticket.__exit__(None, None, None)
+    assert pool.idle()
+
+
+def test_a_swap_waits_until_no_request_is_in_flight():
+    log: list = []
+    pool = _pool(2, log, name="old", seconds=0.03)
+    ticket = pool.ticket("request")
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(r=pool.run(ticket, [(1, _task(f"t{i}")) for i in range(20)])))
+    worker.start()
+    time.sleep(0.05)
+    assert pool.swap([Replica("new", log), Replica("new", log)], Choice("new", "test"), timeout=0.1) is False
+    swapper = threading.Thread(target=lambda: outcome.update(swapped=pool.swap([Replica("new", log), Replica("new", log)],
+                                                                               Choice("new", "test"), timeout=10)))
+    swapper.start()
+    worker.join(10)
+    ticket.__exit__(None, None, None)
+    swapper.join(10)
+    assert outcome["swapped"] is True and pool.choice.backend == "new"
+    assert {engine for label, engine in log if label.startswith("t")} == {"old"}  # one request, one engine
+    assert pool.map([_task("after")]) == ["after"] and log[-1] == ("after", "new")
