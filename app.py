@@ -113,7 +113,7 @@ class Handlers:
         try:
             return await self.service.run(method, *args, **kwargs)
         except ServiceError as exc:
-            raise gr.Error(exc.message) from None
+            raise gr.Error(exc.message, print_exception=False) from None  # the service logged one line
 
     async def rerank(self, query: str, documents: dict, request: gr.Request) -> pd.DataFrame:
         """Rerank documents (a table with a `text` column) by relevance to the query.
@@ -169,7 +169,7 @@ class Handlers:
 
     async def index_upload(self, file: str | None, private, request: gr.Request, progress=gr.Progress()):
         if not file:
-            raise gr.Error("choose a JSONL, CSV, Parquet, .txt or .md file to index")
+            raise gr.Error("choose a JSONL, CSV, Parquet, .txt or .md file to index", print_exception=False)
 
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Embedding passages", unit="passages")

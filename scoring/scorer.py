@@ -199,9 +199,8 @@ class Scorer:
     def _score_units(self, plan: Plan, *, raw: bool, ticket: Ticket) -> np.ndarray:
         """One forward pass per unit (batched), cached by engine, query and text."""
         if self.info.mode == "embedding":
-            q = self.embed([plan.query], query=True, ticket=ticket)
-            vectors = self.embed(plan.units, ticket=ticket, lengths=plan.lengths)
-            cosine = np.asarray((vectors * q[0]).sum(axis=1), dtype=np.float32)  # row by row: equal texts tie exactly
+            vectors, q = self._embed(plan.units, ticket, lengths=plan.lengths, query=plan.query)
+            cosine = np.asarray((vectors * q).sum(axis=1), dtype=np.float32)  # row by row: equal texts tie exactly
             return cosine if raw else (cosine + 1.0) / 2.0
         engine, query = self.backend.backend, plan.query
         keys = [cache_key(engine, query, u) for u in plan.units]
@@ -219,36 +218,45 @@ class Scorer:
             self._cache.put_many({keys[i]: np.float32(logits[i]) for i in todo})
         return logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
-    def embed(self, texts: Sequence[str], *, query: bool = False, ticket: Ticket | None = None,
-              lengths: Sequence[int] | None = None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, query: bool = False, ticket: Ticket | None = None) -> np.ndarray:
         """Unit-length embeddings (one row per text); only embedding-mode models have them."""
         if self.info.mode != "embedding":
             raise ModelLoadError(f"{self.info.name} is a cross-encoder; it has no embeddings")
         if ticket is None:
             with self._pool.ticket() as own:
-                return self.embed(texts, query=query, ticket=own, lengths=lengths)
+                return self.embed(texts, query=query, ticket=own)
         texts = list(texts)
         if query:
             cost = sum(min(self.info.max_length, c + 2) for c in self._pool.count(texts))
             return self._pool.run(ticket, [(cost, lambda replica: replica.embed(texts, query=True))])[0]
+        return self._embed(texts, ticket)[0]
+
+    def _embed(self, texts: list[str], ticket: Ticket, *, lengths: Sequence[int] | None = None,
+               query: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Document embeddings (cached) and, with ``query``, the query's, all queued at once so they run side by side."""
         engine = self.backend.backend
         keys = [cache_key(engine, t) for t in texts]
         found = self._cache.get_many(keys)
         missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
+        todo = [texts[i] for i in missing]
+        sizes = ([min(self.info.max_length, lengths[i]) for i in missing] if lengths is not None else
+                 [min(self.info.max_length, c + 2) for c in self._pool.count(todo)] if todo else [])
+        groups = plan_batches(sizes, self._token_budget, 64)
+        tasks = [(max(sizes[j] for j in g) * len(g), lambda replica, g=g: replica.embed([todo[j] for j in g]))
+                 for g in groups]
+        if query is not None:
+            cost = min(self.info.max_length, self._pool.count([query])[0] + 2)
+            tasks.insert(0, (cost, lambda replica: replica.embed([query], query=True)))
+        outputs = self._pool.run(ticket, tasks) if tasks else []
+        q = outputs.pop(0)[0] if query is not None else None
         if missing:
-            todo = [texts[i] for i in missing]
-            sizes = ([min(self.info.max_length, lengths[i]) for i in missing] if lengths is not None else
-                     [min(self.info.max_length, c + 2) for c in self._pool.count(todo)])
-            groups = plan_batches(sizes, self._token_budget, 64)
-            outputs = self._pool.run(ticket, [(max(sizes[j] for j in g) * len(g),
-                                               lambda replica, g=g: replica.embed([todo[j] for j in g])) for g in groups])
             fresh = np.empty((len(todo), outputs[0].shape[1]), dtype=np.float32)
             for group, vectors in zip(groups, outputs, strict=True):
                 fresh[group] = vectors
             for i, vector in zip(missing, fresh, strict=True):
                 found[keys[i]] = vector
             self._cache.put_many({keys[i]: found[keys[i]] for i in missing})
-        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+        return (np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)), q
 
     def seed_embeddings(self, texts: Sequence[str], vectors: np.ndarray) -> bool:
         """Put stored fp32 document embeddings (the local index's) in the cache; refused on a reduced-precision engine."""
