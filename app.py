@@ -350,14 +350,17 @@ def main() -> None:
     remove_stale_builds(settings.cache_dir)
     remove_stale_exports(settings.cache_dir)
     load = {"trust_remote_code": settings.trust_remote_code, "backend": settings.backend,
-            "cache_dir": str(settings.cache_dir)}
+            "cache_dir": str(settings.cache_dir), "device": settings.device}
     scorer = core.get_scorer(settings.model, **load)
     extra = [core.get_scorer(m, **load) for m in settings.extra_models]
-    embedder = core.packaged_scorer(backend=settings.backend, cache_dir=settings.cache_dir)
+    embedder = core.packaged_scorer(backend=settings.backend, cache_dir=settings.cache_dir, device=settings.device)
+    for model in {id(m.pool): m for m in (scorer, *extra, embedder)}.values():
+        if model.needs_tuning:  # once per machine, before the port opens: measuring never competes with requests
+            log.info("measuring the inference backends for %s (at most %.0f s; remembered for later starts)",
+                     model.info.name, settings.measure_budget)
+            model.tune(budget_s=settings.measure_budget)
     log.info("serving with %s", scorer.describe())
     server = build_server(settings, scorer, start_retriever(settings, embedder), extra, embedder=embedder)
-    for model in (scorer, *extra):
-        model.start_tuning(delay=15)  # measures the backends beside the running service, once per machine
     log.info("UI on http://%s:%d/, HTTP API docs on /docs", settings.server_name, settings.server_port)
     uvicorn.run(server, host=settings.server_name, port=settings.server_port, log_level="warning")
 

@@ -16,7 +16,8 @@ DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
 
 # RERANK_BACKEND: auto measures the others at start-up (see scoring/choice.py)
-BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8")
+BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8", "cuda-fp32",
+            "cuda-fp16", "cuda-bf16")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -67,6 +68,14 @@ def _weight(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _device(env: Mapping[str, str]) -> str:
+    """``RERANK_DEVICE``: auto, cpu, cuda or cuda:N (whether that device exists is checked when the model loads)."""
+    value = env.get("RERANK_DEVICE", "").strip().lower() or "auto"
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError(f"RERANK_DEVICE must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
     """Where indexes live: ``RAG_AUGMENT_CACHE`` or the XDG cache folder."""
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -97,6 +106,8 @@ class Settings:
     fusion: str = "auto"
     fusion_weight: float = 0.7
     backend: str = "auto"
+    device: str = "auto"
+    measure_budget: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -124,4 +135,6 @@ class Settings:
             fusion=_choice(env, "RERANK_FUSION", "auto", ("auto", "none", "rrf", "interpolate")),
             fusion_weight=_weight(env, "RERANK_FUSION_WEIGHT", 0.7),
             backend=_choice(env, "RERANK_BACKEND", "auto", BACKENDS),
+            device=_device(env),
+            measure_budget=_float(env, "RERANK_MEASURE_SECONDS", 120.0),
         )

@@ -196,9 +196,9 @@ def evaluation_service(model: str | None = None, *, backend: str | None = None, 
 
     settings = settings or Settings.from_env()
     scorer = get_scorer(model or settings.model, trust_remote_code=settings.trust_remote_code,
-                        backend=backend or settings.backend, cache_dir=str(settings.cache_dir))
+                        backend=backend or settings.backend, cache_dir=str(settings.cache_dir), device=settings.device)
     if scorer.needs_tuning:
-        scorer.tune()
+        scorer.tune(budget_s=settings.measure_budget)
     return from_settings(settings, scorer)
 
 

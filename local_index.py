@@ -37,8 +37,8 @@ class Embedder(Protocol):
 
     fingerprint: str
 
-    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
-        """One unit-length row per text."""
+    def embed(self, texts: Sequence[str], *, query: bool = False, background: bool = False) -> np.ndarray:
+        """One unit-length row per text (``background``: yield to requests, as an index build does)."""
         ...
 
 
@@ -93,7 +93,7 @@ def _write_index(con, passages: Sequence[Passage], embedder: Embedder, content_h
     for start in range(0, total, batch_size):
         ids = order[start:start + batch_size]
         chunk = [passages[i] for i in ids]
-        vectors = embedder.embed([p.text for p in chunk])
+        vectors = embedder.embed([p.text for p in chunk], background=True)  # requests go first
         if not dim:
             dim = int(vectors.shape[1])
             con.execute(f"CREATE TABLE passages (id INTEGER PRIMARY KEY, url VARCHAR, text VARCHAR, "

@@ -32,7 +32,8 @@ MIN_SPEARMAN = 0.99
 MAX_DIFF_OF_RANGE = 0.05
 REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "onnxruntime-int8")  # admitted only through the gate
 TIE = 0.05  # candidates within 5% of the fastest count as equally fast; the lighter start-up wins
-_START_COST = {"onnxruntime": 0, "onnxruntime-int8": 1, "openvino": 2, "openvino-bf16": 3, "torch": 4, "torch-bf16": 5}
+_START_COST = {"onnxruntime": 0, "onnxruntime-int8": 1, "openvino": 2, "openvino-bf16": 3, "torch": 4, "torch-bf16": 5,
+               "cuda-fp32": 6, "cuda-bf16": 7, "cuda-fp16": 8}
 
 PROBE_QUERY = "how do transformers rank documents for a search query"
 _PROBE_SENTENCES = (
@@ -48,20 +49,35 @@ _PROBE_SENTENCES = (
     "Interest rates rose again this quarter as the central bank tried to curb inflation.",
     "Ranking quality is measured with metrics such as nDCG and mean reciprocal rank on judged queries.",
     "The recipe calls for two eggs, a cup of milk and a pinch of salt.",
+    "Glaciers carve deep valleys as they slide slowly downhill under their own weight.",
+    "The committee approved the budget after a long debate about road maintenance.",
+    "Vaccines train the immune system to recognise a pathogen before an infection happens.",
+    "A violin's tone depends on the wood, the varnish and the shape of its body.",
+    "Rerankers trade latency for precision: they read every candidate with the query.",
+    "The train to the coast leaves every hour from the second platform.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+    "Tokenizers split words into sub-word pieces so that rare words still get representations.",
+    "The marathon route crosses five bridges and finishes in the old town square.",
+    "Quantised models store weights in eight bits, which saves memory but can shift scores.",
+    "Coral reefs shelter a quarter of marine species while covering a tiny share of the ocean floor.",
+    "An index maps each term to the documents that contain it, so lookups avoid a full scan.",
 )
 
 
-def probe_documents(n: int = 24) -> list[str]:
-    """A fixed set of documents of 20 to ~300 tokens, some on the probe query's topic, some not."""
+def probe_documents(n: int = 48) -> list[str]:
+    """A fixed set of varied documents of ~20 to ~400 tokens, some on the probe query's topic, some not: each
+    mixes its own selection of sentences, so scores spread out as they do on real candidates."""
     docs = []
+    pool = len(_PROBE_SENTENCES)
     for i in range(n):
-        count = 1 + (i * 7) % 13
-        docs.append(" ".join(_PROBE_SENTENCES[(i + j * 5) % len(_PROBE_SENTENCES)] for j in range(count)))
+        count = 1 + (i * 7) % 17
+        docs.append(" ".join(_PROBE_SENTENCES[(i * 5 + j * (1 + i % 7)) % pool] for j in range(count)))
     return docs
 
 
 def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], batch: int = 4) -> np.ndarray:
-    """The probe's scores (logits or cosines) on one backend, its replicas working side by side as the scorer runs them."""
+    """The probe's scores (logits or cosines) on one backend, its replicas working side by side as the scorer runs them
+    (``batch`` documents a forward pass: a few on a CPU core, all of them on a GPU)."""
     order = sorted(range(len(documents)), key=lambda i: -len(documents[i]))
     chunks = [order[i:i + batch] for i in range(0, len(order), batch)]
     query = replicas[0].embed([PROBE_QUERY], query=True)[0] if layout.mode == "embedding" else None
@@ -123,40 +139,53 @@ class Choice:
     backend: str
     how: str
     measurements: list[Measurement] = field(default_factory=list)
+    device: str = "cpu"
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic the backend computes in."""
+        return engines.PRECISION.get(self.backend, "fp32")
 
     def describe(self) -> str:
-        return f"{self.backend} ({self.how})"
+        return f"{self.backend} on {self.device} in {self.precision} ({self.how})"
 
     def as_dict(self) -> dict:
-        return {"backend": self.backend, "how": self.how, "measurements": [asdict(m) for m in self.measurements]}
+        return {"backend": self.backend, "device": self.device, "precision": self.precision, "how": self.how,
+                "measurements": [asdict(m) for m in self.measurements]}
 
 
-def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: Layout, *,
-            rounds: int = 3) -> tuple[list[Measurement], list[Measurement]]:
+def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: Layout, *, rounds: int = 3,
+            reference_name: str = "torch", budget_s: float | None = None,
+            batch: int = 4) -> tuple[list[Measurement], list[Measurement], float]:
     """Time fp32 torch and each candidate's replicas on the probe.
 
     Candidates are built and dropped one at a time (memory stays at two copies of the model beside the
     serving one), and each is timed in rounds alternating with torch so background load hits both alike.
-    Returns the measurements and the candidates that could not be built.
+    Returns the measurements, the candidates that could not be built (or were not reached within
+    ``budget_s`` seconds) and the reference's run-to-run noise.
     """
+    started = time.perf_counter()
     documents = probe_documents()
-    expected = probe_scores(reference, layout, documents)
+    expected = probe_scores(reference, layout, documents, batch)
     spread = float(expected.max() - expected.min())
     torch_times: list[float] = []
     measured, skipped = [], []
 
     def timed(replicas: list) -> float:
         started = time.perf_counter()
-        probe_scores(replicas, layout, documents)
+        probe_scores(replicas, layout, documents, batch)
         return time.perf_counter() - started
 
     for name, build in candidates.items():
+        if budget_s is not None and time.perf_counter() - started > budget_s:
+            skipped.append(Measurement(backend=name, note=f"not measured: the {budget_s:g} s measuring budget was spent"))
+            continue
         try:
             replicas = build()
         except Exception as exc:
             skipped.append(Measurement(backend=name, note=str(exc).splitlines()[0][:200]))
             continue
-        scores = probe_scores(replicas, layout, documents)  # also the warm-up
+        scores = probe_scores(replicas, layout, documents, batch)  # also the warm-up
         times = []
         for _ in range(rounds):
             torch_times.append(timed(reference))
@@ -166,50 +195,64 @@ def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: 
         del replicas
     if not torch_times:
         torch_times = [timed(reference) for _ in range(rounds)]
-    return [Measurement(backend="torch", seconds=float(np.median(torch_times)), spearman=1.0, max_abs_diff=0.0,
-                        score_range=spread), *measured], skipped
+    return [Measurement(backend=reference_name, seconds=float(np.median(torch_times)), spearman=1.0, max_abs_diff=0.0,
+                        score_range=spread), *measured], skipped, noise(torch_times)
 
 
-def pick(measurements: Sequence[Measurement]) -> str:
-    """The fastest faithful backend; within 5% of the fastest, the one that starts quickest."""
+def pick(measurements: Sequence[Measurement], *, margin: float = TIE) -> str:
+    """The fastest faithful backend; within ``margin`` of the fastest (at least 5%, more where the run-to-run
+    noise was larger), the one that starts quickest. The first measurement is the fp32 reference."""
     faithful = [m for m in measurements if m.faithful]
-    if not faithful:
-        return "torch"
+    if not faithful:  # the fp32 reference of the device measured
+        return "cuda-fp32" if any(m.backend in engines.CUDA_BACKENDS for m in measurements) else "torch"
     best = min(m.seconds for m in faithful)  # type: ignore[type-var]
-    close = [m for m in faithful if m.seconds <= best * (1 + TIE)]  # type: ignore[operator]
+    close = [m for m in faithful if m.seconds <= best * (1 + max(TIE, margin))]  # type: ignore[operator]
     return min(close, key=lambda m: _START_COST.get(m.backend, 9)).backend
 
 
+def noise(times: Sequence[float]) -> float:
+    """Run-to-run spread of repeated timings of one thing, relative to their median."""
+    return float((max(times) - min(times)) / np.median(times)) if len(times) > 1 else 0.0
+
+
 def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path, reference_model=None,
-           trust_remote_code: bool = False, workers: int = 1) -> Choice:
-    """Measure every backend available here on the probe, ``workers`` replicas each, and pick one; cached on disk."""
-    reference = engines.replicas("torch", model_dir, layout, tokenizer, cache_dir=cache_dir, workers=workers,
-                                 trust_remote_code=trust_remote_code, model=reference_model)
+           trust_remote_code: bool = False, workers: int = 1, device: str = "cpu", budget_s: float | None = None) -> Choice:
+    """Measure every backend available on ``device`` on the probe, ``workers`` replicas each, and pick one;
+    cached on disk. ``budget_s`` bounds the time spent (candidates not reached are skipped, saying so)."""
+    names = engines.backends_for(device)
+    reference = engines.replicas(names[0], model_dir, layout, tokenizer, cache_dir=cache_dir, workers=workers,
+                                 trust_remote_code=trust_remote_code, model=reference_model, device=device)
     candidates: dict[str, Callable[[], list]] = {}
     unavailable_here = []
-    for name in engines.BACKENDS[1:]:
-        reason = engines.unavailable(name)
+    for name in names[1:]:
+        reason = engines.unavailable(name, device)
         if reason:
             unavailable_here.append(Measurement(backend=name, note=reason))
             continue
         candidates[name] = lambda name=name: engines.replicas(name, model_dir, layout, tokenizer, cache_dir=cache_dir,
-                                                              workers=workers, trust_remote_code=trust_remote_code)
-    measured, skipped = measure(reference, candidates, layout)
+                                                              workers=workers, trust_remote_code=trust_remote_code,
+                                                              device=device)
+    measured, skipped, spread = measure(reference, candidates, layout, reference_name=names[0], budget_s=budget_s,
+                                        batch=4 if device == "cpu" else len(probe_documents()))
     measurements = measured + skipped + unavailable_here
     for m in measurements:
         if m.seconds is not None and not m.faithful:
             m.note = m.verdict()
-    choice = Choice(pick(measurements), "measured fastest with faithful rankings on this machine", measurements)
-    save_choice(model_dir, layout, cache_dir, choice)
+    margin = max(TIE, spread)
+    choice = Choice(pick(measurements, margin=margin),
+                    f"measured fastest with faithful scores on this machine (ties within {margin:.0%})",
+                    measurements, device)
+    save_choice(model_dir, layout, cache_dir, choice, device=device)
     return choice
 
 
-def _choice_file(model_dir: Path, layout: Layout, cache_dir: Path) -> Path:
-    return export_folder(model_dir, layout, cache_dir) / "choice.json"
+def _choice_file(model_dir: Path, layout: Layout, cache_dir: Path, device: str = "cpu") -> Path:
+    suffix = "" if device == "cpu" else "-" + device.replace(":", "")
+    return export_folder(model_dir, layout, cache_dir) / f"choice{suffix}.json"
 
 
-def machine_key() -> str:
-    """What a measured choice depends on besides the weights: CPU, core count and backend versions."""
+def machine_key(device: str = "cpu") -> str:
+    """What a measured choice depends on besides the weights: CPU, core count, GPU and backend versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = []
@@ -221,26 +264,31 @@ def machine_key() -> str:
     cpu = ""
     with contextlib.suppress(OSError):
         cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    return digest(cpu, os.cpu_count(), versions)
+    gpu = ""
+    if device != "cpu":
+        import torch
+
+        gpu = f"{torch.cuda.get_device_name(device)}|{torch.version.cuda}"
+    return digest(cpu, os.cpu_count(), versions, gpu)
 
 
-def save_choice(model_dir: Path, layout: Layout, cache_dir: Path, choice: Choice) -> None:
-    """Remember a measured choice for this checkpoint on this machine (best effort)."""
+def save_choice(model_dir: Path, layout: Layout, cache_dir: Path, choice: Choice, *, device: str = "cpu") -> None:
+    """Remember a measured choice for this checkpoint on this machine and device (best effort)."""
     try:
-        target = _choice_file(model_dir, layout, cache_dir)
+        target = _choice_file(model_dir, layout, cache_dir, device)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps({"machine": machine_key(), **choice.as_dict()}, indent=1))
+        target.write_text(json.dumps({"machine": machine_key(device), **choice.as_dict()}, indent=1))
     except OSError as exc:
         log.warning("cannot remember the backend choice in %s: %s", cache_dir, exc)
 
 
-def load_choice(model_dir: Path, layout: Layout, cache_dir: Path) -> Choice | None:
-    """A choice measured earlier for this checkpoint on this machine, or None."""
-    data = read_json(_choice_file(model_dir, layout, cache_dir))
-    if data.get("machine") != machine_key() or data.get("backend") not in engines.BACKENDS:
+def load_choice(model_dir: Path, layout: Layout, cache_dir: Path, *, device: str = "cpu") -> Choice | None:
+    """A choice measured earlier for this checkpoint on this machine and device, or None."""
+    data = read_json(_choice_file(model_dir, layout, cache_dir, device))
+    if data.get("machine") != machine_key(device) or data.get("backend") not in engines.backends_for(device):
         return None
     try:
         measurements = [Measurement(**m) for m in data.get("measurements", [])]
     except TypeError:
         return None
-    return Choice(data["backend"], "measured on this machine at an earlier start", measurements)
+    return Choice(data["backend"], "measured on this machine at an earlier start", measurements, device)

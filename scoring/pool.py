@@ -8,11 +8,14 @@ fast tokenizers are not safe to share across threads.
 Fairness: each request holds a :class:`Ticket`; a free worker takes the next batch of the ticket
 that has been served the fewest tokens so far (a new ticket starts at the current virtual time, as
 in start-time fair queueing), so the batches of concurrent requests interleave and a small request
-is not stuck behind a large one. Cancelling a ticket drops its batches that have not started.
+is not stuck behind a large one. Background tickets (an index build) yield to every request.
+Cancelling a ticket drops its batches that have not started.
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,8 +31,9 @@ Task = tuple[int, Callable]  # (cost in tokens, fn(replica) -> result)
 class Ticket:
     """One request's share of the pool: its pending batches, how much it has been served, whether it was cancelled."""
 
-    def __init__(self, pool: WorkerPool, label: str, start: float) -> None:
+    def __init__(self, pool: WorkerPool, label: str, start: float, background: bool = False) -> None:
         self.label = label
+        self.background = background
         self.served = start
         self.pending: deque[tuple[int, Callable, Future]] = deque()
         self.cancelled = False
@@ -58,6 +62,9 @@ class WorkerPool:
         self.source = source
         self.tokenizer = tokenizer.copy()  # for counting tokens on request threads
         self.tokenizer_lock = threading.Lock()
+        self._planners: queue.SimpleQueue = queue.SimpleQueue()  # a few tokenizer copies: requests plan side by side
+        for _ in range(max(1, min(4, os.cpu_count() or 1))):
+            self._planners.put(tokenizer.copy())
         self.batches_run = 0
         self.batches_dropped = 0
         self.tokens_run = 0
@@ -71,11 +78,14 @@ class WorkerPool:
 
     # --- tickets ---------------------------------------------------------------------------------
 
-    def ticket(self, label: str = "") -> Ticket:
-        """Open a ticket for one request's work (waits while the replicas are being swapped)."""
+    def ticket(self, label: str = "", *, background: bool = False) -> Ticket:
+        """Open a ticket for one request's work (waits while the replicas are being swapped).
+
+        A ``background`` ticket (an index build) is served only when no other ticket has a batch waiting.
+        """
         with self._cv:
             self._cv.wait_for(lambda: not self._swapping)
-            ticket = Ticket(self, label, self._clock)
+            ticket = Ticket(self, label, self._clock, background)
             self._open.append(ticket)
             return ticket
 
@@ -128,7 +138,7 @@ class WorkerPool:
     def _next(self) -> tuple[Ticket, int, Callable, Future]:
         """The next batch: from the open ticket served least so far (call with the lock held)."""
         while True:
-            ready = [t for t in self._open if t.pending]
+            ready = [t for t in self._open if t.pending and not t.background] or [t for t in self._open if t.pending]
             if ready:
                 ticket = min(ready, key=lambda t: t.served)
                 cost, fn, future = ticket.pending.popleft()
@@ -191,7 +201,11 @@ class WorkerPool:
         with self.tokenizer_lock:
             return self.tokenizer.count(texts)
 
-    def offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
-        """Character spans of each text's tokens."""
-        with self.tokenizer_lock:
-            return self.tokenizer.offsets(texts)
+    def encode(self, texts: Sequence[str]) -> list:
+        """Each text's tokens with character spans (no special tokens), one pass; concurrent requests tokenize on
+        separate copies (fast tokenizers are not safe to share), so one request's planning never waits for another's."""
+        tokenizer = self._planners.get()
+        try:
+            return tokenizer.encode_plain(texts)
+        finally:
+            self._planners.put(tokenizer)

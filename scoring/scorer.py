@@ -9,8 +9,6 @@ A text longer than the model's window is scored by its best window of overlappin
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,23 @@ def plan_batches(lengths: Sequence[int], token_budget: int, max_batch: int = 32)
     return batches
 
 
+def spread_budget(lengths: Sequence[int], token_budget: int, workers: int, max_batch: int = 32) -> int:
+    """A batch budget that splits one request into at most one batch per worker where that takes batches of at most
+    twice the device's budget (a 50-document request on 16 cores: 16 batches in one round, not 17 in two);
+    otherwise the device's budget (batches stay small enough to interleave requests fairly), or an even share of a
+    smaller request. Never below an eighth of the budget."""
+    if workers <= 1 or not lengths:
+        return token_budget
+    share = max(token_budget // 8, -(-sum(lengths) // workers), max(lengths))
+    for factor in (1.0, 1.1, 1.25, 1.5, 2.0):
+        budget = int(share * factor)
+        if budget > 2 * token_budget:
+            break
+        if len(plan_batches(lengths, budget, max_batch)) <= workers:
+            return budget
+    return min(token_budget, share)
+
+
 def padding_waste(lengths: Sequence[int], batches: list[list[int]]) -> float:
     """Fraction of the computed token positions that are padding under a batch plan."""
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
@@ -62,6 +77,7 @@ class ModelSource:
     cache_dir: Path | None
     trust_remote_code: bool
     needs_tuning: bool = False
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,8 @@ class Plan:
     owners: np.ndarray
     lengths: list[int]
     documents: int
+    query_encoding: object | None = None  # cross-encoders: the query's tokens ...
+    encodings: list | None = None  # ... and each unit's, from which the pair inputs are built without tokenizing again
 
     @property
     def cost(self) -> int:
@@ -126,49 +144,40 @@ class Scorer:
 
     # --- planning --------------------------------------------------------------------------------
 
-    def window(self, query: str) -> int:
-        """How many document tokens fit beside the query in one forward pass."""
-        if self.info.mode == "cross-encoder":
-            query_tokens = self._pool.count([query])[0]
-            return max(32, self.info.max_length - min(query_tokens, self.info.max_length // 2) - 3)
-        return max(8, self.info.max_length - 2)
-
     def plan(self, query: str, texts: Sequence[str], *, long_documents: LongDocuments = "chunk",
              max_tokens_per_doc: int | None = None, truncate_left: bool = False) -> Plan:
-        """The windows to score for each text and their token lengths (``max_tokens_per_doc`` cuts each text first)."""
+        """The windows to score for each text and their token lengths (``max_tokens_per_doc`` cuts each text first).
+
+        Every text is tokenized once, here: its length, its windows and (for a cross-encoder) the model
+        inputs of each (query, window) pair all come from that one pass.
+        """
         if long_documents not in ("truncate", "chunk"):
             raise RerankError(f"long_documents must be 'truncate' or 'chunk', got {long_documents!r}")
         if max_tokens_per_doc is not None and (isinstance(max_tokens_per_doc, bool) or
                                                not isinstance(max_tokens_per_doc, int) or max_tokens_per_doc < 1):
             raise RerankError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}")
         texts = list(texts)
-        units, owners = self._units(texts, self.window(query), long_documents, max_tokens_per_doc, truncate_left)
-        counts = self._pool.count(units) if units else []
-        if self.info.mode == "cross-encoder":
-            query_tokens = self._pool.count([query])[0]
-            lengths = [min(self.info.max_length, query_tokens + c + 3) for c in counts]
-        else:
-            lengths = [min(self.info.max_length, c + 2) for c in counts]
-        return Plan(query, units, owners, lengths, len(texts))
-
-    def _units(self, texts: list[str], window: int, long_documents: str, max_tokens: int | None,
-               truncate_left: bool) -> tuple[list[str], np.ndarray]:
-        """The pieces of text to score and which input each belongs to."""
-        limit = min(window, max_tokens) if long_documents == "truncate" and max_tokens else window
-        candidates = [i for i, t in enumerate(texts) if len(t) > limit]  # a token spans at least one character
-        if not candidates:
-            return texts, np.arange(len(texts))
-        pieces: dict[int, list[str]] = {}
-        for i, offsets in zip(candidates, self._pool.offsets([texts[i] for i in candidates]), strict=True):
-            pieces[i] = _windows(texts[i], offsets[:max_tokens] if max_tokens else offsets, window,
-                                 chunk=long_documents == "chunk", from_end=truncate_left)
+        cross = self.info.mode == "cross-encoder"
+        specials = self._pool.tokenizer.special_tokens(pair=cross)
+        encoded = self._pool.encode([query, *texts] if cross else texts)
+        query_encoding = encoded.pop(0) if cross else None
+        query_tokens = len(query_encoding.ids) if cross else 0
+        window = max(32 if cross else 8, self.info.max_length - min(query_tokens, self.info.max_length // 2) - specials)
         units: list[str] = []
         owners: list[int] = []
-        for i, text in enumerate(texts):
-            for piece in pieces.get(i, [text]):
-                units.append(piece)
+        pieces: list = []
+        for i, (text, encoding) in enumerate(zip(texts, encoded, strict=True)):
+            whole = len(encoding.ids)
+            for piece in _windows(encoding, window, chunk=long_documents == "chunk", max_tokens=max_tokens_per_doc,
+                                  from_end=truncate_left):
+                units.append(text if len(piece.ids) == whole or not piece.offsets else
+                             text[piece.offsets[0][0]:piece.offsets[-1][1]])
                 owners.append(i)
-        return units, np.asarray(owners, dtype=np.int64)
+                pieces.append(piece)
+        lengths = [min(self.info.max_length, query_tokens + len(p.ids) + specials) for p in pieces]
+        fits = cross and query_tokens + window + specials <= self.info.max_length  # else: the tokenizer truncates
+        return Plan(query, units, np.asarray(owners, dtype=np.int64), lengths, len(texts),
+                    query_encoding if fits else None, pieces if fits else None)
 
     # --- scoring ---------------------------------------------------------------------------------
 
@@ -209,21 +218,30 @@ class Scorer:
         todo = [i for i, k in enumerate(keys) if k not in found]
         if todo:
             lengths = [plan.lengths[i] for i in todo]
-            groups = plan_batches(lengths, self._token_budget, self._batch_size)
-            outputs = self._pool.run(ticket, [
-                (max(lengths[j] for j in g) * len(g),
-                 lambda replica, g=g: replica.score_pairs(query, [plan.units[todo[j]] for j in g])) for g in groups])
+            budget = spread_budget(lengths, self._token_budget, self.workers, self._batch_size)
+            groups = plan_batches(lengths, budget, self._batch_size)
+            def task(replica, g):
+                if plan.encodings is not None and hasattr(replica, "score_encoded"):
+                    return replica.score_encoded(plan.query_encoding, [plan.encodings[todo[j]] for j in g])
+                return replica.score_pairs(query, [plan.units[todo[j]] for j in g])
+
+            outputs = self._pool.run(ticket, [(max(lengths[j] for j in g) * len(g), lambda replica, g=g: task(replica, g))
+                                              for g in groups])
             for group, out in zip(groups, outputs, strict=True):
                 logits[[todo[j] for j in group]] = np.asarray(out, dtype=np.float32).reshape(len(group))
             self._cache.put_many({keys[i]: np.float32(logits[i]) for i in todo})
         return logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
-    def embed(self, texts: Sequence[str], *, query: bool = False, ticket: Ticket | None = None) -> np.ndarray:
-        """Unit-length embeddings (one row per text); only embedding-mode models have them."""
+    def embed(self, texts: Sequence[str], *, query: bool = False, ticket: Ticket | None = None,
+              background: bool = False) -> np.ndarray:
+        """Unit-length embeddings (one row per text); only embedding-mode models have them.
+
+        ``background`` work (building an index) runs only when no request's batch is waiting.
+        """
         if self.info.mode != "embedding":
             raise ModelLoadError(f"{self.info.name} is a cross-encoder; it has no embeddings")
         if ticket is None:
-            with self._pool.ticket() as own:
+            with self._pool.ticket(background=background) as own:
                 return self.embed(texts, query=query, ticket=own)
         texts = list(texts)
         if query:
@@ -241,7 +259,8 @@ class Scorer:
         todo = [texts[i] for i in missing]
         sizes = ([min(self.info.max_length, lengths[i]) for i in missing] if lengths is not None else
                  [min(self.info.max_length, c + 2) for c in self._pool.count(todo)] if todo else [])
-        groups = plan_batches(sizes, self._token_budget, 64)
+        size = max(64, self._batch_size)
+        groups = plan_batches(sizes, spread_budget(sizes, self._token_budget, self.workers, size), size)
         tasks = [(max(sizes[j] for j in g) * len(g), lambda replica, g=g: replica.embed([todo[j] for j in g]))
                  for g in groups]
         if query is not None:
@@ -279,52 +298,39 @@ class Scorer:
         source = self._pool.source
         return bool(source and source.needs_tuning and self.backend.how == UNMEASURED)
 
-    def tune(self) -> choosing.Choice:
-        """Measure every backend here on the probe and, if another is the better choice, serve with it from now on."""
+    def tune(self, budget_s: float | None = None) -> choosing.Choice:
+        """Measure every backend here on the probe and, if another is the better choice, serve with it from now on
+        (``budget_s`` bounds the measuring time)."""
         source = self._pool.source
         if source is None or source.cache_dir is None:
             return self.backend
-        reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == "torch" else None
+        fp32 = engines.backends_for(source.device)[0]
+        reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == fp32 else None
         choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
                                  reference_model=reference, trust_remote_code=source.trust_remote_code,
-                                 workers=self.workers)
+                                 workers=self.workers, device=source.device, budget_s=budget_s)
         if choice.backend != self.backend.backend:
             replicas = engines.replicas(choice.backend, source.path, source.layout, self._pool.tokenizer,
                                         cache_dir=source.cache_dir, workers=self.workers,
-                                        trust_remote_code=source.trust_remote_code)
+                                        trust_remote_code=source.trust_remote_code, device=source.device)
             self._pool.swap(replicas, choice)
         else:
             self._pool.choice = choice
-        log.info("backend for %s: %s; measured (probe seconds, Spearman vs fp32 torch): %s", self.info.name,
+        log.info("backend for %s: %s; measured (probe seconds, Spearman vs fp32): %s", self.info.name,
                  choice.describe(), ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" if m.seconds is not None
                                               else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
         return choice
 
-    def start_tuning(self, delay: float = 0.0) -> threading.Thread | None:
-        """:meth:`tune` in a background thread when :attr:`needs_tuning`; the service keeps answering meanwhile."""
-        if not self.needs_tuning:
-            return None
 
-        def run() -> None:
-            time.sleep(delay)
-            try:
-                self.tune()
-            except Exception:  # the current backend keeps serving
-                log.exception("backend measurement failed; staying on %s", self.backend.backend)
-
-        thread = threading.Thread(target=run, name="backend-tuning", daemon=True)
-        thread.start()
-        return thread
-
-
-def _windows(text: str, offsets: list[tuple[int, int]], window: int, *, chunk: bool, from_end: bool) -> list[str]:
-    """The text cut to its tokens' spans: one window (its start, or its end), or overlapping windows (stride 3/4)."""
-    if not offsets:  # nothing the tokenizer reads (whitespace, say): the model sees it as empty either way
-        return [text]
-    if not chunk or len(offsets) <= window:
-        if len(offsets) > window:
-            offsets = offsets[-window:] if from_end else offsets[:window]
-        return [text[offsets[0][0]:offsets[-1][1]]]
-    stride = max(1, window * 3 // 4)
-    starts = range(0, max(1, len(offsets) - window + stride), stride)
-    return [text[offsets[s][0]:offsets[min(s + window, len(offsets)) - 1][1]] for s in starts if s < len(offsets)]
+def _windows(encoding, window: int, *, chunk: bool, max_tokens: int | None, from_end: bool) -> list:
+    """A text's tokens cut for scoring: whole where they fit the window; else one window (its start, or its end)
+    or overlapping windows every 3/4 of a window (the best one scores the text)."""
+    if max_tokens and len(encoding.ids) > max_tokens:
+        encoding.truncate(max_tokens)
+    if len(encoding.ids) <= window:
+        return [encoding]
+    if not chunk:
+        encoding.truncate(window, direction="left" if from_end else "right")
+        return [encoding]
+    encoding.truncate(window, stride=window - max(1, window * 3 // 4))
+    return [encoding, *encoding.overflowing]

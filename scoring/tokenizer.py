@@ -49,18 +49,77 @@ class TextTokenizer:
 
         return TextTokenizer(Tokenizer.from_str(self._tok.to_str()), self._pad[1])
 
+    def encode_plain(self, texts: Sequence[str]) -> list:
+        """Each text's tokens with their character spans (no special tokens, no truncation): one pass over a request,
+        from which its lengths, windows and model inputs all come."""
+        return self._tok.encode_batch(list(texts), add_special_tokens=False)
+
+    def special_tokens(self, pair: bool) -> int:
+        """How many special tokens the checkpoint's template adds to one text or a pair."""
+        return self._tok.num_special_tokens_to_add(pair)
+
+    def pair_batch(self, query, documents: Sequence, *, pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for (query, document) pairs from already tokenized parts: the checkpoint's own template,
+        filled in bulk (nothing is tokenized again)."""
+        template = self._pair_template(query)
+        if template is None:
+            return self._pair_batch_one_by_one(query, documents, pad_to_multiple_of)
+        head, head_types, doc_type, tail, tail_types = template
+        rows = [d.ids for d in documents]
+        h, t = len(head), len(tail)
+        width = h + max(map(len, rows)) + t
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        ids = np.full((len(rows), width), self._pad[0], dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        ids[:, :h], types[:, :h] = head, head_types
+        for r, row in enumerate(rows):
+            n = len(row)
+            ids[r, h:h + n], types[r, h:h + n] = row, doc_type
+            ids[r, h + n:h + n + t], types[r, h + n:h + n + t] = tail, tail_types
+            mask[r, :h + n + t] = 1
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def _pair_template(self, query) -> tuple | None:
+        """The checkpoint's pair template around a document (``head + document + tail``), read off two probes;
+        None where the template is not of that shape (then every pair goes through the tokenizer's post-processor)."""
+        one, two = (self._tok.encode(text, add_special_tokens=False) for text in ("probe", "probe probe"))
+        a, b = (self._tok.post_process(query, d, add_special_tokens=True) for d in (one, two))
+        for h in range(len(a.ids) - len(one.ids), -1, -1):
+            if a.ids[h:h + len(one.ids)] == one.ids and a.ids[:h] == b.ids[:h]:
+                break
+        else:
+            return None
+        head, tail = a.ids[:h], a.ids[h + len(one.ids):]
+        types = set(a.type_ids[h:h + len(one.ids)])
+        if len(types) != 1 or b.ids != head + two.ids + tail or any(m != 1 for m in a.attention_mask):
+            return None
+        return head, a.type_ids[:h], types.pop(), tail, a.type_ids[h + len(one.ids):]
+
+    def _pair_batch_one_by_one(self, query, documents: Sequence, pad_to_multiple_of: int | None) -> dict[str, np.ndarray]:
+        merged = [self._tok.post_process(query, d, add_special_tokens=True) for d in documents]
+        width = max(len(m.ids) for m in merged)
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        ids = np.full((len(merged), width), self._pad[0], dtype=np.int64)
+        mask = np.zeros((len(merged), width), dtype=np.int64)
+        types = np.zeros((len(merged), width), dtype=np.int64)
+        for row, m in enumerate(merged):
+            n = len(m.ids)
+            ids[row, :n], mask[row, :n], types[row, :n] = m.ids, m.attention_mask, m.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens in each text, without special tokens and without truncation."""
         return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
-    def offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
-        """Character span of every token of each text (no special tokens, no truncation)."""
-        return [e.offsets for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def batch(self, inputs: Sequence[str] | Sequence[tuple[str, str]], max_length: int) -> dict[str, np.ndarray]:
-        """Model inputs for texts or (query, document) pairs: longest-first truncation, padded to the longest."""
+    def batch(self, inputs: Sequence[str] | Sequence[tuple[str, str]], max_length: int, *,
+              pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for texts or (query, document) pairs: longest-first truncation, padded to the longest
+        (``pad_to_multiple_of``: rounded up, so a GPU sees fewer distinct shapes and aligned sizes)."""
         self._tok.enable_truncation(max_length, strategy="longest_first")
-        self._tok.enable_padding(pad_id=self._pad[0], pad_token=self._pad[1])
+        self._tok.enable_padding(pad_id=self._pad[0], pad_token=self._pad[1], pad_to_multiple_of=pad_to_multiple_of)
         try:
             encodings = self._tok.encode_batch(list(inputs))
         finally:

@@ -110,10 +110,10 @@ class CountingEmbedder:
         self.fingerprint = fingerprint or inner.fingerprint
         self.document_texts = 0
 
-    def embed(self, texts, *, query: bool = False):
+    def embed(self, texts, *, query: bool = False, background: bool = False):
         if not query:
             self.document_texts += len(texts)
-        return self.inner.embed(texts, query=query)
+        return self.inner.embed(texts, query=query, background=background)
 
 
 @pytest.fixture(scope="session")

@@ -97,7 +97,7 @@ def test_edit_a_row_submit_and_read_the_reranked_order(page):
     assert scores == sorted(scores, reverse=True)
     assert "bread" in rows[-1][1]
     assert "1 duplicate text(s) dropped" in page.locator("#status").inner_text()
-    assert "Inference backend: torch (set by RERANK_BACKEND)" in page.locator("#inference").inner_text()
+    assert "Inference backend: torch on cpu in fp32 (set by RERANK_BACKEND)" in page.locator("#inference").inner_text()
     page.screenshot(path=str(ARTIFACTS / "rerank.png"), full_page=True)
 
 

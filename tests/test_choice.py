@@ -41,7 +41,7 @@ def test_auto_measures_swaps_and_remembers(tmp_path, tiny_cross_encoder_dir):
     before = scorer.score(choice.PROBE_QUERY, choice.probe_documents(), raw=True)
     chosen = scorer.tune()
     measured = {m.backend: m for m in chosen.measurements}
-    assert set(measured) == set(engines.BACKENDS)
+    assert set(measured) == set(engines.CPU_BACKENDS)  # on the CPU, every CPU runtime is a candidate
     assert measured["torch"].spearman == pytest.approx(1.0)
     for name in RUNNABLE:  # fp32 engines agree with fp32 torch on every CPU kind
         assert measured[name].seconds > 0 and measured[name].faithful, measured[name]
@@ -56,4 +56,4 @@ def test_auto_measures_swaps_and_remembers(tmp_path, tiny_cross_encoder_dir):
     np.testing.assert_allclose(after, before, atol=1e-4)
     again = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="auto", cache_dir=tmp_path)
     assert again.backend.backend == chosen.backend and "earlier start" in again.backend.how
-    assert not again.needs_tuning and again.start_tuning() is None
+    assert not again.needs_tuning

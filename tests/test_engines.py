@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_embedding_backend_matches_sentence_transformers(name, backend_cache, st
     scorer = core.load_scorer(str(core.packaged_model_path()), allow_fallback=False, backend=name,
                               cache_dir=backend_cache)
     assert scorer.backend.backend == name and "RERANK_BACKEND" in scorer.backend.how
-    got = scorer.score(choice.PROBE_QUERY, docs, raw=True)
+    got = scorer.score(choice.PROBE_QUERY, docs, raw=True, long_documents="truncate")  # as sentence-transformers does
     np.testing.assert_allclose(got, expected, atol=2e-5)
     assert choice.spearman(got, expected) >= choice.MIN_SPEARMAN
     assert _ranks(got)[:5] == _ranks(expected)[:5]
@@ -61,7 +62,7 @@ def test_cross_encoder_backend_matches_cross_encoder_predict(name, backend_cache
     docs = choice.probe_documents()
     expected = st_cross_encoder.predict([(choice.PROBE_QUERY, d) for d in docs], activation_fn=torch.nn.Identity())
     scorer = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend=name, cache_dir=backend_cache)
-    got = scorer.score(choice.PROBE_QUERY, docs, raw=True)
+    got = scorer.score(choice.PROBE_QUERY, docs, raw=True, long_documents="truncate")  # as sentence-transformers does
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert choice.spearman(got, expected) >= choice.MIN_SPEARMAN
 
@@ -104,3 +105,67 @@ def test_a_damaged_cached_graph_serves_on_torch_and_is_exported_again(tmp_path, 
     assert not graph.exists()
     again = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="onnxruntime", cache_dir=tmp_path)
     assert again.backend.backend == "onnxruntime" and graph.is_file()
+
+
+@pytest.mark.parametrize(("setting", "gpus", "device"), [
+    ("auto", 0, "cpu"), ("auto", 2, "cuda:0"), ("cpu", 2, "cpu"), ("cuda", 1, "cuda:0"), ("cuda:1", 2, "cuda:1"),
+    ("CUDA:0", 1, "cuda:0")])
+def test_the_device_follows_rerank_device_and_what_is_there(setting, gpus, device):
+    assert engines.resolve_device(setting, cuda_count=gpus) == device
+
+
+@pytest.mark.parametrize(("setting", "gpus", "message"), [
+    ("cuda", 0, "RERANK_DEVICE=cuda but this machine has no CUDA device"),
+    ("cuda:2", 2, "RERANK_DEVICE=cuda:2 but this machine has 2 CUDA device(s)"),
+    ("gpu", 1, "RERANK_DEVICE must be auto, cpu, cuda or cuda:N")])
+def test_a_device_that_is_not_there_is_a_clear_error(setting, gpus, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        engines.resolve_device(setting, cuda_count=gpus)
+
+
+def test_backend_and_device_settle_together():
+    assert engines.settle("torch", "auto", cuda_count=1) == ("cuda-fp32", "cuda:0")  # torch on a GPU is CUDA fp32
+    assert engines.settle("auto", "auto", cuda_count=1) == ("auto", "cuda:0")
+    assert engines.settle("onnxruntime", "auto", cuda_count=1) == ("onnxruntime", "cpu")  # a CPU-only runtime stays
+    assert engines.settle("torch", "auto", cuda_count=0) == ("torch", "cpu")
+    with pytest.raises(ValueError, match="RERANK_BACKEND=openvino runs on the CPU but RERANK_DEVICE=cuda"):
+        engines.settle("openvino", "cuda", cuda_count=1)
+    assert engines.backends_for("cpu")[0] == "torch" and engines.backends_for("cuda:0")[0] == "cuda-fp32"
+    assert engines.PRECISION["cuda-fp16"] == "fp16" and engines.PRECISION["openvino"] == "fp32"
+
+
+def test_cuda_engines_say_why_they_cannot_run_here():
+    for name in engines.CUDA_BACKENDS:
+        assert "no CUDA device" in engines.unavailable(name, "cpu")
+    assert "runs on the CPU" in engines.unavailable("onnxruntime", "cuda:0")
+
+
+def test_cuda_requested_on_a_machine_without_one_is_named_at_load(tiny_cross_encoder_dir):
+    if engines.cuda_devices():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(core.ModelLoadError, match="RERANK_DEVICE=cuda but this machine has no CUDA device"):
+        core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, device="cuda")
+    scorer = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="cuda-fp16", device="auto")
+    assert scorer.backend.backend == "torch" and "no CUDA device" in scorer.backend.how  # serves, says why
+    assert scorer.backend.device == "cpu" and scorer.backend.as_dict()["precision"] == "fp32"
+
+
+def test_settings_read_rerank_device():
+    assert Settings.from_env({}).device == "auto" and Settings.from_env({"RERANK_DEVICE": "cuda:1"}).device == "cuda:1"
+    with pytest.raises(ValueError, match="RERANK_DEVICE must be"):
+        Settings.from_env({"RERANK_DEVICE": "tpu"})
+
+
+def test_device_sized_batching_spreads_a_request_over_the_workers():
+    from scoring.loading import batching_for
+    from scoring.scorer import spread_budget
+
+    assert batching_for("cpu")["token_budget"] == 1024 and batching_for("cuda:0")["token_budget"] == 65_536
+    lengths = [190] * 50  # a 50-document request of short passages
+    assert spread_budget(lengths, 1024, 2) == 1024  # two cores: the usual batches
+    sixteen = spread_budget(lengths, 1024, 16)
+    assert sixteen < 1024 and len(core.plan_batches(lengths, sixteen, 32)) <= 16  # one round over 16 cores
+    long = [340] * 50  # longer passages: a share is above the budget, batches grow to keep one round
+    assert len(core.plan_batches(long, spread_budget(long, 1024, 16), 32)) <= 16
+    assert spread_budget(long, 1024, 1) == 1024 and spread_budget([500], 1024, 16) >= 500
+    assert engines.workers_for("cpu") == (os.cpu_count() or 1) and engines.workers_for("cuda:0") == 1

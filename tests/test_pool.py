@@ -99,3 +99,21 @@ def test_a_swap_waits_until_no_request_is_in_flight():
     assert outcome["swapped"] is True and pool.choice.backend == "new"
     assert {engine for label, engine in log if label.startswith("t")} == {"old"}  # one request, one engine
     assert pool.map([_task("after")]) == ["after"] and log[-1] == ("after", "new")
+
+
+def test_background_work_yields_to_requests():
+    log: list = []
+    pool = _pool(1, log)
+    build = pool.ticket("index build", background=True)
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(b=pool.run(build, [(1, _task(f"bg{i}")) for i in range(20)])))
+    worker.start()
+    time.sleep(0.08)
+    with pool.ticket("request") as request:
+        pool.run(request, [(1, _task(f"req{i}")) for i in range(5)])
+    labels = [label for label, _ in log]
+    first_request = labels.index("req0")
+    assert labels[first_request:first_request + 5] == [f"req{i}" for i in range(5)]  # no background batch in between
+    worker.join(10)
+    build.__exit__(None, None, None)
+    assert len(done["b"]) == 20

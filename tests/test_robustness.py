@@ -107,7 +107,7 @@ def _settled(url: str, name: str, seconds: float = 1.0) -> float:
 
 
 def test_a_client_that_goes_away_stops_its_work(server):
-    docs = [f"document {i} " + "filler words " * 900 for i in range(20)]  # ~160 windows: seconds of work
+    docs = [f"document {i} " + " ".join(f"filler{i} words{j % 97}" for j in range(500)) for i in range(20)]  # ~10 s of work
     dropped = _metric(server, "rerank_batches_dropped_total")
     with pytest.raises(httpx.TimeoutException):
         httpx.post(f"{server}/v2/rerank", json={"query": "q", "documents": docs}, timeout=0.3)

@@ -79,7 +79,7 @@ def test_a_failed_index_build_leaves_nothing_behind(tmp_path, packaged_scorer):
     class Failing:
         fingerprint = packaged_scorer.fingerprint
 
-        def embed(self, texts, *, query=False):
+        def embed(self, texts, *, query=False, background=False):
             raise RuntimeError("embedding failed")
 
     with pytest.raises(RuntimeError):

@@ -9,6 +9,7 @@ by the fidelity gate in :mod:`scoring.choice`.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -19,10 +20,16 @@ from scoring.checkpoint import Layout
 from scoring.errors import BackendError
 from scoring.tokenizer import TextTokenizer
 
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8")
+CPU_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8")
+CUDA_BACKENDS = ("cuda-fp32", "cuda-fp16", "cuda-bf16")
+BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
 _NEEDS = {"torch": "torch", "torch-bf16": "torch", "onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime",
-          "openvino": "openvino", "openvino-bf16": "openvino"}
+          "openvino": "openvino", "openvino-bf16": "openvino", "cuda-fp32": "torch", "cuda-fp16": "torch",
+          "cuda-bf16": "torch"}
 NATIVE_BF16 = ("torch-bf16", "openvino-bf16")
+PRECISION = {"torch": "fp32", "torch-bf16": "bf16 (autocast)", "onnxruntime": "fp32", "openvino": "fp32",
+             "openvino-bf16": "bf16", "onnxruntime-int8": "int8 (dynamic)", "cuda-fp32": "fp32", "cuda-fp16": "fp16",
+             "cuda-bf16": "bf16"}
 
 
 class Engine(Protocol):
@@ -46,26 +53,98 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def unavailable(name: str) -> str | None:
-    """Why a backend cannot run on this machine, or None when it can."""
+def cuda_devices() -> int:
+    """How many CUDA devices torch sees (0 without torch or without a GPU)."""
+    if importlib.util.find_spec("torch") is None:
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(setting: str, *, cuda_count: int | None = None) -> str:
+    """``RERANK_DEVICE`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) as a torch device string.
+
+    ``auto`` takes the first GPU where there is one; asking for a GPU that is not there is an error that
+    says what is.
+    """
+    count = cuda_devices() if cuda_count is None else cuda_count
+    value = (setting or "auto").strip().lower()
+    if value == "auto":
+        return "cuda:0" if count > 0 else "cpu"
+    if value == "cpu":
+        return "cpu"
+    if value == "cuda" or value.startswith("cuda:"):
+        index = 0 if value == "cuda" else value.split(":", 1)[1]
+        if not str(index).isdigit():
+            raise ValueError(f"RERANK_DEVICE must be auto, cpu, cuda or cuda:N, got {setting!r}")
+        if int(index) >= count:
+            seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ValueError(f"RERANK_DEVICE={setting} but this machine has {seen}")
+        return f"cuda:{int(index)}"
+    raise ValueError(f"RERANK_DEVICE must be auto, cpu, cuda or cuda:N, got {setting!r}")
+
+
+def settle(backend: str, device_setting: str, *, cuda_count: int | None = None) -> tuple[str, str]:
+    """The (backend, device) to serve on from ``RERANK_BACKEND`` and ``RERANK_DEVICE``.
+
+    ``torch`` on a GPU is ``cuda-fp32``; a CPU-only runtime (ONNX Runtime, OpenVINO) with ``RERANK_DEVICE=auto``
+    runs on the CPU; asking for both a CPU-only runtime and a GPU is an error naming the two settings.
+    """
+    device = resolve_device(device_setting, cuda_count=cuda_count)
+    if device != "cpu" and backend in CPU_BACKENDS and backend != "torch":
+        if (device_setting or "auto").strip().lower() != "auto":
+            raise ValueError(f"RERANK_BACKEND={backend} runs on the CPU but RERANK_DEVICE={device_setting} asks for a GPU")
+        device = "cpu"
+    if device != "cpu" and backend == "torch":
+        backend = "cuda-fp32"
+    return backend, device
+
+
+def workers_for(device: str) -> int:
+    """Worker threads: one per core on the CPU (each with its own replica); one on a GPU, which runs a request's
+    pairs as one batch. Measured on an H200 (bench/gpu.py --diagnose): four threads sharing the model made fp16
+    forward passes 14x slower (cuDNN attention serialises across threads), one thread and one batch was fastest."""
+    return max(1, os.cpu_count() or 1) if device == "cpu" else 1
+
+
+def backends_for(device: str) -> tuple[str, ...]:
+    """The backends that run on ``device``; the first is its fp32 reference."""
+    return CPU_BACKENDS if device == "cpu" else CUDA_BACKENDS
+
+
+def unavailable(name: str, device: str = "cpu") -> str | None:
+    """Why a backend cannot run on this machine (on ``device``), or None when it can."""
     if name not in BACKENDS:
         return f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto"
     if importlib.util.find_spec(_NEEDS[name]) is None:
         return f"{_NEEDS[name]} is not installed"
     if name in NATIVE_BF16 and not cpu_has_native_bf16():
         return "this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 would be emulated"
+    if name in CUDA_BACKENDS:
+        if device == "cpu" or cuda_devices() == 0:
+            return "no CUDA device here (RERANK_DEVICE is cpu, or torch sees no GPU)"
+        import torch
+
+        if name == "cuda-bf16" and not torch.cuda.is_bf16_supported():
+            return f"{torch.cuda.get_device_name(device)} has no bf16 arithmetic"
+    elif device != "cpu":
+        return f"{name} runs on the CPU; the model is served on {device}"
     return None
 
 
 def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path | None,
-           threads: int = 1, trust_remote_code: bool = False, model=None):
+           threads: int = 1, trust_remote_code: bool = False, model=None, device: str = "cpu"):
     """One engine replica of ``name`` for a checkpoint (exporting to ``cache_dir`` first where needed)."""
     from scoring.engines import onnx_engines
     from scoring.engines.torch_engine import torch_engine
 
-    reason = unavailable(name)
+    reason = unavailable(name, device)
     if reason:
         raise BackendError(f"backend {name!r} is unavailable: {reason}")
+    if name in CUDA_BACKENDS:
+        return torch_engine(model_dir, layout, tokenizer, trust_remote_code=trust_remote_code, model=model,
+                            device=device, precision=name.split("-", 1)[1])
     if name in ("torch", "torch-bf16"):
         return torch_engine(model_dir, layout, tokenizer, bf16=name == "torch-bf16",
                             trust_remote_code=trust_remote_code, model=model)
@@ -87,8 +166,14 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
 
 
 def replicas(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path | None,
-             workers: int, trust_remote_code: bool = False, model=None) -> list:
-    """``workers`` engines of backend ``name``, each with its own tokenizer and one thread (torch: copies of one model)."""
+             workers: int, trust_remote_code: bool = False, model=None, device: str = "cpu") -> list:
+    """``workers`` engines of backend ``name``, each with its own tokenizer (CPU torch: copies of one model, one
+    thread each; CUDA: one model on the GPU shared by every worker, whose CPU work overlaps the others' GPU work)."""
+    if name in CUDA_BACKENDS:
+        first = create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir, trust_remote_code=trust_remote_code,
+                       model=model, device=device)
+        return [first] + [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir, model=first.model,
+                                 device=device) for _ in range(workers - 1)]
     if name in ("torch", "torch-bf16"):
         import copy
 

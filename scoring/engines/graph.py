@@ -32,12 +32,14 @@ class GraphEngine:
     """
 
     def __init__(self, name: str, tokenizer: TextTokenizer, layout: Layout, forward: Callable[[dict], np.ndarray],
-                 inputs: Sequence[str], *, model=None) -> None:
+                 inputs: Sequence[str], *, model=None, device: str = "cpu", pad_to_multiple_of: int | None = None) -> None:
         self.name, self.tokenizer, self.layout, self._forward, self._inputs = name, tokenizer, layout, forward, tuple(inputs)
-        self.model = model  # the torch module behind a torch engine (copied for more replicas)
+        self.model = model  # the torch module behind a torch engine (copied for more CPU replicas, shared on a GPU)
+        self.device = device
+        self._multiple = pad_to_multiple_of
 
     def _run(self, items) -> tuple[np.ndarray, np.ndarray]:
-        batch = self.tokenizer.batch(items, self.layout.max_length)
+        batch = self.tokenizer.batch(items, self.layout.max_length, pad_to_multiple_of=self._multiple)
         return self._forward({k: batch[k] for k in self._inputs}), batch["attention_mask"]
 
     def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
@@ -45,6 +47,12 @@ class GraphEngine:
         if not documents:
             return np.zeros(0, dtype=np.float32)
         logits, _ = self._run([(query, d) for d in documents])
+        return np.asarray(logits, dtype=np.float32).reshape(len(documents), -1)[:, 0]
+
+    def score_encoded(self, query, documents: Sequence) -> np.ndarray:
+        """Raw ranking logits of pairs already tokenized (the request's plan): no second tokenization."""
+        batch = self.tokenizer.pair_batch(query, documents, pad_to_multiple_of=self._multiple)
+        logits = self._forward({k: batch[k] for k in self._inputs})
         return np.asarray(logits, dtype=np.float32).reshape(len(documents), -1)[:, 0]
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:

@@ -37,20 +37,20 @@ class SentenceTransformersEngine:
                                  show_progress_bar=False), dtype=np.float32)
 
 
-def st_replicas(path: Path, mode: Mode, trust_remote_code: bool, workers: int
+def st_replicas(path: Path, mode: Mode, trust_remote_code: bool, workers: int, *, device: str = "cpu"
                 ) -> tuple[list[SentenceTransformersEngine], TextTokenizer, int]:
-    """``workers`` replicas of a sentence-transformers checkpoint, its tokenizer and its window."""
+    """``workers`` replicas of a sentence-transformers checkpoint (one shared model on a GPU), its tokenizer, its window."""
     import torch
     from sentence_transformers import CrossEncoder, SentenceTransformer
     from tokenizers import Tokenizer
 
     cls = CrossEncoder if mode == "cross-encoder" else SentenceTransformer
-    model = cls(str(path), device="cpu", local_files_only=True, trust_remote_code=trust_remote_code)
-    if workers > 1:
+    model = cls(str(path), device=device, local_files_only=True, trust_remote_code=trust_remote_code)
+    if workers > 1 and device == "cpu":
         torch.set_num_threads(1)
     max_length = int(getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or 512)
     layout = Layout(mode=mode, max_length=max_length)
     engines = [SentenceTransformersEngine(model, layout)] + [
-        SentenceTransformersEngine(copy.deepcopy(model), layout) for _ in range(workers - 1)]
+        SentenceTransformersEngine(copy.deepcopy(model) if device == "cpu" else model, layout) for _ in range(workers - 1)]
     tokenizer = TextTokenizer(Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str()), model.tokenizer.pad_token)
     return engines, tokenizer, max_length
