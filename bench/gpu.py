@@ -1,0 +1,359 @@
+"""Reranking on a CUDA GPU (and the same machine's CPU cores): the seed's way against ours, in one run.
+
+``python bench/gpu.py [--device cuda] [--tokenizer DIR] [--texts FILE.jsonl] [--reps 20] [--cpu-reps 3]``
+
+Runs where a GPU machine has only torch, transformers, sentence-transformers, numpy, pandas and
+onnxruntime (no gradio, fastapi or duckdb): it imports the scoring core alone. It builds a
+MiniLM-L6-shaped cross-encoder itself (random weights: speed and fidelity, not quality) with the
+tokenizer found in ``--tokenizer`` (default: the packaged all-MiniLM-L6-v2's, where installed), takes
+documents from ``--texts`` (one JSON object with a ``text`` per line, e.g. SciFact abstracts; default:
+the standard library's docstrings) and prints one table (long documents truncated as the seed does, so
+both sides compute the same pairs): the seed's way (``CrossEncoder.predict``,
+batch 32, fp32) and ours per precision: p50 for a 50-document request, pairs/s on 1,000 pairs and with
+8 concurrent requests, Spearman and max |diff| vs the seed's fp32 scores, peak GPU memory; then what
+``RERANK_BACKEND=auto`` picks there, and the CPU rows (the seed's way on every core vs ours).
+Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import rerank as core  # noqa: E402
+from scoring import engines  # noqa: E402
+from scoring.choice import spearman  # noqa: E402
+
+QUERIES = ["Which treatments reduce the risk of heart disease?", "How do bacteria become resistant to antibiotics?",
+           "What causes inflammation in the brain?", "Does exercise change gene expression in muscle?",
+           "How is insulin resistance linked to obesity?", "Which proteins control cell division?"]
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def build_cross_encoder(target: Path, tokenizer_dir: Path) -> Path:
+    """A cross-encoder of all-MiniLM-L6-v2's shape (6 layers, 384 wide, 12 heads) with random weights."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    vocab = sum(1 for _ in open(tokenizer_dir / "vocab.txt", encoding="utf-8"))
+    config = BertConfig(vocab_size=vocab, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, max_position_embeddings=512, num_labels=1)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).eval().save_pretrained(str(target))
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, target / name)
+    settings = json.loads((target / "tokenizer_config.json").read_text())
+    settings["model_max_length"] = 512
+    (target / "tokenizer_config.json").write_text(json.dumps(settings))
+    return target
+
+
+def load_texts(path: str | None, minimum: int) -> list[str]:
+    """Documents for the requests: the given JSONL's ``text`` fields, or the standard library's docstrings."""
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            texts = [json.loads(line)["text"] for line in handle if line.strip()]
+    else:
+        import corpus
+
+        texts = [p.text for p in corpus.builtin_passages()]
+    texts = [t for t in dict.fromkeys(texts) if len(t) > 200]
+    if len(texts) < minimum:
+        raise SystemExit(f"need {minimum} distinct documents, found {len(texts)}")
+    return texts
+
+
+def requests(texts: list[str], n: int, docs: int, offset: int = 0) -> list[tuple[str, list[str]]]:
+    """``n`` requests of ``docs`` fresh documents each (no document twice, so no cache can help)."""
+    return [(QUERIES[i % len(QUERIES)], texts[offset + i * docs: offset + (i + 1) * docs]) for i in range(n)]
+
+
+def sync(device: str) -> None:
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed(fn, reqs, device: str) -> tuple[list[float], list[np.ndarray]]:
+    """Latency of each request after one warm-up request, and the scores."""
+    fn(*reqs[0])
+    sync(device)
+    out, scores = [], []
+    for query, docs in reqs[1:]:
+        started = time.perf_counter()
+        scores.append(np.asarray(fn(query, docs), dtype=np.float64))
+        sync(device)
+        out.append(time.perf_counter() - started)
+    return out, scores
+
+
+def throughput(fn, reqs, clients: int) -> float:
+    """Pairs/s with ``clients`` threads sending their requests at once (one each when clients=1, in turn)."""
+    started = time.perf_counter()
+    if clients == 1:
+        for query, docs in reqs:
+            fn(query, docs)
+    else:
+        threads = [threading.Thread(target=lambda part=part: [fn(q, d) for q, d in part])
+                   for part in (reqs[k::clients] for k in range(clients))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return sum(len(d) for _, d in reqs) / (time.perf_counter() - started)
+
+
+def agreement(scores: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, float]:
+    """Mean Spearman and the largest absolute difference against the seed's fp32 scores, request by request."""
+    rho = float(np.mean([spearman(a, b) for a, b in zip(scores, reference, strict=True)]))
+    return rho, float(max(np.max(np.abs(a - b)) for a, b in zip(scores, reference, strict=True)))
+
+
+def peak_memory_reset(device: str) -> None:
+    if device != "cpu":
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: str) -> float:
+    if device == "cpu":
+        return float("nan")
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tokenizer", help="folder with tokenizer.json/vocab.txt (default: the packaged model's)")
+    parser.add_argument("--texts", help="JSONL of documents ({'text': ...} per line)")
+    parser.add_argument("--reps", type=int, default=20, help="50-document requests per variant")
+    parser.add_argument("--docs", type=int, default=50)
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--backends", help="comma-separated (default: every backend of the device)")
+    parser.add_argument("--cpu-reps", type=int, default=3, help="50-document requests for the CPU rows (0: none)")
+    parser.add_argument("--diagnose", action="store_true", help="only time forward passes per precision and attention")
+    parser.add_argument("--breakdown", action="store_true", help="only time the stages of scoring 1,000 pairs in fp16")
+    args = parser.parse_args()
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    device = engines.resolve_device(args.device)
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else core.packaged_model_path()
+    n_pairs = args.pairs // args.docs
+    texts = load_texts(args.texts, args.docs * (args.reps + 1 + 2 * n_pairs + 2 * args.clients))
+    gpu = torch.cuda.get_device_name(device) if device != "cpu" else "none"
+    print(f"device {device} ({gpu}); torch {torch.__version__}; {os.cpu_count()} CPU cores; {len(texts)} documents")
+    with tempfile.TemporaryDirectory() as tmp:
+        ce_dir = build_cross_encoder(Path(tmp) / "ce", tokenizer_dir)
+        reqs = requests(texts, args.reps + 1, args.docs)
+        if args.diagnose:
+            diagnose(ce_dir, reqs, device)
+            return 0
+        if args.breakdown:
+            breakdown(ce_dir, requests(texts, 3, 1000), device)
+            return 0
+        bulk = requests(texts, n_pairs, args.docs, offset=(args.reps + 1) * args.docs)
+        conc = requests(texts, 2 * args.clients, args.docs, offset=(args.reps + 1 + n_pairs) * args.docs)
+        seed = CrossEncoder(str(ce_dir), device=device, max_length=512)
+        seed_fn = lambda q, d, m=seed: m.predict([(q, x) for x in d], batch_size=32,  # noqa: E731
+                                                 show_progress_bar=False, activation_fn=torch.nn.Identity())
+        lengths = [len(seed.tokenizer(q, x, truncation=True, max_length=512)["input_ids"]) for q, d in reqs for x in d]
+        print(f"requests: {args.docs} documents, tokens per pair median {np.median(lengths):.0f} "
+              f"(mean {np.mean(lengths):.0f}, max {max(lengths)})")
+        rows = []
+        peak_memory_reset(device)
+        lat, reference = timed(seed_fn, reqs, device)
+        rows.append(("seed: CrossEncoder.predict bs=32 fp32", lat, throughput(seed_fn, bulk, 1),
+                     throughput(seed_fn, conc, args.clients), 1.0, 0.0, peak_memory(device)))
+        del seed, seed_fn  # its weights leave the GPU before ours are measured
+        if device != "cpu":
+            half = CrossEncoder(str(ce_dir), device=device, max_length=512, model_kwargs={"dtype": torch.float16})
+            half_fn = lambda q, d, m=half: m.predict([(q, x) for x in d], batch_size=64,  # noqa: E731
+                                                     show_progress_bar=False, activation_fn=torch.nn.Identity())
+            peak_memory_reset(device)
+            lat, scores = timed(half_fn, reqs, device)
+            rows.append(("seed, fp16 weights, bs=64 (for reference)", lat, throughput(half_fn, bulk, 1),
+                         throughput(half_fn, conc, args.clients), *agreement(scores, reference), peak_memory(device)))
+            del half, half_fn
+        names = args.backends.split(",") if args.backends else [b for b in engines.backends_for(device)
+                                                                 if engines.unavailable(b, device) is None]
+        for name in names:
+            peak_memory_reset(device)
+            loaded = core.load_scorer(str(ce_dir), allow_fallback=False, backend=name, device=device,
+                                      cache_dir=Path(tmp) / "cache")
+            scorer = core.Scorer(loaded.info, loaded, cache_size=0, token_budget=loaded._token_budget,
+                                 batch_size=loaded._batch_size)  # no cache hits: every pair is computed
+            fn = lambda q, d, s=scorer: core.rank(q, d, scorer=s, raw=True, long_documents="truncate").scores()  # noqa: E731
+            lat, scores = timed(fn, reqs, device)
+            label = f"ours: {loaded.backend.backend} ({scorer.workers} worker{'s' if scorer.workers > 1 else ''})"
+            rows.append((label, lat, throughput(fn, bulk, 1), throughput(fn, conc, args.clients),
+                         *agreement(scores, reference), peak_memory(device)))
+            del scorer, loaded
+        base = float(np.median(rows[0][1]))
+        print(f"{'variant':<44}{'p50 ms':>8}{'p95 ms':>8}{'x seed':>8}{'pairs/s 1k':>11}{'x seed':>8}"
+              f"{f'{args.clients} clients':>11}{'spearman':>10}{'max|diff|':>10}{'peak GiB':>9}")
+        for name, lat, bulk_tp, conc_tp, rho, diff, mem in rows:
+            p50 = float(np.median(lat))
+            print(f"{name:<44}{p50 * 1000:>8.1f}{np.percentile(lat, 95) * 1000:>8.1f}{base / p50:>8.2f}{bulk_tp:>11.0f}"
+                  f"{bulk_tp / rows[0][2]:>8.2f}{conc_tp:>11.0f}{rho:>10.4f}{diff:>10.4f}{mem:>9.2f}")
+        auto = core.load_scorer(str(ce_dir), allow_fallback=False, backend="auto", device=device,
+                                cache_dir=Path(tmp) / "cache")
+        started = time.perf_counter()
+        chosen = auto.tune(budget_s=120)
+        print(f"RERANK_BACKEND=auto on {device} picks {chosen.backend} ({time.perf_counter() - started:.1f} s to measure): "
+              + "; ".join(f"{m.backend} {m.seconds * 1000:.1f} ms rho {m.spearman:.4f}" if m.seconds is not None
+                          else f"{m.backend}: {m.note}" for m in chosen.measurements))
+        del auto
+        if args.cpu_reps and device != "cpu":
+            cpu_rows(ce_dir, reqs[: args.cpu_reps + 1], Path(tmp) / "cache")
+    return 0
+
+
+def diagnose(ce_dir: Path, reqs, device: str, reps: int = 10) -> None:
+    """Forward passes alone on one 50-document request's pairs: by precision, attention kernel, load path and threads."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from scoring.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_dir(ce_dir)
+    query, docs = reqs[1]
+    encoded = tok.encode_plain([query, *docs])
+    for e in encoded[1:]:
+        e.truncate(512 - len(encoded[0].ids) - 3)
+    full = tok.pair_batch(encoded[0], encoded[1:], pad_to_multiple_of=8)
+    quarters = [tok.pair_batch(encoded[0], encoded[1 + k::4], pad_to_multiple_of=8) for k in range(4)]
+
+    def run(model, batch) -> None:
+        with torch.inference_mode():
+            model(**{k: torch.from_numpy(v).to(device) for k, v in batch.items()}).logits.float().cpu()
+
+    def clock(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        return float(np.median(times)) * 1000
+
+    print(f"diagnose: one request, batch {full['input_ids'].shape}")
+    for dtype in ("float32", "float16", "bfloat16"):
+        for attn in ("sdpa", "eager"):
+            for how in ("to", "dtype="):
+                kwargs = {"attn_implementation": attn} | ({"dtype": getattr(torch, dtype)} if how == "dtype=" else {})
+                model = AutoModelForSequenceClassification.from_pretrained(str(ce_dir), **kwargs)
+                model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
+                one = clock(lambda m=model: run(m, full))
+
+                def threaded(m=model) -> None:
+                    threads = [threading.Thread(target=run, args=(m, q)) for q in quarters]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+
+                four = clock(threaded)
+                serial = clock(lambda m=model: [run(m, q) for q in quarters])
+                print(f"{dtype:<9} {attn:<6} load {how:<7} one batch {one:7.2f} ms; 4 quarters serial {serial:7.2f} ms; "
+                      f"4 threads {four:7.2f} ms")
+                del model
+    model = AutoModelForSequenceClassification.from_pretrained(str(ce_dir), attn_implementation="sdpa")
+    model = model.to(device=device, dtype=torch.float16).eval()
+    run(model, full)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run(model, full)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
+
+
+def breakdown(ce_dir: Path, reqs, device: str) -> None:
+    """Where the time of one 1,000-pair request goes on the GPU: planning, inputs, copies, forward passes."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from scoring import ranking
+    from scoring.scorer import plan_batches
+
+    kernels = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    loaded = core.load_scorer(str(ce_dir), allow_fallback=False, backend="cuda-fp16", device=device)
+    replica = loaded.pool.replicas[0]
+    model = replica.model
+    for query, docs in reqs:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        prepared = ranking.prepare(loaded, query, docs, long_documents="truncate")
+        t1 = time.perf_counter()
+        groups = plan_batches(prepared.plan.lengths, loaded._token_budget, loaded._batch_size)
+        stages = np.zeros(5)
+        for g in groups:
+            a = time.perf_counter()
+            batch = replica.tokenizer.pair_batch(prepared.plan.query_encoding, [prepared.plan.encodings[j] for j in g],
+                                                 pad_to_multiple_of=8)
+            b = time.perf_counter()
+            tensors = {k: torch.from_numpy(v).pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+            torch.cuda.synchronize()
+            c = time.perf_counter()
+            with torch.inference_mode(), sdpa_kernel(kernels):
+                out = model(**tensors).logits
+            torch.cuda.synchronize()
+            d = time.perf_counter()
+            out.float().cpu().numpy()
+            e = time.perf_counter()
+            with torch.inference_mode(), sdpa_kernel(kernels):
+                _ = model(input_ids=tensors["input_ids"], token_type_ids=tensors["token_type_ids"]).logits
+            torch.cuda.synchronize()
+            f = time.perf_counter()
+            stages += [b - a, c - b, d - c, e - d, f - e]
+        full = time.perf_counter()
+        core.rank(query, docs, scorer=loaded, raw=True, long_documents="truncate")
+        torch.cuda.synchronize()
+        whole = time.perf_counter() - full
+        print(f"1,000 pairs in {len(groups)} batches: prepare {(t1 - t0) * 1000:.1f} ms, inputs {stages[0] * 1000:.1f}, "
+              f"to GPU {stages[1] * 1000:.1f}, forward {stages[2] * 1000:.1f} (without the mask "
+              f"{stages[4] * 1000:.1f}), back {stages[3] * 1000:.1f} ms; rank() end to end {whole * 1000:.1f} ms")
+
+
+def cpu_rows(ce_dir: Path, reqs, cache: Path) -> None:
+    """The same machine without its GPU: the seed's way on every core (torch's threads) vs ours (one worker a core)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    seed = CrossEncoder(str(ce_dir), device="cpu", max_length=512)
+    seed_lat, _ = timed(lambda q, d, m=seed: m.predict([(q, x) for x in d], batch_size=32, show_progress_bar=False),
+                        reqs, "cpu")
+    ours = core.load_scorer(str(ce_dir), allow_fallback=False, backend="torch", device="cpu", cache_dir=cache)
+    ours = core.Scorer(ours.info, ours, cache_size=0)
+    our_lat, _ = timed(lambda q, d: core.rank(q, d, scorer=ours, raw=True, long_documents="truncate").scores(), reqs, "cpu")
+    s, o = float(np.median(seed_lat)), float(np.median(our_lat))
+    print(f"CPU only, {cores} cores, {len(reqs) - 1} requests of {len(reqs[0][1])} documents: seed p50 {s * 1000:.0f} ms "
+          f"(torch, {cores} threads); ours (torch fp32, {ours.workers} workers x 1 thread) p50 {o * 1000:.0f} ms = "
+          f"{s / o:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
