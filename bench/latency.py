@@ -9,7 +9,8 @@ head) and prints one table:
     pairs/s, the ratio to the seed's way, the fraction of the hardware floor (matmul measured here)
     and rankings agreement with fp32 torch (Spearman, top-5 overlap);
 (b) 1,000 pairs of throughput; (c) 8 concurrent gradio_client clients against the seed's app
-    (``bench/seed_app.py``) and ours over HTTP; (d) cold start to the first answer; (e) peak RSS.
+    (``bench/seed_app.py``) and ours over HTTP; (d) cold start to the first answer; (e) peak RSS;
+(f) ``--first-minute``: request latency in the first minute after a fresh start against steady state.
 Scripts, not tests: nothing here asserts a time.
 """
 
@@ -116,7 +117,13 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=1000, help="pairs for the throughput row")
     parser.add_argument("--no-server", action="store_true", help="skip the app-level rows (HTTP clients, cold start)")
     parser.add_argument("--cold-only", action="store_true", help="only (d), the app's cold start")
+    parser.add_argument("--first-minute", action="store_true",
+                        help="only (f): request latency in the first minute after a fresh start vs steady state")
     args = parser.parse_args()
+    if args.first_minute:
+        with tempfile.TemporaryDirectory() as tmp:
+            first_minute(Path(tmp))
+        return 0
     if args.cold_only:
         with tempfile.TemporaryDirectory() as tmp:
             cold_start_rows(Path(tmp))
@@ -311,6 +318,61 @@ def cold_start_rows(tmp: Path) -> None:
         proc.terminate()
         proc.wait(30)
         print(f"(d) python app.py, embedded default, {attempt}: first answer after {cold:.1f} s; backend {info}")
+
+
+def first_minute(tmp: Path, seconds: float = 60.0) -> None:
+    """(f) ``python app.py`` on an empty cache with the built-in corpus: 50-document /v2/rerank requests one after
+    another for a minute from the moment the port opens (the index builds meanwhile), then the same kind of requests
+    once the index is built; p50 of each and their ratio."""
+    import subprocess
+
+    import httpx
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import load
+
+    port = load._free_port()
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2", "RAG_AUGMENT_CACHE": str(tmp / "fresh-cache"),
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    env.pop("CORPUS_PATH", None)
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=(tmp / "first-minute.log").open("w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            if proc.poll() is not None or time.perf_counter() - started > 400:
+                raise RuntimeError(f"app.py did not open its port; see {tmp}/first-minute.log")
+        opened = time.perf_counter() - started
+        texts = [p.text for p in corpus.builtin_passages(modules={"asyncio", "email", "typing", "logging", "http"})]
+        rng = np.random.default_rng(3)
+
+        def one() -> float:
+            docs = [f"{texts[int(i)]} ({rng.random():.6f})" for i in rng.integers(0, len(texts), 50)]
+            t = time.perf_counter()
+            httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": docs}, timeout=120).raise_for_status()
+            return time.perf_counter() - t
+
+        early, deadline = [], time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            early.append(one())
+        from gradio_client import Client
+
+        Client(url, verbose=False).predict(query="json", k=1, api_name="/similarity_search")  # waits for the index
+        ready = time.perf_counter() - started
+        steady = [one() for _ in range(len(early))]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    e, st = float(np.median(early)), float(np.median(steady))
+    print(f"(f) fresh start, embedded default, built-in corpus: port open after {opened:.1f} s (backends measured "
+          f"first), index ready after {ready:.1f} s; 50-document requests: p50 {e:.2f} s in the first {seconds:.0f} s "
+          f"({len(early)} requests), {st:.2f} s once the index was built = {e / st:.2f}x")
 
 
 def httpx_info(port: int) -> str:
