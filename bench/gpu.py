@@ -152,6 +152,7 @@ def main() -> int:
     parser.add_argument("--cpu-reps", type=int, default=3, help="50-document requests for the CPU rows (0: none)")
     parser.add_argument("--diagnose", action="store_true", help="only time forward passes per precision and attention")
     parser.add_argument("--breakdown", action="store_true", help="only time the stages of scoring 1,000 pairs in fp16")
+    parser.add_argument("--tokenize", action="store_true", help="only time tokenizing 1,000 documents, whole and in chunks")
     args = parser.parse_args()
     import torch
     from sentence_transformers import CrossEncoder
@@ -167,6 +168,9 @@ def main() -> int:
         reqs = requests(texts, args.reps + 1, args.docs)
         if args.diagnose:
             diagnose(ce_dir, reqs, device)
+            return 0
+        if args.tokenize:
+            tokenize_rates(ce_dir, texts[:1000])
             return 0
         if args.breakdown:
             breakdown(ce_dir, requests(texts, 3, 1000), device)
@@ -287,6 +291,27 @@ def diagnose(ce_dir: Path, reqs, device: str, reps: int = 10) -> None:
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
+
+
+def tokenize_rates(ce_dir: Path, docs: list[str]) -> None:
+    """Tokenizing one request's 1,000 documents: one call, and in chunks on several threads with their own copies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scoring.tokenizer import TextTokenizer
+
+    base = TextTokenizer.from_dir(ce_dir)
+    print(f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')!r}")
+    for threads in (1, 2, 4, 8, 16):
+        copies = [base.copy() for _ in range(threads)]
+        chunks = [docs[k::threads] for k in range(threads)]
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda a: a[0].encode_plain(a[1]), zip(copies, chunks, strict=True)))
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                list(pool.map(lambda a: a[0].encode_plain(a[1]), zip(copies, chunks, strict=True)))
+                times.append(time.perf_counter() - started)
+        print(f"{threads:>2} thread(s): {np.median(times) * 1000:.1f} ms for {len(docs)} documents")
 
 
 def breakdown(ce_dir: Path, reqs, device: str) -> None:

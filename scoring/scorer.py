@@ -161,20 +161,20 @@ class Scorer:
         specials = self._pool.tokenizer.special_tokens(pair=cross)
         encoded = self._pool.encode([query, *texts] if cross else texts)
         query_encoding = encoded.pop(0) if cross else None
-        query_tokens = len(query_encoding.ids) if cross else 0
+        query_tokens = len(query_encoding) if cross else 0
         window = max(32 if cross else 8, self.info.max_length - min(query_tokens, self.info.max_length // 2) - specials)
         units: list[str] = []
         owners: list[int] = []
         pieces: list = []
         for i, (text, encoding) in enumerate(zip(texts, encoded, strict=True)):
-            whole = len(encoding.ids)
+            whole = len(encoding)
             for piece in _windows(encoding, window, chunk=long_documents == "chunk", max_tokens=max_tokens_per_doc,
                                   from_end=truncate_left):
-                units.append(text if len(piece.ids) == whole or not piece.offsets else
+                units.append(text if len(piece) == whole or not len(piece) else
                              text[piece.offsets[0][0]:piece.offsets[-1][1]])
                 owners.append(i)
                 pieces.append(piece)
-        lengths = [min(self.info.max_length, query_tokens + len(p.ids) + specials) for p in pieces]
+        lengths = [min(self.info.max_length, query_tokens + len(p) + specials) for p in pieces]  # len(): no id list built
         fits = cross and query_tokens + window + specials <= self.info.max_length  # else: the tokenizer truncates
         return Plan(query, units, np.asarray(owners, dtype=np.int64), lengths, len(texts),
                     query_encoding if fits else None, pieces if fits else None)
@@ -325,9 +325,9 @@ class Scorer:
 def _windows(encoding, window: int, *, chunk: bool, max_tokens: int | None, from_end: bool) -> list:
     """A text's tokens cut for scoring: whole where they fit the window; else one window (its start, or its end)
     or overlapping windows every 3/4 of a window (the best one scores the text)."""
-    if max_tokens and len(encoding.ids) > max_tokens:
+    if max_tokens and len(encoding) > max_tokens:
         encoding.truncate(max_tokens)
-    if len(encoding.ids) <= window:
+    if len(encoding) <= window:
         return [encoding]
     if not chunk:
         encoding.truncate(window, direction="left" if from_end else "right")

@@ -112,7 +112,7 @@ class TextTokenizer:
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens in each text, without special tokens and without truncation."""
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [len(e) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def batch(self, inputs: Sequence[str] | Sequence[tuple[str, str]], max_length: int, *,
               pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
