@@ -297,8 +297,28 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
 
 def complete(prepared: Prepared, *, ticket: Ticket | None = None) -> Ranking:
     """Score a prepared request and rank it."""
+    return _ranked(prepared, prepared.scorer.score_plan(prepared.plan, raw=prepared.raw, ticket=ticket))
+
+
+def complete_many(prepared: Sequence[Prepared], *, ticket: Ticket | None = None) -> list[Ranking]:
+    """Score several prepared requests together (one model, the same raw/normalised choice): a cross-encoder's
+    pairs of all of them share forward passes. Requests for different models or score kinds are scored apart."""
+    out: dict[int, Ranking] = {}
+    groups: dict[tuple, list[int]] = {}
+    for n, p in enumerate(prepared):
+        groups.setdefault((id(p.scorer), p.raw), []).append(n)
+    for members in groups.values():
+        first = prepared[members[0]]
+        scores = first.scorer.score_plans([prepared[n].plan for n in members], raw=first.raw, ticket=ticket)
+        for n, model_scores in zip(members, scores, strict=True):
+            out[n] = _ranked(prepared[n], model_scores)
+    return [out[n] for n in range(len(prepared))]
+
+
+def _ranked(prepared: Prepared, model_scores: np.ndarray) -> Ranking:
+    """The ranking from a request's model scores: fused where asked, best first, cut to top_n."""
     p = prepared
-    model_scores = p.scorer.score_plan(p.plan, raw=p.raw, ticket=ticket).astype(np.float64)
+    model_scores = np.asarray(model_scores, dtype=np.float64)
     mode = p.scorer.info.mode
     scores = p.policy.combine(mode, model_scores, p.first_stage)
     order = np.argsort(-scores, kind="stable")

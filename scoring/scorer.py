@@ -9,7 +9,7 @@ A text longer than the model's window is scored by its best window of overlappin
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -193,43 +193,72 @@ class Scorer:
 
     def score_plan(self, plan: Plan, *, raw: bool = False, ticket: Ticket | None = None) -> np.ndarray:
         """Scores of a planned request: each document's best window."""
-        if plan.documents == 0:
-            return np.zeros(0, dtype=np.float32)
+        return self.score_plans([plan], raw=raw, ticket=ticket)[0]
+
+    def score_plans(self, plans: Sequence[Plan], *, raw: bool = False, ticket: Ticket | None = None) -> list[np.ndarray]:
+        """Scores of several planned requests; a cross-encoder's pairs of every request share its batches, so
+        concurrent requests fill forward passes together (Ray Serve's ``@serve.batch`` hands them over at once)."""
         if ticket is None:
             with self._pool.ticket() as own:
-                return self.score_plan(plan, raw=raw, ticket=own)
-        unit_scores = self._score_units(plan, raw=raw, ticket=ticket)
-        if len(plan.units) == plan.documents:
-            return unit_scores
-        best = np.full(plan.documents, -np.inf, dtype=np.float32)
-        np.maximum.at(best, plan.owners, unit_scores)
-        return best
+                return self.score_plans(plans, raw=raw, ticket=own)
+        shared = (self.info.mode == "cross-encoder" and all(p.encodings is not None for p in plans)
+                  and hasattr(self._pool.replicas[0], "score_encoded_pairs"))
+        if shared:
+            flat = self._encoded_logits([(p, i) for p in plans for i in range(len(p.units))], ticket)
+            per_plan, start = [], 0
+            for p in plans:
+                logits = flat[start:start + len(p.units)]
+                start += len(p.units)
+                per_plan.append(logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32))
+        else:
+            per_plan = [self._score_units(p, raw=raw, ticket=ticket) if p.documents else np.zeros(0, np.float32)
+                        for p in plans]
+        out = []
+        for p, unit_scores in zip(plans, per_plan, strict=True):
+            if p.documents == 0 or len(p.units) == p.documents:
+                out.append(unit_scores if p.documents else np.zeros(0, dtype=np.float32))
+                continue
+            best = np.full(p.documents, -np.inf, dtype=np.float32)
+            np.maximum.at(best, p.owners, unit_scores)
+            out.append(best)
+        return out
+
+    def _encoded_logits(self, items: Sequence[tuple[Plan, int]], ticket: Ticket) -> np.ndarray:
+        """Raw logits of (plan, unit) pairs from their tokens, batched together whatever request each comes from."""
+        engine = self.backend.backend
+        keys = [cache_key(engine, p.query, p.units[i]) for p, i in items]
+
+        def score(replica, positions: list[int]) -> np.ndarray:
+            return replica.score_encoded_pairs([(items[m][0].query_encoding, items[m][0].encodings[items[m][1]])
+                                                for m in positions])
+
+        return self._cached_logits(keys, [p.lengths[i] for p, i in items], score, ticket)
+
+    def _cached_logits(self, keys: list[bytes], lengths: list[int], score: Callable, ticket: Ticket) -> np.ndarray:
+        """Logits from the cache where it has them; the rest computed in batches under a token budget."""
+        found = self._cache.get_many(keys)
+        logits = np.array([found[k] if k in found else np.nan for k in keys], dtype=np.float32)
+        todo = [j for j, k in enumerate(keys) if k not in found]
+        if todo:
+            sizes = [lengths[j] for j in todo]
+            groups = plan_batches(sizes, spread_budget(sizes, self._token_budget, self.workers, self._batch_size),
+                                  self._batch_size)
+            outputs = self._pool.run(ticket, [(max(sizes[m] for m in g) * len(g),
+                                               lambda replica, g=g: score(replica, [todo[m] for m in g])) for g in groups])
+            for group, out in zip(groups, outputs, strict=True):
+                logits[[todo[m] for m in group]] = np.asarray(out, dtype=np.float32).reshape(len(group))
+            self._cache.put_many({keys[j]: np.float32(logits[j]) for j in todo})
+        return logits
 
     def _score_units(self, plan: Plan, *, raw: bool, ticket: Ticket) -> np.ndarray:
-        """One forward pass per unit (batched), cached by engine, query and text."""
+        """One forward pass per unit (batched) from the texts, cached by engine, query and text."""
         if self.info.mode == "embedding":
             vectors, q = self._embed(plan.units, ticket, lengths=plan.lengths, query=plan.query)
             cosine = np.asarray((vectors * q).sum(axis=1), dtype=np.float32)  # row by row: equal texts tie exactly
             return cosine if raw else (cosine + 1.0) / 2.0
-        engine, query = self.backend.backend, plan.query
-        keys = [cache_key(engine, query, u) for u in plan.units]
-        found = self._cache.get_many(keys)
-        logits = np.array([found[k] if k in found else np.nan for k in keys], dtype=np.float32)
-        todo = [i for i, k in enumerate(keys) if k not in found]
-        if todo:
-            lengths = [plan.lengths[i] for i in todo]
-            budget = spread_budget(lengths, self._token_budget, self.workers, self._batch_size)
-            groups = plan_batches(lengths, budget, self._batch_size)
-            def task(replica, g):
-                if plan.encodings is not None and hasattr(replica, "score_encoded"):
-                    return replica.score_encoded(plan.query_encoding, [plan.encodings[todo[j]] for j in g])
-                return replica.score_pairs(query, [plan.units[todo[j]] for j in g])
-
-            outputs = self._pool.run(ticket, [(max(lengths[j] for j in g) * len(g), lambda replica, g=g: task(replica, g))
-                                              for g in groups])
-            for group, out in zip(groups, outputs, strict=True):
-                logits[[todo[j] for j in group]] = np.asarray(out, dtype=np.float32).reshape(len(group))
-            self._cache.put_many({keys[i]: np.float32(logits[i]) for i in todo})
+        keys = [cache_key(self.backend.backend, plan.query, u) for u in plan.units]
+        logits = self._cached_logits(keys, plan.lengths, lambda replica, positions: replica.score_pairs(
+            plan.query, [plan.units[m] for m in positions]), ticket)
         return logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
     def embed(self, texts: Sequence[str], *, query: bool = False, ticket: Ticket | None = None,

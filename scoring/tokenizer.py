@@ -61,21 +61,26 @@ class TextTokenizer:
     def pair_batch(self, query, documents: Sequence, *, pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
         """Model inputs for (query, document) pairs from already tokenized parts: the checkpoint's own template,
         filled in bulk (nothing is tokenized again)."""
-        template = self._pair_template(query)
-        if template is None:
-            return self._pair_batch_one_by_one(query, documents, pad_to_multiple_of)
-        head, head_types, doc_type, tail, tail_types = template
-        rows = [d.ids for d in documents]
-        h, t = len(head), len(tail)
-        width = h + max(map(len, rows)) + t
+        return self.mixed_pair_batch([(query, d) for d in documents], pad_to_multiple_of=pad_to_multiple_of)
+
+    def mixed_pair_batch(self, pairs: Sequence[tuple], *, pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for (query, document) pairs whose queries may differ (concurrent requests sharing a batch)."""
+        templates: dict[int, tuple | None] = {}
+        for query, _ in pairs:
+            if id(query) not in templates:
+                templates[id(query)] = self._pair_template(query)
+        if any(t is None for t in templates.values()):
+            return self._pair_batch_one_by_one(pairs, pad_to_multiple_of)
+        rows = [(templates[id(q)], d.ids) for q, d in pairs]
+        width = max(len(t[0]) + len(r) + len(t[3]) for t, r in rows)
         if pad_to_multiple_of:
             width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
         ids = np.full((len(rows), width), self._pad[0], dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         types = np.zeros((len(rows), width), dtype=np.int64)
-        ids[:, :h], types[:, :h] = head, head_types
-        for r, row in enumerate(rows):
-            n = len(row)
+        for r, ((head, head_types, doc_type, tail, tail_types), row) in enumerate(rows):
+            h, n, t = len(head), len(row), len(tail)
+            ids[r, :h], types[r, :h] = head, head_types
             ids[r, h:h + n], types[r, h:h + n] = row, doc_type
             ids[r, h + n:h + n + t], types[r, h + n:h + n + t] = tail, tail_types
             mask[r, :h + n + t] = 1
@@ -97,8 +102,8 @@ class TextTokenizer:
             return None
         return head, a.type_ids[:h], types.pop(), tail, a.type_ids[h + len(one.ids):]
 
-    def _pair_batch_one_by_one(self, query, documents: Sequence, pad_to_multiple_of: int | None) -> dict[str, np.ndarray]:
-        merged = [self._tok.post_process(query, d, add_special_tokens=True) for d in documents]
+    def _pair_batch_one_by_one(self, pairs: Sequence[tuple], pad_to_multiple_of: int | None) -> dict[str, np.ndarray]:
+        merged = [self._tok.post_process(q, d, add_special_tokens=True) for q, d in pairs]
         width = max(len(m.ids) for m in merged)
         if pad_to_multiple_of:
             width = -(-width // pad_to_multiple_of) * pad_to_multiple_of

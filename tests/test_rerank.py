@@ -261,3 +261,19 @@ def test_cross_encoder_pair_scores_are_cached(tiny_scorer):
     np.testing.assert_allclose(1 / (1 + np.exp(-raw)), first, rtol=1e-5)
     other_query = tiny_scorer.score("a different question", texts)
     assert not np.allclose(other_query, first)
+
+
+def test_concurrent_requests_share_forward_passes(tiny_scorer):
+    from scoring import ranking
+
+    requests = [(f"question {n} about {topic}", [f"{topic} fact {k} for request {n}" for k in range(6)])
+                for n, topic in enumerate(["bread", "football", "tulips", "AI"])]
+    prepared = [ranking.prepare(tiny_scorer, q, d) for q, d in requests]
+    before = tiny_scorer.pool.batches_run
+    together = ranking.complete_many(prepared)
+    shared = tiny_scorer.pool.batches_run - before
+    apart = [core.rank(q, d, scorer=core.Scorer(tiny_scorer.info, tiny_scorer, cache_size=0)) for q, d in requests]
+    for a, b in zip(together, apart, strict=True):
+        assert [r.index for r in a] == [r.index for r in b]
+        np.testing.assert_allclose([r.score for r in a], [r.score for r in b], rtol=1e-5)
+    assert shared <= tiny_scorer.workers < len(requests)  # 24 pairs of 4 requests in one round of batches

@@ -51,9 +51,13 @@ class GraphEngine:
 
     def score_encoded(self, query, documents: Sequence) -> np.ndarray:
         """Raw ranking logits of pairs already tokenized (the request's plan): no second tokenization."""
-        batch = self.tokenizer.pair_batch(query, documents, pad_to_multiple_of=self._multiple)
+        return self.score_encoded_pairs([(query, d) for d in documents])
+
+    def score_encoded_pairs(self, pairs: Sequence[tuple]) -> np.ndarray:
+        """Raw ranking logits of tokenized (query, document) pairs; the queries may differ (requests sharing a batch)."""
+        batch = self.tokenizer.mixed_pair_batch(pairs, pad_to_multiple_of=self._multiple)
         logits = self._forward({k: batch[k] for k in self._inputs})
-        return np.asarray(logits, dtype=np.float32).reshape(len(documents), -1)[:, 0]
+        return np.asarray(logits, dtype=np.float32).reshape(len(pairs), -1)[:, 0]
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         """Unit-length embeddings, one row per text (embedding models)."""
