@@ -252,9 +252,9 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
     @api.post("/v2/rerank", dependencies=guards, response_model=CohereV2Response, tags=["rerank"])
     async def cohere_v2(body: CohereV2Request, request: Request, response: Response) -> dict:
         """Cohere v2 rerank: relevance of each document, best first."""
-        ranking = await service.run(service.rank, body.query, body.documents, face="http", route="/v2/rerank",
-                                    model=body.model, max_tokens_per_doc=body.max_tokens_per_doc,
-                                    disconnected=request.is_disconnected)
+        ranking = await service.rank_async(body.query, body.documents, face="http", route="/v2/rerank",
+                                           model=body.model, max_tokens_per_doc=body.max_tokens_per_doc,
+                                           disconnected=request.is_disconnected)
         response.headers["X-Rerank-Model"] = ranking.model.name
         return {"id": str(uuid.uuid4()), "model": ranking.model.name,
                 "results": [{"index": r.index, "relevance_score": r.score} for r in ranking.with_duplicates()[: body.top_n]],
@@ -264,8 +264,8 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
     async def cohere_v1(body: CohereV1Request, request: Request, response: Response) -> dict:
         """Cohere v1 / Jina rerank: strings or objects, ``document`` returned only when asked."""
         texts = [_v1_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
-        ranking = await service.run(service.rank, body.query, texts, face="http", route="/v1/rerank", model=body.model,
-                                    max_tokens_per_doc=body.max_tokens_per_doc, disconnected=request.is_disconnected)
+        ranking = await service.rank_async(body.query, texts, face="http", route="/v1/rerank", model=body.model,
+                                           max_tokens_per_doc=body.max_tokens_per_doc, disconnected=request.is_disconnected)
         response.headers["X-Rerank-Model"] = ranking.model.name
         results = []
         for r in ranking.with_duplicates()[: body.top_n]:
@@ -282,10 +282,10 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
               tags=["rerank"])
     async def tei(body: TeiRequest, request: Request, response: Response) -> list[dict]:
         """Hugging Face Text Embeddings Inference rerank: a bare list, best first."""
-        ranking = await service.run(service.rank, body.query, body.texts, face="http", route="/rerank", raw=body.raw_scores,
-                                    long_documents="truncate" if body.truncate else "chunk",
-                                    truncate_left=body.truncation_direction.lower() == "left",
-                                    disconnected=request.is_disconnected)
+        ranking = await service.rank_async(body.query, body.texts, face="http", route="/rerank", raw=body.raw_scores,
+                                           long_documents="truncate" if body.truncate else "chunk",
+                                           truncate_left=body.truncation_direction.lower() == "left",
+                                           disconnected=request.is_disconnected)
         response.headers["X-Rerank-Model"] = ranking.model.name
         return [{"index": r.index, "score": r.score, **({"text": body.texts[r.index]} if body.return_text else {})}
                 for r in ranking.with_duplicates()]

@@ -298,11 +298,11 @@ def start_retriever(settings: Settings, embedder: core.Scorer) -> rc.Retriever:
 
 def build_server(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None,
                  extra_scorers: list[core.Scorer] | None = None, *, mcp_server: bool = True,
-                 embedder: core.Scorer | None = None):
+                 embedder: core.Scorer | None = None, service: Service | None = None):
     """The FastAPI app with the rerank HTTP APIs and the Gradio app mounted at /, behind one service and one key."""
     from api import create_api
 
-    service = build_service(settings, scorer, retriever, extra_scorers, embedder=embedder)
+    service = service or build_service(settings, scorer, retriever, extra_scorers, embedder=embedder)
     api = create_api(service)
     demo = build_demo(settings, scorer, retriever, service=service)
     server = gr.mount_gradio_app(api, demo, path="/", mcp_server=mcp_server, max_file_size=settings.max_upload_bytes)

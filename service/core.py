@@ -90,7 +90,8 @@ class Service:
     """Ranks for every face, with one key, one set of limits, one queue and one set of metrics."""
 
     def __init__(self, models: Models, *, limits: Limits = Limits(), api_key: str | None = None,
-                 policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None) -> None:
+                 policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None,
+                 batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None) -> None:
         from retrieval_client import NoRetriever
 
         self.models = models
@@ -99,6 +100,7 @@ class Service:
         self.policy = policy
         self.retriever = retriever or NoRetriever()
         self.embedder = embedder
+        self.batcher = batcher
         self.metrics = ServiceMetrics(self.scorers)
         self._executor = ThreadPoolExecutor(max_workers=limits.max_in_flight + 8, thread_name_prefix="service")
         self._in_flight = 0
@@ -185,9 +187,9 @@ class Service:
 
     # --- ranking ---------------------------------------------------------------------------------
 
-    def _rank(self, call: Call, query: str, documents: Sequence[object], *, model: str | None = None,
-              **options) -> Ranking:
-        """Check, plan, enforce the cost budget, then score under a fair, cancellable ticket."""
+    def _prepare(self, call: Call, query: str, documents: Sequence[object], *, model: str | None = None,
+                 **options) -> ranking.Prepared:
+        """Check and plan a request, and enforce the cost budget (no forward pass yet)."""
         scorer = self.models.pick(model)
         options.setdefault("policy", self.policy)
         prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents, **options)
@@ -196,7 +198,12 @@ class Service:
             raise TooLarge(f"the request needs {prepared.cost:,} tokens ({prepared.plan.windows:,} windows of query "
                            f"+ document); the limit is {self.limits.max_request_tokens:,} (RERANK_MAX_REQUEST_TOKENS)")
         self.metrics.cost.labels(call.face).observe(prepared.cost)
-        with call.token.open(scorer.pool, call.id) as ticket:
+        return prepared
+
+    def _rank(self, call: Call, query: str, documents: Sequence[object], **options) -> Ranking:
+        """Check, plan, enforce the cost budget, then score under a fair, cancellable ticket."""
+        prepared = self._prepare(call, query, documents, **options)
+        with call.token.open(prepared.scorer.pool, call.id) as ticket:
             return ranking.complete(prepared, ticket=ticket)
 
     def rank(self, query: str, documents: Sequence[object], *, face: str = "python", route: str = "rank",
@@ -204,6 +211,18 @@ class Service:
         """Rank texts for a query (see :func:`scoring.ranking.rank` for ``options``; ``model`` picks by name)."""
         with self.call(face, route, token) as call:
             return self._rank(call, query, documents, **options)
+
+    async def rank_async(self, query: str, documents: Sequence[object], *, face: str, route: str,
+                         disconnected: Callable[[], Awaitable[bool]] | None = None, **options) -> Ranking:
+        """:meth:`rank` for the async faces. With a ``batcher`` (Ray Serve's ``@serve.batch``), requests are
+        planned on the service's threads and handed to it, so concurrent requests share forward passes."""
+        if self.batcher is None:
+            return await self.run(self.rank, query, documents, face=face, route=route, disconnected=disconnected,
+                                  **options)
+        with self.call(face, route) as call:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(self._prepare, call, query, documents, **options))
+            return await self.batcher(prepared)
 
     def rank_table(self, query: str, documents: object, top_n: int | None = None, *, face: str = "python",
                    route: str = "rank_table", token: CancelToken | None = None,

@@ -1,0 +1,98 @@
+"""rag-augment on Ray Serve on this machine: 1 and 2 replicas, @serve.batch on and off, under 8 concurrent clients.
+
+``python bench/scale.py [--clients 8] [--seconds 30] [--docs 20]`` starts a local Ray head with
+``scale_out.up`` for each configuration (a MiniLM-L6-shaped cross-encoder built from the packaged
+weights, torch), sends fresh 20-document /v2/rerank requests from ``--clients`` threads for
+``--seconds``, prints pairs/s and p50/p95, then stops the cluster. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import latency  # noqa: E402
+import load  # noqa: E402
+
+import scale_out  # noqa: E402
+
+
+def drive(url: str, clients: int, seconds: float, docs: int) -> dict:
+    """``clients`` threads sending fresh requests for ``seconds``: pairs/s, p50, p95, errors."""
+    lat: list[float] = []
+    counts = {"errors": 0, "pairs": 0}
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        rng = random.Random(k)
+        with httpx.Client(timeout=120) as http:
+            while time.monotonic() < deadline:
+                batch = load.make_documents(rng, docs)
+                started = time.perf_counter()
+                response = http.post(f"{url}/v2/rerank", json={"query": latency.QUERY, "documents": batch})
+                with lock:
+                    if response.status_code == 200:
+                        lat.append(time.perf_counter() - started)
+                        counts["pairs"] += len(batch)
+                    else:
+                        counts["errors"] += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    return {"pairs_s": counts["pairs"] / wall, "p50": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
+            "requests": len(lat), "errors": counts["errors"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--docs", type=int, default=20)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = latency.build_cross_encoder(Path(tmp) / "ce")
+        os.environ.update(RERANK_MODEL=str(model), RERANK_BACKEND="torch", RAG_AUGMENT_CACHE=str(Path(tmp) / "cache"),
+                          HF_HUB_OFFLINE="1")
+        scale_out.STATE = Path(tmp) / "state.json"
+        for replicas, batch in ((1, 1), (1, 16), (2, 1), (2, 16)):
+            port = scale_out._free_port()
+            started = time.perf_counter()
+            scale_out.up(port, ROOT / "serve_config.yaml", cpus=os.cpu_count(), replicas=replicas, max_batch_size=batch)
+            up_s = time.perf_counter() - started
+            try:
+                url = f"http://127.0.0.1:{port}"
+                drive(url, args.clients, 5, args.docs)  # warm-up
+                rows.append((replicas, batch, up_s, drive(url, args.clients, args.seconds, args.docs)))
+            finally:
+                scale_out.down()
+    print(f"Ray Serve on {os.cpu_count()} cores, {args.clients} clients, {args.docs}-document requests, "
+          f"MiniLM-L6-shaped cross-encoder on torch, {args.seconds:.0f} s each")
+    print(f"{'replicas':>8}{'@serve.batch':>14}{'up s':>7}{'pairs/s':>9}{'p50 s':>8}{'p95 s':>8}{'requests':>9}{'errors':>7}")
+    for replicas, batch, up_s, r in rows:
+        print(f"{replicas:>8}{('max ' + str(batch)) if batch > 1 else 'off':>14}{up_s:>7.1f}{r['pairs_s']:>9.1f}"
+              f"{r['p50']:>8.2f}{r['p95']:>8.2f}{r['requests']:>9}{r['errors']:>7}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
