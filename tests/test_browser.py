@@ -82,16 +82,18 @@ def test_edit_a_row_submit_and_read_the_reranked_order(page):
     assert "football" in cells.nth(9).inner_text()
     edited = "[...document.querySelectorAll('#documents [role=gridcell]')]" \
              ".some(c => c.innerText.startsWith('Artificial intelligence will shape'))"
+    editor = page.locator('#documents textarea[aria-label="Edit cell"]')
     for attempt in range(3):  # a page still hydrating can drop the first edit; the table must show it before submit
         cells.nth(9).dblclick()
-        page.keyboard.press("Control+A")
-        page.keyboard.type("Artificial intelligence will shape the future of humanity and AI research.")
-        page.keyboard.press("Enter")
         try:
+            editor.wait_for(timeout=10_000)  # the cell's editor is open before anything is typed
+            editor.fill("Artificial intelligence will shape the future of humanity and AI research.")
+            editor.press("Enter")
             page.wait_for_function(edited, timeout=15_000)
             break
         except Exception:
-            assert attempt < 2, "the edited cell never showed in the table"
+            page.screenshot(path=str(ARTIFACTS / f"edit-attempt-{attempt}.png"), full_page=True)
+            assert attempt < 2, "the edited cell never showed in the table (see test-artifacts/edit-attempt-*.png)"
     page.locator("#submit").click()
     page.wait_for_function(RANKED)
     out = _cells(page, "reranked")
