@@ -32,6 +32,7 @@ from service.auth import COOKIE
 log = logging.getLogger("rag_augment.api")
 RERANK_ROUTES = ("/v2/rerank", "/v1/rerank", "/rerank")
 OPEN_PATHS = ("/health", "/login", "/logout", "/favicon.ico", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+OPEN_PREFIXES = ("/static-offline-docs/",)  # the docs page's own script and styles
 
 
 def error_response(error: ServiceError) -> JSONResponse:
@@ -79,7 +80,8 @@ class Guard:
     def _refusal(self, request: Request, path: str) -> Response | None:
         keys, limits = self.service.keys, self.service.limits
         face = "mcp" if "/mcp" in path else "http" if path in RERANK_ROUTES or path in ("/info", "/metrics") else "gradio"
-        if path not in OPEN_PATHS and not keys.allows(request.headers.get("authorization"), request.cookies.get(COOKIE)):
+        is_open = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+        if not is_open and not keys.allows(request.headers.get("authorization"), request.cookies.get(COOKIE)):
             if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                 return RedirectResponse("/login", status_code=303)
             return error_response(self.service.refuse(face, path, Unauthorized()))
@@ -208,8 +210,11 @@ def _v1_text(document: str | dict[str, Any], position: int, rank_fields: list[st
 
 def create_api(service: Service) -> FastAPI:
     """The FastAPI app with the rerank routes behind the :class:`Guard`; ``app.py`` mounts Gradio beside them."""
-    api = FastAPI(title="rag-augment rerank API", version=VERSION,
-                  description="Cohere-, Jina- and TEI-compatible rerank endpoints over one service.")
+    from fastapi_offline import FastAPIOffline
+
+    # the docs page's Swagger UI is served from the fastapi-offline package: /docs works without internet
+    api = FastAPIOffline(title="rag-augment rerank API", version=VERSION,
+                         description="Cohere-, Jina- and TEI-compatible rerank endpoints over one service.")
     api.add_middleware(Guard, service=service)
     api.state.service = service
     _error_handlers(api, service)

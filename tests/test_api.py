@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import cohere
@@ -141,7 +142,10 @@ def test_health_info_metrics_docs(server):
     assert "rerank_batches_total{model=" in text and "rerank_request_tokens_bucket" in text
     assert "rerank_request_duration_seconds_bucket" in text
     assert "rerank_cache_hits_total{model=" in text and "rerank_cache_entries{model=" in text
-    assert httpx.get(f"{server}/docs").status_code == 200
+    docs = httpx.get(f"{server}/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # served offline
+    script = re.search(r'src="([^"]*swagger-ui-bundle\.js)"', docs.text).group(1)
+    assert httpx.get(f"{server}{script}").status_code == 200 and len(httpx.get(f"{server}{script}").content) > 100_000
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/v2/rerank", "/v1/rerank", "/rerank", "/health", "/info", "/metrics"} <= set(schema["paths"])
 
