@@ -208,6 +208,11 @@ def _v1_text(document: str | dict[str, Any], position: int, rank_fields: list[st
     return values[0] if len(fields) == 1 else "\n".join(f"{f}: {v}" for f, v in zip(fields, values, strict=True))
 
 
+def _duplicates(ranking) -> list[dict]:
+    """Which documents repeated an earlier one's text (scored once, given its score): indices from 0."""
+    return [{"index": d.index, "same_as": d.same_as} for d in ranking.duplicates]
+
+
 def create_api(service: Service) -> FastAPI:
     """The FastAPI app with the rerank routes behind the :class:`Guard`; ``app.py`` mounts Gradio beside them."""
     from fastapi_offline import FastAPIOffline
@@ -263,7 +268,8 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
         response.headers["X-Rerank-Model"] = ranking.model.name
         return {"id": str(uuid.uuid4()), "model": ranking.model.name,
                 "results": [{"index": r.index, "relevance_score": r.score} for r in ranking.with_duplicates()[: body.top_n]],
-                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}}
+                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1},
+                         "duplicates": _duplicates(ranking)}}
 
     @api.post("/v1/rerank", dependencies=guards, tags=["rerank"])
     async def cohere_v1(body: CohereV1Request, request: Request, response: Response) -> dict:
@@ -281,7 +287,8 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
             results.append(item)
         return {"id": str(uuid.uuid4()), "model": ranking.model.name, "results": results,
                 "usage": {"total_tokens": ranking.cost},
-                "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}}}
+                "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1},
+                         "duplicates": _duplicates(ranking)}}
 
     @api.post("/rerank", dependencies=guards, response_model=list[TeiResult], response_model_exclude_none=True,
               tags=["rerank"])

@@ -13,9 +13,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-import pipeline
 import rerank as core
 import retrieval_client as rc
+import views
 from config import Settings
 from service import Service, ServiceError, from_settings
 
@@ -86,21 +86,18 @@ def face_of(request: gr.Request | None) -> str:
     return "mcp" if request.headers.get("x-gradio-user") == "mcp" or "/mcp" in path else "gradio"
 
 
-def describe_run(documents: pd.DataFrame, reranked: pd.DataFrame) -> str:
-    """Status line under the results: rows in, rows out, duplicates dropped."""
-    if not isinstance(documents, pd.DataFrame) or core.TEXT_COLUMN not in documents.columns:
-        return ""
-    texts = documents[core.TEXT_COLUMN].tolist()
-    dropped = core.duplicate_positions(texts)
-    rows = ", ".join(str(i + 1) for i in dropped[:20])
-    dup = f"{len(dropped)} duplicate text(s) dropped (input rows {rows})" if dropped else "no duplicates"
-    return f"{len(texts)} documents in, {len(reranked)} ranked; {dup}."
-
-
-def _table_payload(frame: pd.DataFrame) -> dict:
-    """A table in the Dataframe component's wire shape, for API-only endpoints."""
+def _table_payload(frame: pd.DataFrame, ranking=None) -> dict:
+    """A table in the Dataframe component's wire shape for API endpoints, with the dropped duplicates (rows from 0)."""
     clean = frame.astype(object).where(frame.notna(), None)
-    return {"headers": [str(c) for c in frame.columns], "data": clean.values.tolist(), "metadata": None}
+    payload = {"headers": [str(c) for c in frame.columns], "data": clean.values.tolist(), "metadata": None}
+    if ranking is not None:
+        payload["dropped_duplicates"] = [{"row": d.index, "same_as": d.same_as} for d in ranking.duplicates]
+    return payload
+
+
+def _top_n(value) -> int | None:
+    """The UI's top_n box: empty or 0 keeps every row."""
+    return int(value) if value not in (None, "", 0) else None
 
 
 class Handlers:
@@ -115,20 +112,34 @@ class Handlers:
         except ServiceError as exc:
             raise gr.Error(exc.message, print_exception=False) from None  # the service logged one line
 
-    async def rerank(self, query: str, documents: dict, request: gr.Request) -> pd.DataFrame:
-        """Rerank documents (a table with a `text` column) by relevance to the query.
+    async def _rank_table(self, query, documents, top_n, face: str, route: str):
+        parse = lambda payload: documents_from_payload(payload, max_documents=self.service.limits.max_documents)  # noqa: E731
+        return await self._run(self.service.rank_table, query, documents, top_n, face=face, route=route, parse=parse)
 
-        Duplicate texts are dropped; a `rank` column (higher is more relevant) is added and the
-        rows are sorted by it; every other column is returned unchanged.
+    async def rerank(self, query: str, documents: dict, top_n: int | None = None, request: gr.Request = None) -> dict:
+        """Rerank documents by relevance to the query: the seed's table in, the same table reranked out.
+
+        Duplicate texts are dropped (listed in `dropped_duplicates`, rows numbered from 0); a `rank`
+        column (the relevance score, higher is better) is added and the rows are sorted by it; every
+        other column comes back unchanged.
 
         Args:
             query: the question to rank the documents against.
-            documents: a table with a `text` column (other columns are kept): {"headers": ["url", "text"], "data": [...]}.
+            documents: a table with a `text` column, other columns kept: {"headers": ["url", "text"], "data": [[...], ...]}.
+            top_n: keep only the best N rows (empty: all).
+        Returns:
+            {"headers": [...input columns, "rank"], "data": rows best first, "dropped_duplicates": [{"row", "same_as"}]}.
         """
-        parse = lambda payload: documents_from_payload(payload, max_documents=self.service.limits.max_documents)  # noqa: E731
-        result = await self._run(self.service.rank_table, query, documents, face=face_of(request), route="/rerank",
-                                 parse=parse)
-        return result.table
+        result = await self._rank_table(query, documents, top_n, face_of(request), "/rerank")
+        return _table_payload(result.table, result.ranking)
+
+    async def rerank_ui(self, query: str, documents, top_n, request: gr.Request = None):
+        result = await self._rank_table(query, documents, _top_n(top_n), "gradio", "rerank_ui")
+        return views.ranked_view(result), views.summary(result, len(documents))
+
+    async def rerank_example(self, query: str, documents):
+        result = await self._rank_table(query, documents, None, "gradio", "example")
+        return views.ranked_view(result), views.summary(result, len(documents))
 
     async def similarity_search(self, query: str, k: int = 5, request: gr.Request = None) -> dict:
         """The k passages closest to the query (the seed retrieval Space's table).
@@ -137,35 +148,43 @@ class Handlers:
             query: the question to search for.
             k: how many passages to return (1 to 1000).
         Returns:
-            a table with columns url, text, distance (cosine; lower is closer), closest first.
+            {"headers": ["url", "text", "distance"], "data": rows closest first}; distance is cosine, lower is closer.
         """
         frame = await self._run(self.service.search, query, k, face=face_of(request), route="/similarity_search")
         return _table_payload(frame)
 
     async def retrieve_and_rerank(self, query: str, k: int = 50, top_n: int = 5, request: gr.Request = None) -> dict:
-        """Retrieve the k closest passages, rerank them and return the best top_n as a table.
+        """Retrieve the k closest passages, rerank them and return the best top_n.
 
         Args:
             query: the question.
             k: how many passages to retrieve first (1 to 1000).
             top_n: how many reranked passages to keep.
         Returns:
-            a table with columns retrieved_position, url, text, distance, rank, move ("12 -> 1").
+            {"headers": ["retrieved_position", "url", "text", "distance", "rank", "move"], "data": rows best first,
+            "dropped_duplicates": [...]}; `move` is "12 -> 1" (retrieved position -> reranked position).
         """
         result = await self._run(self.service.retrieve_and_rank, query, k, top_n, face=face_of(request),
                                  route="/retrieve_and_rerank")
-        return _table_payload(result.reranked)
+        return _table_payload(result.reranked, result.rerank.ranking)
 
     async def search_ui(self, query: str, k: int, private, request: gr.Request):
-        return await self._run(self.service.search, query, int(k), retriever=private, face="gradio", route="search_ui")
+        frame = await self._run(self.service.search, query, int(k), retriever=private, face="gradio", route="search_ui")
+        return frame, f"{len(frame)} passages retrieved (first stage only, not reranked)."
 
-    async def pipeline_ui(self, query: str, k: int, top_n: int, private, request: gr.Request, progress=gr.Progress()):
+    async def pipeline_ui(self, query: str, k: int, top_n: int, private, request: gr.Request = None,
+                          progress=gr.Progress()):
         backend = private or self.service.retriever
         while isinstance(backend, rc.BackgroundRetriever) and not backend.finished(timeout=0.5):
             progress((backend.done, backend.total or None), desc="Building the index", unit="passages")
+        progress(0.3, desc=f"Retrieving {int(k)} passages and reranking them")
         result = await self._run(self.service.retrieve_and_rank, query, int(k), int(top_n), retriever=private,
                                  face="gradio", route="retrieve_and_rerank_ui")
-        return result.retrieved, result.reranked, pipeline.score_chart(result.reranked), result.summary
+        relevance = [r.model_score for r in result.rerank.ranking]  # the model's own score, before any fusion
+        return views.moves_view(result.reranked), views.pictures(result.reranked, relevance), result.summary
+
+    async def pipeline_example(self, query: str):
+        return await self.pipeline_ui(query, 50, 5, None)
 
     async def index_upload(self, file: str | None, private, request: gr.Request, progress=gr.Progress()):
         if not file:
@@ -178,24 +197,47 @@ class Handlers:
         if private is not None:
             private.close()
         Path(file).unlink(missing_ok=True)  # the index holds what it needs; the upload is not kept
-        return corpus, backend_line(self.service, corpus)
+        return corpus, index_status(self.service, corpus)[0]
 
     def forget_upload(self, private):
         if private is not None:
             private.close()
-        return None, backend_line(self.service, None)
+        return None, index_status(self.service, None)[0]
 
 
-def backend_line(service: Service, private=None) -> str:
-    """Which retrieval backend answers this session's searches, for the Retrieve tab."""
+def index_status(service: Service, private=None) -> tuple[str, bool]:
+    """The line saying which index answers this session's searches, and whether it is still being built."""
     if private is not None:
-        return f"**Retrieval backend:** {private.description}"
-    return f"**Retrieval backend:** {service.retriever.description}"
+        return f"**Index:** ready: {private.description}", False
+    retriever = service.retriever
+    if isinstance(retriever, rc.BackgroundRetriever) and not retriever.finished(timeout=0):
+        total = f"{retriever.total:,}" if retriever.total else "?"
+        return f"**Index:** building: {retriever.done:,} of {total} passages embedded …", True
+    return f"**Index:** ready: {retriever.description}", False
 
 
-def inference_line(scorer: core.Scorer) -> str:
-    """Which inference backend runs the model and how it was chosen (it may change once measured)."""
-    return f"**Inference backend:** {scorer.backend.describe()}, {scorer.workers} worker thread(s)"
+def header_line(service: Service, scorer: core.Scorer) -> str:
+    """What ranks, in one plain line: the model, how it scores, where it runs."""
+    info, backend = scorer.info, scorer.backend
+    kind = "cross-encoder" if info.mode == "cross-encoder" else "embedding similarity"
+    fell_back = " · fallback model (see details)" if info.fallback_reason else ""
+    return (f"**Model:** `{info.name}` ({kind}) · **Runs on:** {backend.backend} on {backend.device}, "
+            f"{backend.precision}{fell_back}")
+
+
+def details_text(service: Service, scorer: core.Scorer) -> str:
+    """The details a user may want after the header: the scoring rule, the backend choice, any fallback."""
+    info, backend = scorer.info, scorer.backend
+    lines = [f"- **Scoring:** {info.mode_description}; final score: {service.policy.describe(info.mode)}.",
+             f"- **Inference backend:** {backend.describe()}, {scorer.workers} worker thread(s)."]
+    measured = [m for m in backend.measurements if m.seconds is not None]
+    if measured:
+        lines.append("- **Measured on this machine** (probe seconds, Spearman vs fp32): "
+                     + ", ".join(f"{m.backend} {m.seconds:.2f} s / {m.spearman:.3f}" for m in measured) + ".")
+    if info.fallback_reason:
+        lines.append(f"- **Fallback:** `{info.requested}` could not be loaded ({info.fallback_reason}); serving the "
+                     "packaged all-MiniLM-L6-v2 instead.")
+    return "\n".join(lines)
 
 
 def _close_corpus(private) -> None:
@@ -203,35 +245,39 @@ def _close_corpus(private) -> None:
         private.close()
 
 
+RERANK_WIDTHS = ["40px", "66px", "46px", "60%"]  # #, score, row: fixed and narrow, so the text gets the width (phones too)
+MOVES_WIDTHS = ["40px", "46px", "58px", "66px", "60%"]  # #, was, move, score
+
+
 def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever | None = None, *,
                service: Service | None = None) -> gr.Blocks:
-    """The Blocks app: title naming the model and scoring mode, the rerank form, the pipeline tab."""
+    """The Blocks app: a one-line header, the rerank form, the retrieve-and-rerank tab, the API endpoints."""
     service = service or build_service(settings, scorer, retriever)
     handlers = Handlers(service)
-    info = scorer.info
-    fallback = (f"\n\n> **Fallback:** `{info.requested}` could not be loaded ({info.fallback_reason}); "
-                f"serving the packaged all-MiniLM-L6-v2 instead." if info.fallback_reason else "")
     with gr.Blocks(title="rag-augment: rerank retrieved documents") as demo:
         private = gr.State(None, time_to_live=service.limits.upload_ttl_seconds, delete_callback=_close_corpus)
-        gr.Markdown(
-            "# RAG - Augment\n\nReranks retrieved documents by relevance to a question, so the LLM sees "
-            f"the best ones first.\n\n**Model:** `{info.name}`, scoring by **{info.mode_description}**; "
-            f"final score: {service.policy.describe(info.mode)}."
-            f"{fallback}"
-        )
-        inference = gr.Markdown(inference_line(scorer), elem_id="inference")
+        gr.Markdown("# RAG - Augment\nReranks retrieved documents by relevance to a question, so the LLM sees "
+                    "the best ones first.")
+        header = gr.Markdown(header_line(service, scorer), elem_id="header")
+        with gr.Accordion("Details: scoring rule, inference backend", open=False):
+            details = gr.Markdown(details_text(service, scorer), elem_id="inference")
         with gr.Tab("Rerank"):
-            query = gr.Textbox(label="Query", placeholder="Enter your question here...", lines=2)
-            documents = gr.Dataframe(label="Documents", value=EXAMPLE_DOCUMENTS,
+            query = gr.Textbox(label="Query", placeholder="Enter your question here...", lines=2, elem_id="query")
+            documents = gr.Dataframe(label="Documents (a text column; other columns are kept)", value=EXAMPLE_DOCUMENTS,
                                      headers=list(EXAMPLE_DOCUMENTS.columns), wrap=True, interactive=True,
                                      type="pandas", elem_id="documents")
-            submit = gr.Button("Submit", variant="primary", elem_id="submit")
-            reranked = gr.Dataframe(label="Reranked documents", wrap=True, interactive=False, type="pandas",
-                                    headers=[*EXAMPLE_DOCUMENTS.columns, core.SCORE_COLUMN], elem_id="reranked")
+            with gr.Row():
+                top_n = gr.Number(label="Keep the best N (0: all)", precision=0, minimum=0, value=0, scale=1,
+                                  elem_id="top-n")
+                submit = gr.Button("Rerank", variant="primary", elem_id="submit", scale=3)
             status = gr.Markdown(elem_id="status")
-            gr.Examples(examples=EXAMPLES, inputs=[query, documents])
+            reranked = gr.Dataframe(label="Reranked: best first (# = new position, row = input row)", wrap=True,
+                                    interactive=False, elem_id="reranked", column_widths=RERANK_WIDTHS)
+            gr.Examples(examples=EXAMPLES, inputs=[query, documents], outputs=[reranked, status],
+                        fn=handlers.rerank_example, run_on_click=True, cache_examples=True, cache_mode="lazy",
+                        label="Examples (click to run)", elem_id="rerank-examples")
         with gr.Tab("Retrieve & rerank"):
-            backend = gr.Markdown(backend_line(service), elem_id="backend")
+            backend = gr.Markdown(index_status(service)[0], elem_id="backend")
             with gr.Row():
                 p_query = gr.Textbox(label="Question", placeholder="e.g. How do I parse JSON from a string?",
                                      scale=3, elem_id="pipeline-query")
@@ -241,19 +287,14 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                 run = gr.Button("Retrieve & rerank", variant="primary", elem_id="pipeline-run")
                 search = gr.Button("Search only", elem_id="search-only")
             p_status = gr.Markdown(elem_id="pipeline-status")
-            with gr.Row():
-                retrieved_out = gr.Dataframe(label="Retrieved (first stage)", wrap=True, interactive=False,
-                                             headers=["retrieved_position", "url", "text", "distance"],
-                                             elem_id="retrieved")
-                reranked_out = gr.Dataframe(label="Reranked (best top_n)", wrap=True, interactive=False,
-                                            headers=["retrieved_position", "url", "text", "distance", "rank", "move"],
-                                            elem_id="pipeline-reranked")
-            chart = gr.BarPlot(x="document", y="score", title="Rerank scores", sort="-y", x_label_angle=-30,
-                               label="Rerank scores")
+            moves = gr.Dataframe(label="Reranked passages and how they moved (was = retrieved position)", wrap=True,
+                                 interactive=False, elem_id="pipeline-reranked", column_widths=MOVES_WIDTHS)
+            picture = gr.Plot(label="Relevance scores and rank shift", elem_id="pictures")
             gr.Examples(examples=[["How do I parse JSON from a string?"],
                                   ["How can I run a function in a background thread?"],
                                   ["create a temporary directory that is removed automatically"]],
-                        inputs=[p_query])
+                        inputs=[p_query], outputs=[moves, picture, p_status], fn=handlers.pipeline_example,
+                        run_on_click=True, cache_examples=False, label="Examples (click to run)")
             with gr.Accordion("Index your own documents (private to this browser session)", open=False):
                 upload = gr.File(label=f"JSONL, CSV or Parquet with a text column, or .txt / .md (at most "
                                        f"{service.limits.max_upload_bytes // 1024:,} KiB, "
@@ -262,24 +303,46 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                 with gr.Row():
                     index_btn = gr.Button("Index this file", elem_id="index-upload")
                     forget_btn = gr.Button("Back to the shared index", elem_id="forget-upload")
-        ranked = submit.click(handlers.rerank, inputs=[query, documents], outputs=[reranked], api_name="rerank",
-                              preprocess=False, concurrency_limit=None)  # the service's queue interleaves requests
-        ranked.success(describe_run, inputs=[documents, reranked], outputs=[status], api_visibility="private")
-        ranked.then(lambda: inference_line(scorer), outputs=[inference], api_visibility="private")
-        demo.load(lambda: inference_line(scorer), outputs=[inference], api_visibility="private")
+        refresh = gr.Timer(2.0, active=index_status(service)[1])
+
+        def status_tick(state):
+            line, building = index_status(service, state)
+            return line, gr.Timer(active=building)
+
+        refresh.tick(status_tick, inputs=[private], outputs=[backend, refresh], api_visibility="private")
+        ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n], outputs=[reranked, status],
+                              api_visibility="private", concurrency_limit=None)
         ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
-        search.click(handlers.search_ui, inputs=[p_query, p_k, private], outputs=[retrieved_out],
+        demo.load(lambda state: (header_line(service, scorer), details_text(service, scorer), *status_tick(state)),
+                  inputs=[private], outputs=[header, details, backend, refresh], api_visibility="private")
+        search.click(handlers.search_ui, inputs=[p_query, p_k, private], outputs=[moves, p_status],
                      api_visibility="private", concurrency_limit=None)
-        run.click(handlers.pipeline_ui, inputs=[p_query, p_k, p_top, private],
-                  outputs=[retrieved_out, reranked_out, chart, p_status], api_visibility="private",
-                  concurrency_limit=None).then(lambda p: backend_line(service, p), inputs=[private], outputs=[backend],
-                                               api_visibility="private")
+        run.click(handlers.pipeline_ui, inputs=[p_query, p_k, p_top, private], outputs=[moves, picture, p_status],
+                  api_visibility="private", concurrency_limit=None)
         index_btn.click(handlers.index_upload, inputs=[upload, private], outputs=[private, backend],
                         api_visibility="private")
         forget_btn.click(handlers.forget_upload, inputs=[private], outputs=[private, backend], api_visibility="private")
-        gr.api(handlers.similarity_search, api_name="similarity_search", concurrency_limit=None)
-        gr.api(handlers.retrieve_and_rerank, api_name="retrieve_and_rerank", concurrency_limit=None)
+        for fn, name in ((handlers.rerank, "rerank"), (handlers.similarity_search, "similarity_search"),
+                         (handlers.retrieve_and_rerank, "retrieve_and_rerank")):
+            _documented_api(demo, fn, name)
     return demo
+
+
+def _documented_api(demo: gr.Blocks, fn, api_name: str) -> None:
+    """``gr.api`` with the docstring's ``Args:`` and ``Returns:`` on every parameter and return of the API page
+    (and of the MCP tool), and the return type resolved (``from __future__`` leaves it a string, shown as Any)."""
+    import typing
+
+    from gradio.utils import get_function_description
+
+    fn.__func__.__annotations__["return"] = typing.get_type_hints(fn)["return"]
+    dependency = gr.api(fn, api_name=api_name, concurrency_limit=None)
+    _, parameters, returns = get_function_description(fn)
+    block_fn = demo.fns[dependency["id"]]
+    for component, name in zip(block_fn.inputs, [n for n in parameters], strict=False):
+        component._api_info = {**component._api_info, "additional_description": parameters[name]}
+    for component in block_fn.outputs:
+        component._api_info = {**component._api_info, "description": " ".join(returns)}
 
 
 def start_retriever(settings: Settings, embedder: core.Scorer) -> rc.Retriever:

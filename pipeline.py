@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from scoring.ranking import DEFAULT_POLICY, ScoringPolicy
-from scoring.table import SCORE_COLUMN, TEXT_COLUMN, RankFn, RerankResult, rerank_table
+from scoring.table import RankFn, RerankResult, rerank_table
 
 POSITION_COLUMN = "retrieved_position"
 MOVE_COLUMN = "move"
@@ -46,9 +46,3 @@ def retrieve_and_rerank(query: str, *, search: Callable[[str, object], pd.DataFr
     reranked = result.table.reset_index(drop=True)
     reranked[MOVE_COLUMN] = [f"{before} -> {after}" for after, before in enumerate(reranked[POSITION_COLUMN], start=1)]
     return PipelineResult(retrieved=retrieved, reranked=reranked, rerank=result)
-
-
-def score_chart(reranked: pd.DataFrame, *, label_chars: int = 40) -> pd.DataFrame:
-    """Data for the bar chart: one bar per reranked document, labelled by position and opening words."""
-    labels = [f"{i}. {text[:label_chars]}" for i, text in enumerate(reranked[TEXT_COLUMN], start=1)]
-    return pd.DataFrame({"document": labels, "score": reranked[SCORE_COLUMN].astype(float)})

@@ -137,12 +137,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(tmp: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:
+def start_app(tmp: Path, *, filler: int = 0, **extra_env: str) -> tuple[subprocess.Popen, str]:
     """``python app.py`` on a free loopback port with a one-file corpus; waits until it answers.
 
+    ``filler`` more passages make the index build take a while (the page shows it building, then ready);
     ``extra_env`` adds configuration (``RERANK_API_KEY=...``, ``RERANK_BACKEND=torch``, ...)."""
     corpus = tmp / "corpus.md"
-    corpus.write_text("Rerank latency depends on batch size.\n\nMemory stays flat under load.")
+    rng = random.Random(11)
+    extra = "".join(f"\n\nNote {i}: " + " ".join(rng.choice(WORDS) for _ in range(40)) + "." for i in range(filler))
+    corpus.write_text("Rerank latency depends on batch size.\n\nMemory stays flat under load." + extra)
     port = _free_port()
     env = {"MALLOC_ARENA_MAX": "2", **os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "CORPUS_PATH": str(corpus), "RAG_AUGMENT_CACHE": str(tmp / "cache"), **extra_env}

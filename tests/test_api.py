@@ -58,6 +58,14 @@ def test_cohere_sdk_v1_client(server):
     assert all(r.document.text == DOCS[r.index] for r in response.results)
 
 
+def test_duplicates_are_scored_once_and_reported(server):
+    out = httpx.post(f"{server}/v2/rerank", json={"query": QUERY, "documents": [DOCS[0], DOCS[1], DOCS[0]]},
+                     timeout=30).json()
+    assert out["meta"]["duplicates"] == [{"index": 2, "same_as": 0}]
+    scores = {r["index"]: r["relevance_score"] for r in out["results"]}
+    assert scores[2] == scores[0] and len(scores) == 3  # every index still comes back, as Cohere's does
+
+
 def test_v1_omits_document_unless_asked_and_ranks_object_fields(server):
     raw = httpx.post(f"{server}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=30).json()
     assert all("document" not in r for r in raw["results"])

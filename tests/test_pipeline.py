@@ -7,8 +7,8 @@ import pytest
 from gradio_client import Client
 
 import app as app_module
-import pipeline
 import retrieval_client as rc
+import views
 from config import Settings
 
 
@@ -36,8 +36,9 @@ def test_pipeline_function_moves_and_dedups(packaged_scorer, tiny_scorer, local_
     for after, row in enumerate(result.reranked.itertuples(), start=1):
         assert row.move == f"{row.retrieved_position} -> {after}"
         assert result.retrieved.loc[row.retrieved_position - 1, "text"] == row.text
-    chart = pipeline.score_chart(result.reranked)
-    assert chart["score"].tolist() == result.reranked["rank"].tolist()
+    view = views.moves_view(result.reranked)
+    assert view["score"].tolist() == result.reranked["rank"].round(3).tolist()
+    assert all(m == views.movement(int(b), a) for a, (b, m) in enumerate(zip(view["was"], view["move"], strict=True), start=1))
 
 
 class DuplicatingRetriever:

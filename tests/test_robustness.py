@@ -20,22 +20,23 @@ sys.path.insert(0, str(ROOT / "bench"))
 import load  # noqa: E402
 
 GOOD = ["which document is about bread?", {"headers": ["text"], "data": [["Bread needs yeast."], ["Cars need fuel."]],
-                                           "metadata": None}]
+                                           "metadata": None}, None]  # query, documents, top_n (null: every row)
 MALFORMED = {
-    "wrong headers": ["q", {"headers": "text", "data": [["a"]], "metadata": None}],
-    "ragged rows": ["q", {"headers": ["text", "url"], "data": [["a"], ["b", "u", "extra"]], "metadata": None}],
-    "non-list data": ["q", {"headers": ["text"], "data": "abc", "metadata": None}],
-    "rows not lists": ["q", {"headers": ["text"], "data": ["abc", "def"], "metadata": None}],
-    "huge metadata": ["q", {"headers": ["text"], "data": [["a"]], "metadata": {"x": ["y"] * 100_000}}],
+    "wrong headers": ["q", {"headers": "text", "data": [["a"]], "metadata": None}, None],
+    "ragged rows": ["q", {"headers": ["text", "url"], "data": [["a"], ["b", "u", "extra"]], "metadata": None}, None],
+    "non-list data": ["q", {"headers": ["text"], "data": "abc", "metadata": None}, None],
+    "rows not lists": ["q", {"headers": ["text"], "data": ["abc", "def"], "metadata": None}, None],
+    "huge metadata": ["q", {"headers": ["text"], "data": [["a"]], "metadata": {"x": ["y"] * 100_000}}, None],
     "missing documents": ["q"],
-    "null documents": ["q", None],
-    "number query": [5, GOOD[1]],
-    "nested cell": ["q", {"headers": ["text"], "data": [[{"a": 1}]], "metadata": None}],
-    "no headers": ["q", {"data": [["a"]]}],
-    "no text column": ["q", {"headers": ["body"], "data": [["a"]], "metadata": None}],
-    "too many rows": ["q", {"headers": ["text"], "data": [[str(i)] for i in range(25)], "metadata": None}],
-    "empty table": ["q", {"headers": ["text"], "data": [[]], "metadata": None}],
-    "extra inputs": ["q", GOOD[1], "surplus"],
+    "null documents": ["q", None, None],
+    "number query": [5, GOOD[1], None],
+    "nested cell": ["q", {"headers": ["text"], "data": [[{"a": 1}]], "metadata": None}, None],
+    "no headers": ["q", {"data": [["a"]]}, None],
+    "no text column": ["q", {"headers": ["body"], "data": [["a"]], "metadata": None}, None],
+    "too many rows": ["q", {"headers": ["text"], "data": [[str(i)] for i in range(25)], "metadata": None}, None],
+    "empty table": ["q", {"headers": ["text"], "data": [[]], "metadata": None}, None],
+    "bad top_n": ["q", GOOD[1], "three"],
+    "extra inputs": ["q", GOOD[1], None, "surplus"],
 }
 
 
