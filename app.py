@@ -272,7 +272,8 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                 submit = gr.Button("Rerank", variant="primary", elem_id="submit", scale=3)
             status = gr.Markdown(elem_id="status")
             reranked = gr.Dataframe(label="Reranked: best first (# = new position, row = input row)", wrap=True,
-                                    interactive=False, elem_id="reranked", column_widths=RERANK_WIDTHS)
+                                    interactive=False, elem_id="reranked", column_widths=RERANK_WIDTHS,
+                                    headers=["#", "score", "row", "text"])
             gr.Examples(examples=EXAMPLES, inputs=[query, documents], outputs=[reranked, status],
                         fn=handlers.rerank_example, run_on_click=True, cache_examples=True, cache_mode="lazy",
                         label="Examples (click to run)", elem_id="rerank-examples")
@@ -288,7 +289,8 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                 search = gr.Button("Search only", elem_id="search-only")
             p_status = gr.Markdown(elem_id="pipeline-status")
             moves = gr.Dataframe(label="Reranked passages and how they moved (was = retrieved position)", wrap=True,
-                                 interactive=False, elem_id="pipeline-reranked", column_widths=MOVES_WIDTHS)
+                                 interactive=False, elem_id="pipeline-reranked", column_widths=MOVES_WIDTHS,
+                                 headers=["#", "was", "move", "score", "text", "url"])
             picture = gr.Plot(label="Relevance scores and rank shift", elem_id="pictures")
             gr.Examples(examples=[["How do I parse JSON from a string?"],
                                   ["How can I run a function in a background thread?"],
