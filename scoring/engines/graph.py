@@ -49,12 +49,9 @@ class GraphEngine:
         logits, _ = self._run([(query, d) for d in documents])
         return np.asarray(logits, dtype=np.float32).reshape(len(documents), -1)[:, 0]
 
-    def score_encoded(self, query, documents: Sequence) -> np.ndarray:
-        """Raw ranking logits of pairs already tokenized (the request's plan): no second tokenization."""
-        return self.score_encoded_pairs([(query, d) for d in documents])
-
     def score_encoded_pairs(self, pairs: Sequence[tuple]) -> np.ndarray:
-        """Raw ranking logits of tokenized (query, document) pairs; the queries may differ (requests sharing a batch)."""
+        """Raw ranking logits of (query, document) pairs already tokenized by the request's plan (no second
+        tokenization); the queries may differ (concurrent requests sharing a batch)."""
         batch = self.tokenizer.mixed_pair_batch(pairs, pad_to_multiple_of=self._multiple)
         logits = self._forward({k: batch[k] for k in self._inputs})
         return np.asarray(logits, dtype=np.float32).reshape(len(pairs), -1)[:, 0]
