@@ -1,11 +1,14 @@
 """Measure ranking quality on a labelled collection (BEIR layout) through the app's scoring core.
 
 ``python evaluate.py DATASET_DIR [--candidates RUN.trec] [--model ID_OR_PATH] [--run-out FILE]
-[--limit N] [--plot FILE.png] [--json] [--scoring NAME]``
+[--limit N] [--plot FILE.png] [--json] [--scoring NAME] [--end-to-end]``
 
 It reranks every judged query's first-stage candidates and reports nDCG@10, MRR@10 and Recall@10
 (ir-measures, trec_eval conventions: graded gains; MRR counts label >= 2 on TREC DL, else >= 1)
-for the first stage and the reranked run, with per-query wins, ties and losses.
+for the first stage and the reranked run, with per-query wins, ties and losses. With ``--end-to-end``
+it indexes the collection's whole corpus in the local index instead and runs every judged query
+through the app's retrieve-then-rerank (:mod:`end_to_end`): nDCG@10, MRR@10 and Recall@100 for
+lexical only, dense only, hybrid, and hybrid + rerank.
 """
 
 from __future__ import annotations
@@ -103,12 +106,13 @@ def write_run(run: dict[str, list[tuple[str, float]]], path: str | Path, tag: st
 
 
 def measure(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], *,
-            mrr_threshold: int = 1) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Mean and per-query nDCG@10, MRR@10, Recall@10 over the judged queries (ir-measures / trec_eval)."""
+            mrr_threshold: int = 1, names: Iterable[str] = METRIC_NAMES) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Mean and per-query metrics (``names``: ndcg@K, mrr@K, recall@K) over the judged queries (ir-measures / trec_eval)."""
     import ir_measures
     from ir_measures import RR, R, nDCG
 
-    measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR(rel=mrr_threshold) @ 10, "recall@10": R @ 10}
+    builders = {"ndcg": lambda k: nDCG @ k, "mrr": lambda k: RR(rel=mrr_threshold) @ k, "recall": lambda k: R @ k}
+    measures = {name: builders[name.split("@")[0]](int(name.split("@")[1])) for name in names}
     judged = {q: docs for q, docs in qrels.items() if q in run}
     qrel_list = [ir_measures.Qrel(q, d, rel) for q, docs in judged.items() for d, rel in docs.items()]
     scored = [ir_measures.ScoredDoc(q, d, s) for q, docs in run.items() if q in judged for d, s in docs]
@@ -196,7 +200,8 @@ def evaluation_service(model: str | None = None, *, backend: str | None = None, 
 
     settings = settings or Settings.from_env()
     scorer = get_scorer(model or settings.model, trust_remote_code=settings.trust_remote_code,
-                        backend=backend or settings.backend, cache_dir=str(settings.cache_dir), device=settings.device)
+                        backend=backend or settings.backend, cache_dir=str(settings.cache_dir), device=settings.device,
+                        max_tokens=settings.max_tokens)
     if scorer.needs_tuning:
         scorer.tune(budget_s=settings.measure_budget)
     return from_settings(settings, scorer)
@@ -216,17 +221,23 @@ def plot(report: dict, path: str | Path) -> None:
     left.axhline(0, color="black", linewidth=0.6)
     left.set(title=f"{report['dataset']}: nDCG@10 change per query ({report['scoring']})", xlabel="queries (sorted)",
              ylabel="reranked - first stage")
-    names = list(METRIC_NAMES)
-    x = np.arange(len(names))
-    right.bar(x - 0.2, [report["first_stage"][n] for n in names], 0.4, label="first stage")
-    right.bar(x + 0.2, [report["reranked"][n] for n in names], 0.4, label="reranked")
-    right.set_xticks(x, names)
+    grouped_bars(right, {"first stage": [report["first_stage"][n] for n in METRIC_NAMES],
+                         "reranked": [report["reranked"][n] for n in METRIC_NAMES]}, METRIC_NAMES)
     right.set(ylim=(0, 1), title=f"{report['queries']} queries; W/T/L {report['per_query']['wins']}/"
                                  f"{report['per_query']['ties']}/{report['per_query']['losses']}")
-    right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def grouped_bars(axis, series: dict[str, list[float]], names: Iterable[str]) -> None:
+    """Bars of several series side by side for each metric, with a legend (the plots' common part)."""
+    names = list(names)
+    x, width = np.arange(len(names)), 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        axis.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
+    axis.set_xticks(x, names)
+    axis.legend()
 
 
 def _print_report(report: dict) -> None:
@@ -238,6 +249,44 @@ def _print_report(report: dict) -> None:
               f"{report['difference'][name]:>+11.4f}")
     pq = report["per_query"]
     print(f"per query (nDCG@10): {pq['wins']} wins, {pq['ties']} ties, {pq['losses']} losses")
+
+
+def _json(summary: dict) -> str:
+    return json.dumps(summary, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+
+
+def _main_end_to_end(args, service: Service) -> int:
+    """``--end-to-end``: the stages' table (or JSON), and the plot."""
+    import end_to_end
+    from config import Settings
+    from scoring.loading import packaged_scorer
+
+    settings = Settings.from_env()
+    embedder = service.embedder or packaged_scorer(cache_dir=settings.cache_dir, device=settings.device)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 25 == 0:
+            print(f"\r{done}/{total} queries", end="" if done < total else "\n", file=sys.stderr)
+
+    def indexing(done: int, total: int) -> None:
+        print(f"\rindexing {done}/{total} passages", end="" if done < total else "\n", file=sys.stderr)
+
+    try:
+        report = end_to_end.evaluate_end_to_end(args.dataset_dir, service=service, embedder=embedder,
+                                                cache_dir=settings.cache_dir, limit=args.limit, progress=progress,
+                                                index_progress=indexing)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"evaluate.py: {exc}", file=sys.stderr)
+        return 2
+    if args.run_out:
+        write_run(report["_runs"]["reranked"], args.run_out)
+    if args.plot:
+        end_to_end.plot_report(report, args.plot)
+    if args.json:
+        print(_json({k: v for k, v in report.items() if not k.startswith("_")}))
+    else:
+        end_to_end.print_report(report)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,11 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N judged queries")
     parser.add_argument("--plot", help="write a PNG of per-query nDCG@10 changes")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="index the whole corpus and measure lexical, dense, hybrid and hybrid + rerank")
     args = parser.parse_args(argv)
     if not Path(args.dataset_dir).is_dir():
         print(f"evaluate.py: {args.dataset_dir} is not a BEIR-layout folder (no such folder)", file=sys.stderr)
         return 2
     service = evaluation_service(args.model, backend=args.backend)
+    if args.end_to_end:
+        return _main_end_to_end(args, service)
 
     def progress(done: int, total: int, rate: float) -> None:
         if done == total or done % 10 == 0:
@@ -276,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(report, args.plot)
     summary = {k: v for k, v in report.items() if not k.startswith("_")}
     if args.json:
-        print(json.dumps(summary, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        print(_json(summary))
     else:
         _print_report(report)
     return 0

@@ -1,8 +1,10 @@
-"""The local embedded index: passages and their embeddings in a DuckDB file, searched by cosine distance.
+"""The local embedded index: passages, their embeddings and a BM25 index of their words in one DuckDB file.
 
-It answers ``search(query, k)`` exactly like the remote retrieval Space (url, text, distance =
-cosine distance, closest first). The file is reused across restarts and rebuilt only when the
-corpus or the embedding model changes (a content hash over both is stored in the file).
+It answers ``search(query, k, mode)`` like the remote retrieval Space (url, text, distance; lower is
+closer, closest first): ``hybrid`` (the default) fuses the lexical and dense lists (:mod:`hybrid`),
+``dense`` is cosine distance alone, ``lexical`` BM25 alone. The file is reused across restarts and
+rebuilt only when the corpus or the embedding model changes (a content hash over both is stored in
+it); searches run on the vectors and the BM25 index held in memory.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+import hybrid
 from corpus import Passage
+from lexical_index import LexicalIndex
 
 log = logging.getLogger("rag_augment.index")
 Progress = Callable[[int, int], None]
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the BM25 index is stored beside the vectors
 
 
 class LocalIndexError(RuntimeError):
@@ -86,7 +90,7 @@ def _stored_hash(path: Path) -> str | None:
 
 def _write_index(con, passages: Sequence[Passage], embedder: Embedder, content_hash: str, *,
                  batch_size: int, progress: Progress | None) -> int:
-    """Embed the passages in batches and store them with the hash; returns the embedding size."""
+    """Embed the passages in batches, index their words, and store both with the hash; returns the embedding size."""
     total = len(passages)
     dim = 0
     order = sorted(range(total), key=lambda i: len(passages[i].text))  # similar lengths batch with little padding
@@ -110,6 +114,9 @@ def _write_index(con, passages: Sequence[Passage], embedder: Embedder, content_h
         con.unregister("batch_frame")
         if progress:
             progress(min(start + batch_size, total), total)
+    lexical = LexicalIndex.build([p.text for p in passages])
+    con.execute("CREATE TABLE lexical (name VARCHAR PRIMARY KEY, data BLOB)")
+    con.executemany("INSERT INTO lexical VALUES (?, ?)", list(lexical.to_files().items()))
     con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.executemany("INSERT INTO meta VALUES (?, ?)", [("hash", content_hash), ("dim", str(dim)),
                                                        ("passages", str(total)), ("built_at", time.ctime())])
@@ -131,7 +138,7 @@ def remove_stale_builds(cache_dir: Path) -> list[Path]:
 
 
 class LocalIndex:
-    """A DuckDB table of passages with FLOAT[dim] embeddings; thread-safe searches."""
+    """Passages with their embeddings and BM25 index (stored in DuckDB, searched in memory); thread-safe searches."""
 
     def __init__(self, con, embedder: Embedder, stats: IndexStats, name: str) -> None:
         self._con = con
@@ -139,6 +146,24 @@ class LocalIndex:
         self._lock = threading.Lock()
         self.stats = stats
         self.description = f"local index of {name}: {stats.passages} passages"
+        self._vectors = self._read_vectors()
+        files = dict(con.execute("SELECT name, data FROM lexical").fetchall())
+        self._lexical = LexicalIndex.from_files(files, stats.passages)
+
+    def _read_vectors(self) -> np.ndarray:
+        """Every passage's embedding, row i for passage id i."""
+        rows = self._con.execute("SELECT embedding FROM passages ORDER BY id").fetchall()
+        return np.asarray([r[0] for r in rows], dtype=np.float32).reshape(len(rows), self.stats.dim)
+
+    @property
+    def memory_bytes(self) -> int:
+        """What the in-memory search structures hold (vectors and the BM25 matrix)."""
+        return int(self._vectors.nbytes) + self.lexical_bytes
+
+    @property
+    def lexical_bytes(self) -> int:
+        """What the BM25 matrix holds in memory."""
+        return self._lexical.memory_bytes
 
     @classmethod
     def open(cls, passages: Sequence[Passage], embedder: Embedder, *, path: Path | None, name: str = "corpus",
@@ -187,29 +212,38 @@ class LocalIndex:
         log.info("index of %s: %s", name, stats.describe())
         return cls(con, embedder, stats, name)
 
-    def search(self, query: str, k: int = 5) -> pd.DataFrame:
-        """The k passages closest to the query: url, text, distance (cosine distance, ascending)."""
-        vector = self._embedder.embed([query], query=True)[0].tolist()
+    def scores(self, query: str, mode: str = "hybrid") -> tuple[np.ndarray, np.ndarray]:
+        """Every passage's cosine similarity and BM25 score for ``query`` (zeros for the half ``mode`` does not use)."""
+        count = self.stats.passages
+        dense = (self._vectors @ self._embedder.embed([query], query=True)[0].astype(np.float32)
+                 if mode != "lexical" else np.zeros(count, dtype=np.float32))
+        lexical = self._lexical.scores(query) if mode != "dense" else np.zeros(count, dtype=np.float32)
+        return dense, lexical
+
+    def search(self, query: str, k: int = 5, mode: str | None = None) -> pd.DataFrame:
+        """The k best passages under ``mode`` (default hybrid): url, text, distance (ascending; see :mod:`hybrid`)."""
+        mode = hybrid.check_mode(mode)
+        ids, distances = hybrid.candidates(mode, *self.scores(query, mode), int(k))
         with self._lock:
             cursor = self._con.cursor()
         try:
-            frame = cursor.execute(
-                f"SELECT url, text, array_cosine_distance(embedding, ?::FLOAT[{self.stats.dim}]) AS distance "
-                "FROM passages ORDER BY distance, id LIMIT ?", [vector, int(k)]).df()
+            rows = cursor.execute("SELECT id, url, text FROM passages WHERE id IN (SELECT unnest(?::INTEGER[]))",
+                                  [ids.tolist()]).fetchall()
         finally:
             cursor.close()
-        return frame.astype({"distance": float})
+        found = {r[0]: r[1:] for r in rows}
+        return pd.DataFrame({"url": [found[i][0] for i in ids.tolist()], "text": [found[i][1] for i in ids.tolist()],
+                             "distance": distances.astype(float)})
 
     def stored_vectors(self) -> tuple[list[str], np.ndarray]:
         """Every passage's text and stored embedding (to seed a scorer's cache without re-encoding)."""
         with self._lock:
             cursor = self._con.cursor()
         try:
-            rows = cursor.execute("SELECT text, embedding FROM passages ORDER BY id").fetchall()
+            rows = cursor.execute("SELECT text FROM passages ORDER BY id").fetchall()
         finally:
             cursor.close()
-        texts = [r[0] for r in rows]
-        return texts, np.asarray([r[1] for r in rows], dtype=np.float32).reshape(len(rows), self.stats.dim)
+        return [r[0] for r in rows], self._vectors
 
     def close(self) -> None:
         """Release the DuckDB file."""

@@ -1,7 +1,8 @@
 """Fetch retrieval candidates: from a remote retrieval Space, or from the local embedded index.
 
 Both backends answer ``search(query, k)`` with the seed Space's table: columns ``url``, ``text``,
-``distance`` (cosine distance, lower is closer), closest first.
+``distance`` (lower is closer), closest first. The local index also takes a ``mode``: ``hybrid``
+(BM25 and embeddings fused, the default), ``dense`` or ``lexical``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class Retriever(Protocol):
 
     description: str
 
-    def search(self, query: str, k: int = 5) -> pd.DataFrame:
-        """The k closest passages as a url/text/distance table, closest first."""
+    def search(self, query: str, k: int = 5, mode: str | None = None) -> pd.DataFrame:
+        """The k closest passages as a url/text/distance table, closest first (``mode``: None is the backend's own)."""
         ...
 
 
@@ -73,7 +74,7 @@ class NoRetriever:
 
     description = "none configured (set RETRIEVAL_URL, or CORPUS_PATH for the local index)"
 
-    def search(self, query: str, k: int = 5) -> pd.DataFrame:
+    def search(self, query: str, k: int = 5, mode: str | None = None) -> pd.DataFrame:
         """Always a clear :class:`RetrievalError`."""
         raise RetrievalError(f"no retrieval backend: {self.description}")
 
@@ -104,9 +105,12 @@ class RemoteRetriever:
                                          f"{type(exc).__name__}: {str(exc)[:200]}") from exc
             return self._client
 
-    def search(self, query: str, k: int = 5) -> pd.DataFrame:
+    def search(self, query: str, k: int = 5, mode: str | None = None) -> pd.DataFrame:
         """Ask the Space for the k closest passages; errors become :class:`RetrievalError`."""
         query, k = validate_search_args(query, k)
+        if mode is not None:
+            raise RetrievalError(f"mode={mode!r} is not available: the retrieval Space at {self.url} retrieves its own "
+                                 "way (modes are for the local index; unset RETRIEVAL_URL to use it)")
         client = self._connect()
         try:
             job = client.submit(query=query, k=k, api_name="/similarity_search")
@@ -120,17 +124,19 @@ class RemoteRetriever:
         return table_from_payload(payload, source=f"retrieval Space at {self.url}")
 
 
-def similarity_search(query: str, k: int = 5, *, url: str | None = None, timeout: float | None = None) -> pd.DataFrame:
+def similarity_search(query: str, k: int = 5, *, url: str | None = None, timeout: float | None = None,
+                      mode: str | None = None) -> pd.DataFrame:
     """The seed's helper: the k passages closest to ``query`` (url, text, distance; closest first).
 
-    ``url`` defaults to ``RETRIEVAL_URL``; with neither, the local index answers (built on first use).
+    ``url`` defaults to ``RETRIEVAL_URL``; with neither, the local index answers (built on first use), in
+    ``mode`` (hybrid by default, dense or lexical).
     """
     from config import Settings
 
     settings = Settings.from_env()
     retriever = make_retriever(retrieval_url=url or settings.retrieval_url, timeout=timeout or settings.retrieval_timeout,
                                corpus_path=settings.corpus_path, cache_dir=settings.cache_dir)
-    return retriever.search(query, k)
+    return retriever.search(query, k, mode)
 
 
 def index_path(cache_dir: Path, corpus_path: str | None) -> Path:
@@ -168,10 +174,21 @@ class LocalRetriever:
             seed(*index.stored_vectors())  # reranking retrieved passages then needs no re-encoding
         return cls(index)
 
-    def search(self, query: str, k: int = 5) -> pd.DataFrame:
-        """The k closest passages from the local index."""
+    def first_stage(self, mode: str | None = None) -> str:
+        """Which evidence a search in ``mode`` ranks by (the reranker's fusion weighs it accordingly)."""
+        import hybrid
+
+        return hybrid.check_mode(mode)
+
+    def search(self, query: str, k: int = 5, mode: str | None = None) -> pd.DataFrame:
+        """The k best passages from the local index (``mode``: hybrid, dense or lexical; None is hybrid)."""
+        import hybrid
+
         query, k = validate_search_args(query, k)
-        return self.index.search(query, k)
+        try:
+            return self.index.search(query, k, mode)
+        except hybrid.ModeError as exc:
+            raise RetrievalError(str(exc)) from None
 
 
 def make_retriever(*, retrieval_url: str | None, timeout: float, corpus_path: str | None, cache_dir: Path,
@@ -227,9 +244,14 @@ class BackgroundRetriever:
             raise RetrievalError(f"{self.name} could not be built: {self._error}") from self._error
         return self._retriever
 
-    def search(self, query: str, k: int = 5) -> pd.DataFrame:
+    def first_stage(self, mode: str | None = None) -> str | None:
+        """What the built retriever ranks by in ``mode`` (None while unknown)."""
+        kind = getattr(self._retriever, "first_stage", None)
+        return kind(mode) if kind else None
+
+    def search(self, query: str, k: int = 5, mode: str | None = None) -> pd.DataFrame:
         """Search once the build has finished (waiting for it)."""
-        return self.wait().search(query, k)
+        return self.wait().search(query, k, mode)
 
 
 @contextmanager
@@ -264,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     find = sub.add_parser("search", help="search the configured backend")
     find.add_argument("query")
     find.add_argument("-k", type=int, default=5)
+    find.add_argument("--mode", choices=["hybrid", "dense", "lexical"], help="local index only (default hybrid)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     started = time.perf_counter()
@@ -277,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     retriever = make_retriever(retrieval_url=settings.retrieval_url, timeout=settings.retrieval_timeout,
                                corpus_path=settings.corpus_path, cache_dir=settings.cache_dir)
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(retriever.search(args.query, args.k))
+        print(retriever.search(args.query, args.k, args.mode))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ class PrivateCorpus:
     def description(self) -> str:
         return f"your upload {self.name} ({self.passages} passages, visible to this browser session only)"
 
-    def search(self, query: str, k: int = 5):
-        return self.retriever.search(query, k)
+    def first_stage(self, mode: str | None = None) -> str:
+        return self.retriever.first_stage(mode)
+
+    def search(self, query: str, k: int = 5, mode: str | None = None):
+        return self.retriever.search(query, k, mode)
 
     def close(self) -> None:
         """Release the in-memory index (called when the session's state is deleted)."""

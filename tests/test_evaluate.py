@@ -87,3 +87,82 @@ def test_harness_on_a_slice_beats_the_first_stage(eval_dir, packaged_scorer, tmp
 def test_missing_collection_is_a_clear_error(tmp_path, capsys):
     assert evaluate.main([str(tmp_path), "--model", str(core.packaged_model_path())]) == 2
     assert "not a BEIR-layout folder" in capsys.readouterr().err
+
+
+def _collection(folder, documents: dict[str, str], queries: dict[str, str], qrels: dict[str, str]):
+    """A BEIR-layout collection written by the test."""
+    import gzip
+
+    (folder / "qrels").mkdir(parents=True)
+    with gzip.open(folder / "corpus.jsonl.gz", "wt") as handle:
+        for doc_id, text in documents.items():
+            handle.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                               "".join(f"{q}\t{d}\t1\n" for q, d in qrels.items()))
+    return folder
+
+
+DOCUMENTS = {
+    "code": "Error XK-47b: the coolant pump has overheated; let it cool before restarting.",
+    "car": "Automobiles require periodic maintenance such as changing engine oil and rotating tyres.",
+    "sloop": "A sloop is a sailing boat with a single mast.",
+    "tomato": "Tomatoes need full sun and regular watering.",
+    "kettle": "The kettle switched itself off because it got too hot.",
+    "bread": "Bread dough rises when yeast ferments its sugars.",
+    "train": "High-speed trains run on dedicated tracks at up to 300 km/h.",
+    "bike": "Bicycle chains need oil every few hundred kilometres.",
+}
+
+
+def test_end_to_end_reports_every_stage_and_caches_the_index(tmp_path, packaged_scorer, monkeypatch, capsys):
+    folder = _collection(tmp_path / "mini", DOCUMENTS,
+                         {"q1": "XK-47b", "q2": "car upkeep", "q3": "boat with one mast"},
+                         {"q1": "code", "q2": "car", "q3": "sloop"})
+    monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
+    args = [str(folder), "--end-to-end", "--json", "--model", str(core.packaged_model_path()), "--backend", "torch",
+            "--plot", str(tmp_path / "stages.png")]
+    assert evaluate.main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["queries"] == 3 and summary["passages"] == len(DOCUMENTS)
+    for stage in ("lexical", "dense", "hybrid", "reranked"):
+        assert set(summary[stage]) == {"ndcg@10", "mrr@10", "recall@100"}
+        assert all(0 <= v <= 1 for v in summary[stage].values())
+        assert summary[stage]["recall@100"] == 1.0  # eight documents: every one is retrieved
+    assert summary["hybrid"]["ndcg@10"] >= max(summary["lexical"]["ndcg@10"], summary["dense"]["ndcg@10"])
+    assert not summary["index"]["reused"] and (tmp_path / "stages.png").stat().st_size > 5_000
+    assert len(list((tmp_path / "cache").glob("index-corpus-*.duckdb"))) == 1
+    assert evaluate.main(args) == 0  # the collection's index is cached like any other
+    assert json.loads(capsys.readouterr().out)["index"]["reused"]
+
+
+def test_end_to_end_stages_agree_with_the_pipeline(tmp_path, packaged_scorer):
+    import end_to_end
+
+    folder = _collection(tmp_path / "mini", DOCUMENTS, {"q1": "XK-47b", "q2": "car upkeep"}, {"q1": "code", "q2": "car"})
+    service = app_module.build_service(Settings(), packaged_scorer)
+    report = end_to_end.evaluate_end_to_end(folder, service=service, embedder=packaged_scorer, cache_dir=tmp_path / "c")
+    lexical, dense = report["_per_query"]["lexical"], report["_per_query"]["dense"]
+    assert lexical["q1"]["mrr@10"] == 1.0 and lexical["q2"]["mrr@10"] < 1.0  # words find the code, not the paraphrase
+    assert dense["q2"]["mrr@10"] == 1.0
+    assert report["index"]["memory_bytes"] > 8 * 384 * 4
+    # the reranked stage is the app's pipeline over the collection's (cached) index, order and scores
+    import retrieval_client as rc
+
+    dataset = evaluate.load_dataset(folder)
+    index = end_to_end.open_collection_index(folder, dataset, packaged_scorer, tmp_path / "c")
+    assert index.stats.reused
+    direct = service.retrieve_and_rank("car upkeep", 100, None, mode="hybrid", retriever=rc.LocalRetriever(index))
+    assert list(zip(direct.reranked["url"], direct.reranked["rank"], strict=True)) == report["_runs"]["reranked"]["q2"]
+    hybrid = index.search("car upkeep", 100)
+    assert [(u, -d) for u, d in zip(hybrid["url"], hybrid["distance"], strict=True)] == report["_runs"]["hybrid"]["q2"]
+    index.close()
+
+
+def test_end_to_end_refuses_a_corpus_without_text(tmp_path, monkeypatch, capsys):
+    folder = _collection(tmp_path / "empty", {"a": "  ", "b": ""}, {"q1": "anything"}, {"q1": "a"})
+    monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
+    assert evaluate.main([str(folder), "--end-to-end", "--model", str(core.packaged_model_path()),
+                          "--backend", "torch"]) == 2
+    assert "the corpus holds no document with text" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("index-*"))

@@ -23,10 +23,13 @@ def test_build_search_and_reuse_without_reembedding(tmp_path, packaged_scorer, s
     assert list(hits.columns) == ["url", "text", "distance"]
     assert hits["distance"].is_monotonic_increasing
     assert "json.html" in hits["url"].iloc[0]
-    # distance is the cosine distance of the stored embeddings
+    assert ((hits["distance"] >= 0) & (hits["distance"] <= 1)).all()  # hybrid: 1 - fused score in [0, 1]
+    # dense: distance is the cosine distance of the stored embeddings
+    dense = index.search("serialize a Python object to a JSON formatted string", 5, mode="dense")
     q = packaged_scorer.embed(["serialize a Python object to a JSON formatted string"], query=True)[0]
-    d = packaged_scorer.embed([hits["text"].iloc[0]])[0]
-    assert hits["distance"].iloc[0] == pytest.approx(1 - float(np.dot(q, d)), abs=1e-4)
+    d = packaged_scorer.embed([dense["text"].iloc[0]])[0]
+    assert dense["distance"].iloc[0] == pytest.approx(1 - float(np.dot(q, d)), abs=1e-4)
+    assert dense["distance"].is_monotonic_increasing
     index.close()
 
     second = CountingEmbedder(packaged_scorer)
@@ -34,6 +37,51 @@ def test_build_search_and_reuse_without_reembedding(tmp_path, packaged_scorer, s
     assert second.document_texts == 0 and again.stats.reused  # nothing re-embedded
     assert again.search("serialize a Python object to a JSON formatted string", 5)["url"].tolist() == hits["url"].tolist()
     again.close()
+
+
+def test_modes_find_what_words_or_meaning_alone_find(tmp_path, packaged_scorer):
+    passages = [corpus.Passage(url=f"p{i}", text=t) for i, t in enumerate([
+        "Error code XK-47b means the coolant pump has overheated; let it cool before restarting.",
+        "A sloop is a sailing boat with a single mast.",
+        "Tomatoes need full sun and regular watering.",
+        "Automobiles require periodic maintenance such as changing engine oil.",
+        "The kettle switched itself off because it got too hot."])]
+    index = LocalIndex.open(passages, packaged_scorer, path=tmp_path / "modes.duckdb")
+    code = "what does XK-47b mean"
+    assert index.search(code, 1, "lexical")["url"].tolist() == ["p0"]  # a rare code: words find it
+    assert index.search("car upkeep", 1, "dense")["url"].tolist() == ["p3"]  # no shared word: meaning finds it
+    assert not index.scores("car upkeep", "lexical")[1].any()
+    for query, wanted in ((code, "p0"), ("car upkeep", "p3")):
+        assert index.search(query, 2)["url"].iloc[0] == wanted  # hybrid finds both
+    lexical = index.search("boat with one mast", 3, "lexical")
+    assert lexical["distance"].tolist() == sorted(lexical["distance"]) and lexical["url"].iloc[0] == "p1"
+    index.close()
+    again = LocalIndex.open(passages, packaged_scorer, path=tmp_path / "modes.duckdb")  # BM25 comes back from the file
+    assert again.stats.reused and again.search(code, 1, "lexical")["url"].tolist() == ["p0"]
+    again.close()
+
+
+def test_failed_build_leaves_nothing_in_the_cache(tmp_path, packaged_scorer, small_corpus):
+    class Failing(CountingEmbedder):
+        def embed(self, texts, *, query=False, background=False):
+            if self.document_texts >= 8:
+                raise RuntimeError("embedding failed half way")
+            return super().embed(texts, query=query, background=background)
+
+    with pytest.raises(RuntimeError, match="half way"):
+        LocalIndex.open(small_corpus[:20], Failing(packaged_scorer), path=tmp_path / "c" / "index.duckdb", batch_size=8)
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_corpus_without_text_builds_nothing(tmp_path, packaged_scorer):
+    (tmp_path / "notext.jsonl").write_text('{"url": "a", "body": "words"}\n')
+    (tmp_path / "blank.jsonl").write_text('{"text": "   "}\n')
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+    for name, message in (("notext.jsonl", "has no 'text' column"), ("blank.jsonl", "holds no text"),
+                          ("broken.parquet", "unreadable as parquet")):
+        with pytest.raises(rc.RetrievalError, match=message):
+            rc.LocalRetriever.build(corpus_path=str(tmp_path / name), cache_dir=tmp_path / "cache", embedder=packaged_scorer)
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
 
 
 def test_rebuilds_when_corpus_or_model_changes(tmp_path, packaged_scorer, small_corpus):

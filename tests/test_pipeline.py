@@ -72,6 +72,45 @@ def test_retrieve_and_rerank_through_gradio_client(local_app):
     assert "tempfile.html" in hits["url"].iloc[0]
 
 
+def test_modes_through_gradio_client_and_an_unknown_mode_names_the_field(local_app):
+    client = Client(local_app, verbose=False)
+    seen = {}
+    for mode in ("hybrid", "dense", "lexical"):
+        hits = _frame(client.predict(query="extract members of a zip archive", k=5, mode=mode,
+                                     api_name="/similarity_search"))
+        assert list(hits.columns) == ["url", "text", "distance"] and hits["distance"].is_monotonic_increasing
+        seen[mode] = hits["url"].tolist()
+    assert seen["dense"] != seen["lexical"]  # the two halves really differ
+    out = _frame(client.predict(query="extract members of a zip archive", k=20, top_n=3, mode="lexical",
+                                api_name="/retrieve_and_rerank"))
+    assert len(out) == 3
+    with pytest.raises(Exception, match="mode must be one of hybrid, dense, lexical, got 'fuzzy'"):
+        client.predict(query="zip", k=3, mode="fuzzy", api_name="/similarity_search")
+
+
+def test_remote_space_takes_no_mode(spaces):
+    with pytest.raises(rc.RetrievalError, match="mode='dense' is not available: the retrieval Space"):
+        rc.RemoteRetriever(spaces["good"], timeout=20).search("future of AI", 2, "dense")
+
+
+def test_pipeline_weighs_the_model_by_what_the_first_stage_holds(packaged_scorer, local_retriever):
+    import numpy as np
+
+    from scoring.ranking import fuse
+
+    service = app_module.build_service(Settings(), packaged_scorer, local_retriever)
+    for mode, weight in (("hybrid", 0.3), (None, 0.3), ("lexical", 0.7), ("dense", 0.7)):
+        ranking = service.retrieve_and_rank("extract a zip archive", 20, None, mode=mode).rerank.ranking
+        model = np.array([r.model_score for r in ranking])
+        first = np.array([ranking.first_stage[r.index] for r in ranking])
+        np.testing.assert_allclose([r.score for r in ranking], fuse(model, first, method="interpolate", weight=weight))
+    remote = app_module.build_service(Settings(), packaged_scorer, DuplicatingRetriever(local_retriever))
+    ranking = remote.retrieve_and_rank("extract a zip archive", 10, None).rerank.ranking  # first stage unknown: 0.7
+    first = np.array([ranking.first_stage[r.index] for r in ranking])
+    np.testing.assert_allclose([r.score for r in ranking], fuse(np.array([r.model_score for r in ranking]), first,
+                                                                method="interpolate", weight=0.7))
+
+
 def test_app_stands_in_for_the_retrieval_space(local_app):
     hits = rc.RemoteRetriever(local_app, timeout=30).search("temporary directory", 3)
     assert len(hits) == 3 and hits["distance"].is_monotonic_increasing
