@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config import VERSION
@@ -148,6 +148,10 @@ input,button{{font-size:1rem;padding:.5rem;width:100%;box-sizing:border-box;marg
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    instruction: str | None = Field(
+        None, validation_alias=AliasChoices("instruction", "instruct"),
+        description="a task instruction for instruction-following rerankers (Qwen3-Reranker style; `instruct` as "
+                    "SGLang names it); default RERANK_INSTRUCTION; reported as ignored for models that take none")
 
 
 class CohereV2Request(_Request):
@@ -213,6 +217,22 @@ def _duplicates(ranking) -> list[dict]:
     return [{"index": d.index, "same_as": d.same_as} for d in ranking.duplicates]
 
 
+def _meta(ranking, version: str) -> dict:
+    """Cohere's ``meta`` with what this service adds: dropped duplicates and the instruction's fate."""
+    meta = {"api_version": {"version": version}, "billed_units": {"search_units": 1}, "duplicates": _duplicates(ranking)}
+    if ranking.instruction is not None:
+        meta["instruction"] = ranking.instruction.as_dict()
+    return meta
+
+
+def _headers(response: Response, ranking) -> None:
+    """The model that ranked, and (for the TEI shape, a bare list) whether the instruction was applied."""
+    response.headers["X-Rerank-Model"] = ranking.model.name
+    if ranking.instruction is not None:
+        use = ranking.instruction
+        response.headers["X-Rerank-Instruction"] = "applied" if use.applied else use.note.encode("ascii", "replace").decode()
+
+
 def create_api(service: Service) -> FastAPI:
     """The FastAPI app with the rerank routes behind the :class:`Guard`; ``app.py`` mounts Gradio beside them."""
     from fastapi_offline import FastAPIOffline
@@ -264,20 +284,20 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
         """Cohere v2 rerank: relevance of each document, best first."""
         ranking = await service.rank_async(body.query, body.documents, face="http", route="/v2/rerank",
                                            model=body.model, max_tokens_per_doc=body.max_tokens_per_doc,
-                                           disconnected=request.is_disconnected)
-        response.headers["X-Rerank-Model"] = ranking.model.name
+                                           instruction=body.instruction, disconnected=request.is_disconnected)
+        _headers(response, ranking)
         return {"id": str(uuid.uuid4()), "model": ranking.model.name,
                 "results": [{"index": r.index, "relevance_score": r.score} for r in ranking.with_duplicates()[: body.top_n]],
-                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1},
-                         "duplicates": _duplicates(ranking)}}
+                "meta": _meta(ranking, "2")}
 
     @api.post("/v1/rerank", dependencies=guards, tags=["rerank"])
     async def cohere_v1(body: CohereV1Request, request: Request, response: Response) -> dict:
         """Cohere v1 / Jina rerank: strings or objects, ``document`` returned only when asked."""
         texts = [_v1_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
         ranking = await service.rank_async(body.query, texts, face="http", route="/v1/rerank", model=body.model,
-                                           max_tokens_per_doc=body.max_tokens_per_doc, disconnected=request.is_disconnected)
-        response.headers["X-Rerank-Model"] = ranking.model.name
+                                           max_tokens_per_doc=body.max_tokens_per_doc, instruction=body.instruction,
+                                           disconnected=request.is_disconnected)
+        _headers(response, ranking)
         results = []
         for r in ranking.with_duplicates()[: body.top_n]:
             item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
@@ -286,9 +306,7 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
                 item["document"] = {"text": doc} if isinstance(doc, str) else doc
             results.append(item)
         return {"id": str(uuid.uuid4()), "model": ranking.model.name, "results": results,
-                "usage": {"total_tokens": ranking.cost},
-                "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1},
-                         "duplicates": _duplicates(ranking)}}
+                "usage": {"total_tokens": ranking.cost}, "meta": _meta(ranking, "1")}
 
     @api.post("/rerank", dependencies=guards, response_model=list[TeiResult], response_model_exclude_none=True,
               tags=["rerank"])
@@ -297,8 +315,8 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
         ranking = await service.rank_async(body.query, body.texts, face="http", route="/rerank", raw=body.raw_scores,
                                            long_documents="truncate" if body.truncate else "chunk",
                                            truncate_left=body.truncation_direction.lower() == "left",
-                                           disconnected=request.is_disconnected)
-        response.headers["X-Rerank-Model"] = ranking.model.name
+                                           instruction=body.instruction, disconnected=request.is_disconnected)
+        _headers(response, ranking)
         return [{"index": r.index, "score": r.score, **({"text": body.texts[r.index]} if body.return_text else {})}
                 for r in ranking.with_duplicates()]
 

@@ -17,6 +17,7 @@ import rerank as core
 import retrieval_client as rc
 import views
 from config import Settings
+from hybrid import DEFAULT_MODE, MODES
 from service import Service, ServiceError, from_settings
 
 log = logging.getLogger("rag_augment.app")
@@ -92,6 +93,7 @@ def _table_payload(frame: pd.DataFrame, ranking=None) -> dict:
     payload = {"headers": [str(c) for c in frame.columns], "data": clean.values.tolist(), "metadata": None}
     if ranking is not None:
         payload["dropped_duplicates"] = [{"row": d.index, "same_as": d.same_as} for d in ranking.duplicates]
+        payload["instruction"] = ranking.instruction.as_dict() if ranking.instruction else None
     return payload
 
 
@@ -112,11 +114,13 @@ class Handlers:
         except ServiceError as exc:
             raise gr.Error(exc.message, print_exception=False) from None  # the service logged one line
 
-    async def _rank_table(self, query, documents, top_n, face: str, route: str):
+    async def _rank_table(self, query, documents, top_n, face: str, route: str, instruction: str | None = None):
         parse = lambda payload: documents_from_payload(payload, max_documents=self.service.limits.max_documents)  # noqa: E731
-        return await self._run(self.service.rank_table, query, documents, top_n, face=face, route=route, parse=parse)
+        return await self._run(self.service.rank_table, query, documents, top_n, face=face, route=route, parse=parse,
+                               instruction=instruction or None)
 
-    async def rerank(self, query: str, documents: dict, top_n: int | None = None, request: gr.Request = None) -> dict:
+    async def rerank(self, query: str, documents: dict, top_n: int | None = None, instruction: str = "",
+                     request: gr.Request = None) -> dict:
         """Rerank documents by relevance to the query: the seed's table in, the same table reranked out.
 
         Duplicate texts are dropped (listed in `dropped_duplicates`, rows numbered from 0); a `rank`
@@ -127,64 +131,74 @@ class Handlers:
             query: the question to rank the documents against.
             documents: a table with a `text` column, other columns kept: {"headers": ["url", "text"], "data": [[...], ...]}.
             top_n: keep only the best N rows (empty: all).
+            instruction: a task instruction for instruction-following rerankers (Qwen3-Reranker style); empty: the
+                server's default (RERANK_INSTRUCTION). Models that take none ignore it and say so.
         Returns:
-            {"headers": [...input columns, "rank"], "data": rows best first, "dropped_duplicates": [{"row", "same_as"}]}.
+            {"headers": [...input columns, "rank"], "data": rows best first, "dropped_duplicates": [{"row", "same_as"}],
+            "instruction": {"text", "applied", "note"} or null}.
         """
-        result = await self._rank_table(query, documents, top_n, face_of(request), "/rerank")
+        result = await self._rank_table(query, documents, top_n, face_of(request), "/rerank", instruction)
         return _table_payload(result.table, result.ranking)
 
-    async def rerank_ui(self, query: str, documents, top_n, request: gr.Request = None):
-        result = await self._rank_table(query, documents, _top_n(top_n), "gradio", "rerank_ui")
+    async def rerank_ui(self, query: str, documents, top_n, instruction: str = "", request: gr.Request = None):
+        result = await self._rank_table(query, documents, _top_n(top_n), "gradio", "rerank_ui", instruction)
         return views.ranked_view(result), views.summary(result, len(documents))
 
     async def rerank_example(self, query: str, documents):
         result = await self._rank_table(query, documents, None, "gradio", "example")
         return views.ranked_view(result), views.summary(result, len(documents))
 
-    async def similarity_search(self, query: str, k: int = 5, request: gr.Request = None) -> dict:
+    async def similarity_search(self, query: str, k: int = 5, mode: str = "", request: gr.Request = None) -> dict:
         """The k passages closest to the query (the seed retrieval Space's table).
 
         Args:
             query: the question to search for.
             k: how many passages to return (1 to 1000).
+            mode: the local index's retrieval: "hybrid" (BM25 and embeddings fused; the default when empty), "dense"
+                or "lexical". Leave empty when a remote retrieval Space (RETRIEVAL_URL) answers.
         Returns:
-            {"headers": ["url", "text", "distance"], "data": rows closest first}; distance is cosine, lower is closer.
+            {"headers": ["url", "text", "distance"], "data": rows closest first}; distance: lower is closer (dense:
+            cosine distance; lexical: 1 / (1 + BM25); hybrid: 1 - fused score).
         """
-        frame = await self._run(self.service.search, query, k, face=face_of(request), route="/similarity_search")
+        frame = await self._run(self.service.search, query, k, mode=mode or None, face=face_of(request),
+                                route="/similarity_search")
         return _table_payload(frame)
 
-    async def retrieve_and_rerank(self, query: str, k: int = 50, top_n: int = 5, request: gr.Request = None) -> dict:
+    async def retrieve_and_rerank(self, query: str, k: int = 50, top_n: int = 5, mode: str = "",
+                                  request: gr.Request = None) -> dict:
         """Retrieve the k closest passages, rerank them and return the best top_n.
 
         Args:
             query: the question.
             k: how many passages to retrieve first (1 to 1000).
             top_n: how many reranked passages to keep.
+            mode: the first stage on the local index: "hybrid" (the default when empty), "dense" or "lexical".
         Returns:
             {"headers": ["retrieved_position", "url", "text", "distance", "rank", "move"], "data": rows best first,
             "dropped_duplicates": [...]}; `move` is "12 -> 1" (retrieved position -> reranked position).
         """
-        result = await self._run(self.service.retrieve_and_rank, query, k, top_n, face=face_of(request),
-                                 route="/retrieve_and_rerank")
+        result = await self._run(self.service.retrieve_and_rank, query, k, top_n, mode=mode or None,
+                                 face=face_of(request), route="/retrieve_and_rerank")
         return _table_payload(result.reranked, result.rerank.ranking)
 
-    async def search_ui(self, query: str, k: int, private, request: gr.Request):
-        frame = await self._run(self.service.search, query, int(k), retriever=private, face="gradio", route="search_ui")
+    async def search_ui(self, query: str, k: int, mode: str | None, private, request: gr.Request):
+        frame = await self._run(self.service.search, query, int(k), mode=mode or None, retriever=private, face="gradio",
+                                route="search_ui")
         return frame, f"{len(frame)} passages retrieved (first stage only, not reranked)."
 
-    async def pipeline_ui(self, query: str, k: int, top_n: int, private, request: gr.Request = None,
+    async def pipeline_ui(self, query: str, k: int, top_n: int, mode: str | None, private, request: gr.Request = None,
                           progress=gr.Progress()):
         backend = private or self.service.retriever
         while isinstance(backend, rc.BackgroundRetriever) and not backend.finished(timeout=0.5):
             progress((backend.done, backend.total or None), desc="Building the index", unit="passages")
         progress(0.3, desc=f"Retrieving {int(k)} passages and reranking them")
-        result = await self._run(self.service.retrieve_and_rank, query, int(k), int(top_n), retriever=private,
-                                 face="gradio", route="retrieve_and_rerank_ui")
+        result = await self._run(self.service.retrieve_and_rank, query, int(k), int(top_n), mode=mode or None,
+                                 retriever=private, face="gradio", route="retrieve_and_rerank_ui")
         relevance = [r.model_score for r in result.rerank.ranking]  # the model's own score, before any fusion
         return views.moves_view(result.reranked), views.pictures(result.reranked, relevance), result.summary
 
     async def pipeline_example(self, query: str):
-        return await self.pipeline_ui(query, 50, 5, None)
+        return await self.pipeline_ui(query, 50, 5, None, None)
 
     async def index_upload(self, file: str | None, private, request: gr.Request, progress=gr.Progress()):
         if not file:
@@ -266,6 +280,11 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
             documents = gr.Dataframe(label="Documents (a text column; other columns are kept)", value=EXAMPLE_DOCUMENTS,
                                      headers=list(EXAMPLE_DOCUMENTS.columns), wrap=True, interactive=True,
                                      type="pandas", elem_id="documents")
+            instruction = gr.Textbox(label="Instruction (instruction-following rerankers only)", elem_id="instruction",
+                                     placeholder=service.instruction or "e.g. Given a web search query, retrieve "
+                                                 "relevant passages that answer the query",
+                                     info=None if scorer.info.takes_instruction else
+                                     f"{scorer.info.name} takes no instruction: it would be ignored")
             with gr.Row():
                 top_n = gr.Number(label="Keep the best N (0: all)", precision=0, minimum=0, value=0, scale=1,
                                   elem_id="top-n")
@@ -284,6 +303,10 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
                                      scale=3, elem_id="pipeline-query")
                 p_k = gr.Slider(1, 200, value=50, step=1, label="Retrieve k")
                 p_top = gr.Slider(1, 50, value=5, step=1, label="Keep top_n")
+                remote = isinstance(service.retriever, rc.RemoteRetriever)  # a Space retrieves its own way
+                p_mode = gr.Radio(list(MODES), value=None if remote else DEFAULT_MODE, label="First stage",
+                                  elem_id="pipeline-mode", visible=not remote,
+                                  info="hybrid: words (BM25) and embeddings fused")
             with gr.Row():
                 run = gr.Button("Retrieve & rerank", variant="primary", elem_id="pipeline-run")
                 search = gr.Button("Search only", elem_id="search-only")
@@ -312,14 +335,14 @@ def build_demo(settings: Settings, scorer: core.Scorer, retriever: rc.Retriever 
             return line, gr.Timer(active=building)
 
         refresh.tick(status_tick, inputs=[private], outputs=[backend, refresh], api_visibility="private")
-        ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n], outputs=[reranked, status],
+        ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n, instruction], outputs=[reranked, status],
                               api_visibility="private", concurrency_limit=None)
         ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
         demo.load(lambda state: (header_line(service, scorer), details_text(service, scorer), *status_tick(state)),
                   inputs=[private], outputs=[header, details, backend, refresh], api_visibility="private")
-        search.click(handlers.search_ui, inputs=[p_query, p_k, private], outputs=[moves, p_status],
+        search.click(handlers.search_ui, inputs=[p_query, p_k, p_mode, private], outputs=[moves, p_status],
                      api_visibility="private", concurrency_limit=None)
-        run.click(handlers.pipeline_ui, inputs=[p_query, p_k, p_top, private], outputs=[moves, picture, p_status],
+        run.click(handlers.pipeline_ui, inputs=[p_query, p_k, p_top, p_mode, private], outputs=[moves, picture, p_status],
                   api_visibility="private", concurrency_limit=None)
         index_btn.click(handlers.index_upload, inputs=[upload, private], outputs=[private, backend],
                         api_visibility="private")
@@ -415,7 +438,7 @@ def main() -> None:
     remove_stale_builds(settings.cache_dir)
     remove_stale_exports(settings.cache_dir)
     load = {"trust_remote_code": settings.trust_remote_code, "backend": settings.backend,
-            "cache_dir": str(settings.cache_dir), "device": settings.device}
+            "cache_dir": str(settings.cache_dir), "device": settings.device, "max_tokens": settings.max_tokens}
     scorer = core.get_scorer(settings.model, **load)
     extra = [core.get_scorer(m, **load) for m in settings.extra_models]
     embedder = core.packaged_scorer(backend=settings.backend, cache_dir=settings.cache_dir, device=settings.device)

@@ -105,6 +105,9 @@ class Settings:
     trust_remote_code: bool = False
     fusion: str = "auto"
     fusion_weight: float = 0.7
+    hybrid_fusion_weight: float = 0.3
+    instruction: str | None = None
+    max_tokens: int = 8192
     backend: str = "auto"
     device: str = "auto"
     measure_budget: float = 120.0
@@ -134,6 +137,9 @@ class Settings:
             trust_remote_code=env.get("RERANK_TRUST_REMOTE_CODE", "").strip().lower() in {"1", "true", "yes"},
             fusion=_choice(env, "RERANK_FUSION", "auto", ("auto", "none", "rrf", "interpolate")),
             fusion_weight=_weight(env, "RERANK_FUSION_WEIGHT", 0.7),
+            hybrid_fusion_weight=_weight(env, "RERANK_HYBRID_FUSION_WEIGHT", 0.3),
+            instruction=env.get("RERANK_INSTRUCTION", "").strip() or None,
+            max_tokens=_int(env, "RERANK_MAX_TOKENS", 8192, minimum=16),
             backend=_choice(env, "RERANK_BACKEND", "auto", BACKENDS),
             device=_device(env),
             measure_budget=_float(env, "RERANK_MEASURE_SECONDS", 120.0),

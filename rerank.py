@@ -54,7 +54,7 @@ def default_scorer(model: str | None = None) -> Scorer:
 
     settings = Settings.from_env()
     return get_scorer(model or settings.model, trust_remote_code=settings.trust_remote_code, backend=settings.backend,
-                      cache_dir=str(settings.cache_dir), device=settings.device)
+                      cache_dir=str(settings.cache_dir), device=settings.device, max_tokens=settings.max_tokens)
 
 
 def rank(query: str, documents: Sequence[str], top_n: int | None = None, *, model: str | None = None,

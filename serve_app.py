@@ -41,7 +41,7 @@ class Reranker:
         self.batching = max_batch_size > 1
         s = self.settings
         self.scorer = load_scorer(s.model, trust_remote_code=s.trust_remote_code, backend=s.backend,
-                                  cache_dir=s.cache_dir, device=s.device, workers=assigned_cpus())
+                                  cache_dir=s.cache_dir, device=s.device, workers=assigned_cpus(), max_tokens=s.max_tokens)
         if self.scorer.needs_tuning:
             self.scorer.tune(budget_s=s.measure_budget)
         self.score_batch.set_max_batch_size(max(1, max_batch_size))

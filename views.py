@@ -29,10 +29,12 @@ def ranked_view(result: RerankResult) -> pd.DataFrame:
 def summary(result: RerankResult, rows_in: int) -> str:
     """One line under the results: rows in, rows ranked, which duplicates were dropped (rows from 0)."""
     dropped = [(d.index, d.same_as) for d in result.ranking.duplicates] if result.ranking else []
+    use = result.ranking.instruction if result.ranking else None
+    told = f" Instruction {use.note}." if use else ""
     if not dropped:
-        return f"{rows_in} documents in, {len(result.table)} ranked; no duplicates."
+        return f"{rows_in} documents in, {len(result.table)} ranked; no duplicates.{told}"
     shown = ", ".join(f"row {i} (same text as row {j})" for i, j in dropped[:10]) + (" …" if len(dropped) > 10 else "")
-    return f"{rows_in} documents in, {len(result.table)} ranked; {len(dropped)} duplicate(s) dropped: {shown}."
+    return f"{rows_in} documents in, {len(result.table)} ranked; {len(dropped)} duplicate(s) dropped: {shown}.{told}"
 
 
 def movement(before: int, after: int) -> str:

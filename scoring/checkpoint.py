@@ -1,9 +1,18 @@
 """A checkpoint on disk: where its files are, how it must score, and what it computes.
 
-A model is used the way it was trained. A checkpoint with a trained sequence-classification head
-(one relevance logit) is a cross-encoder; anything else (an embedding model such as
-all-MiniLM-L6-v2, or the seed's all-MiniLM-L12-v2) is scored by the cosine similarity of its
-embeddings. A randomly initialised head is never used.
+A model is used the way it was trained (:func:`detect`):
+
+- a sequence-classification cross-encoder (BERT, XLM-R such as bge-reranker-v2-m3, ModernBERT) with a
+  trained one-logit head: the sigmoid of that logit;
+- a causal-LM reranker (the Qwen3-Reranker family and others built the same way), as a
+  sentence-transformers CrossEncoder module chain (a text-generation ``Transformer`` and a score head
+  such as ``LogitScore``) or a plain ``*ForCausalLM`` checkpoint: logit("yes") - logit("no") at the last
+  token, as sentence-transformers scores it, with the checkpoint's own chat template or prompts;
+- anything else with an encoder (all-MiniLM-L6-v2, or the seed's all-MiniLM-L12-v2): the cosine
+  similarity of its embeddings.
+
+A randomly initialised head is never used, and a causal LM whose tokenizer has no "yes"/"no" tokens
+is refused rather than guessed.
 """
 
 from __future__ import annotations
@@ -17,6 +26,12 @@ from typing import Literal
 from scoring.errors import ModelLoadError
 
 Mode = Literal["cross-encoder", "embedding"]
+Family = Literal["sequence-classification", "causal-lm", "embedding"]
+DESCRIPTIONS = {
+    "sequence-classification": "cross-encoder relevance (sigmoid of the trained ranking head)",
+    "causal-lm": "causal-LM reranker relevance (sigmoid of logit('yes') - logit('no') at the last token)",
+    "embedding": "embedding similarity ((1 + cosine) / 2 of query and document embeddings)",
+}
 PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
 _HEAD_PREFIXES = ("classifier.", "score.")
 _HUB_IGNORE = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*",
@@ -33,24 +48,38 @@ class ModelInfo:
     max_length: int
     requested: str
     fallback_reason: str | None = None
+    family: Family | None = None
+    detected: str = ""
+    window_note: str | None = None
+
+    @property
+    def kind(self) -> Family:
+        """The model family (sequence-classification, causal-lm or embedding)."""
+        return self.family or ("sequence-classification" if self.mode == "cross-encoder" else "embedding")
+
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether a task instruction reaches the model (causal-LM rerankers take one; the others ignore it)."""
+        return self.kind == "causal-lm"
 
     @property
     def mode_description(self) -> str:
         """A one-line, human description of how scores are computed."""
-        if self.mode == "cross-encoder":
-            return "cross-encoder relevance (sigmoid of the trained ranking head)"
-        return "embedding similarity ((1 + cosine) / 2 of query and document embeddings)"
+        return DESCRIPTIONS[self.kind]
 
     def describe(self) -> str:
         """The sentence the UI and logs show about the active model."""
         text = f"{self.name} scoring by {self.mode_description}"
+        if self.window_note:
+            text += f"; {self.window_note}"
         if self.fallback_reason:
             text += f". Fell back from {self.requested}: {self.fallback_reason}"
         return text
 
     def as_dict(self) -> dict:
         """JSON-friendly form for /info: no filesystem paths (a fallback reason names none either)."""
-        return {"name": self.name, "mode": self.mode, "max_length": self.max_length,
+        return {"name": self.name, "mode": self.mode, "family": self.kind, "detected": _no_path(self.detected),
+                "max_length": self.max_length, "window": self.window_note, "takes_instruction": self.takes_instruction,
                 "requested": _no_path(self.requested), "fallback_reason": _no_path(self.fallback_reason),
                 "scoring": self.mode_description}
 
@@ -117,8 +146,17 @@ def _weight_keys(model_dir: Path) -> set[str] | None:
     return keys
 
 
-def detect_mode(model_dir: Path) -> Mode:
-    """Decide how a checkpoint must score: cross-encoder only with a trained one-logit ranking head."""
+@dataclass(frozen=True)
+class Detection:
+    """How a checkpoint must score, and the evidence for it (shown in /info and the log)."""
+
+    mode: Mode
+    family: Family
+    why: str
+    runner: Literal["graph", "sentence-transformers"] = "graph"
+
+
+def _config(model_dir: Path) -> dict:
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{model_dir.name} has no config.json: not a transformers checkpoint")
@@ -126,17 +164,90 @@ def detect_mode(model_dir: Path) -> Mode:
         config = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{config_file.name} of {model_dir.name} is unreadable: {exc}") from exc
-    architectures = config.get("architectures") or []
-    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
-        return "embedding"
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file.name} of {model_dir.name} is not a JSON object")
+    return config
+
+
+def token_id(model_dir: Path, token: str) -> int | None:
+    """The id of ``token`` as one whole token of the checkpoint's vocabulary (never the unknown token)."""
+    if (model_dir / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(model_dir / "tokenizer.json")).token_to_id(token)
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True).get_vocab().get(token)
+    except Exception:
+        return None
+
+
+def _st_chain(model_dir: Path) -> list[str] | None:
+    """The module types of a sentence-transformers CrossEncoder chain, or None when the folder holds none."""
+    if read_json(model_dir / "config_sentence_transformers.json").get("model_type") != "CrossEncoder":
+        return None
+    try:
+        modules = json.loads((model_dir / "modules.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)] or None
+
+
+def _causal(model_dir: Path, architecture: str, chain: list[str] | None) -> Detection:
+    """A causal-LM reranker, checked: its yes/no tokens (plain checkpoints) or its score head (module chains)."""
+    if chain is not None:
+        head = chain[1] if len(chain) > 1 else None
+        if head is None:
+            raise ModelLoadError(f"{model_dir.name} is a {architecture} CrossEncoder chain without a score head "
+                                 "(modules.json lists only the Transformer); add a LogitScore module")
+        if head == "LogitScore":
+            ids = read_json(_module_dir(model_dir, 1) / "config.json")
+            true, false = ids.get("true_token_id"), ids.get("false_token_id")
+            return Detection("cross-encoder", "causal-lm", f"{architecture} in a sentence-transformers CrossEncoder "
+                             f"chain ({' + '.join(chain)}; true token {true}, false token {false})", "sentence-transformers")
+        return Detection("cross-encoder", "causal-lm", f"{architecture} in a sentence-transformers CrossEncoder chain "
+                         f"({' + '.join(chain)})", "sentence-transformers")
+    missing = [t for t in ("yes", "no") if token_id(model_dir, t) is None]
+    if missing:
+        raise ModelLoadError(
+            f"{model_dir.name} is a causal LM ({architecture}) whose tokenizer has no {' or '.join(repr(m) for m in missing)} "
+            "token, so it cannot be scored as a yes/no reranker; save it as a sentence-transformers CrossEncoder with a "
+            "LogitScore module naming its own true/false tokens (CrossEncoder(modules=[...]).save_pretrained(...))")
+    return Detection("cross-encoder", "causal-lm", f"{architecture} with 'yes' and 'no' tokens: scored by "
+                     "sentence-transformers' LogitScore", "sentence-transformers")
+
+
+def _module_dir(model_dir: Path, index: int) -> Path:
+    modules = json.loads((model_dir / "modules.json").read_text())
+    return model_dir / str(modules[index].get("path", ""))
+
+
+def detect(model_dir: Path) -> Detection:
+    """Decide how a checkpoint must score (see the module docstring); a checkpoint that fits no kind is refused."""
+    config = _config(model_dir)
+    architectures = [str(a) for a in config.get("architectures") or []]
+    architecture = architectures[0] if architectures else config.get("model_type", "unknown")
+    chain = _st_chain(model_dir)
+    task = read_json(model_dir / "sentence_bert_config.json").get("transformer_task")
+    if any(a.endswith("ForCausalLM") for a in architectures) or (chain is not None and task == "text-generation"):
+        return _causal(model_dir, architecture, chain)
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return Detection("embedding", "embedding", f"{architecture}: no ranking head, scored by its embeddings")
     keys = _weight_keys(model_dir)
     if keys is not None and not any(k.startswith(_HEAD_PREFIXES) or f".{p}" in k
                                     for k in keys for p in _HEAD_PREFIXES):
-        return "embedding"
+        return Detection("embedding", "embedding", f"{architecture} without trained head weights (a random head "
+                         "would be noise): scored by its embeddings")
     labels = config.get("num_labels") or len(config.get("id2label") or {}) or 1
     if labels != 1:
         raise ModelLoadError(f"{model_dir.name} has a {labels}-label classification head, not a one-logit ranking head")
-    return "cross-encoder"
+    return Detection("cross-encoder", "sequence-classification", f"{architecture} with a trained one-logit head")
+
+
+def detect_mode(model_dir: Path) -> Mode:
+    """How a checkpoint's scores are read: ``cross-encoder`` (a relevance logit) or ``embedding``."""
+    return detect(model_dir).mode
 
 
 @dataclass(frozen=True)

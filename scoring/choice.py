@@ -216,12 +216,18 @@ def noise(times: Sequence[float]) -> float:
 
 
 def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path, reference_model=None,
-           trust_remote_code: bool = False, workers: int = 1, device: str = "cpu", budget_s: float | None = None) -> Choice:
+           trust_remote_code: bool = False, workers: int = 1, device: str = "cpu", budget_s: float | None = None,
+           names: Sequence[str] | None = None, build: Callable[[str], list] | None = None,
+           reference: list | None = None) -> Choice:
     """Measure every backend available on ``device`` on the probe, ``workers`` replicas each, and pick one;
-    cached on disk. ``budget_s`` bounds the time spent (candidates not reached are skipped, saying so)."""
-    names = engines.backends_for(device)
-    reference = engines.replicas(names[0], model_dir, layout, tokenizer, cache_dir=cache_dir, workers=workers,
-                                 trust_remote_code=trust_remote_code, model=reference_model, device=device)
+    cached on disk. ``budget_s`` bounds the time spent (candidates not reached are skipped, saying so).
+    ``names``/``build``: other candidates and how to build a backend's replicas (causal-LM rerankers run through
+    sentence-transformers); ``reference``: fp32 replicas already loaded (the first of ``names``)."""
+    names = tuple(names or engines.backends_for(device))
+    build = build or (lambda name: engines.replicas(name, model_dir, layout, tokenizer, cache_dir=cache_dir,
+                                                    workers=workers, trust_remote_code=trust_remote_code, device=device,
+                                                    model=reference_model if name == names[0] else None))
+    reference = reference or build(names[0])
     candidates: dict[str, Callable[[], list]] = {}
     unavailable_here = []
     for name in names[1:]:
@@ -229,9 +235,7 @@ def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_d
         if reason:
             unavailable_here.append(Measurement(backend=name, note=reason))
             continue
-        candidates[name] = lambda name=name: engines.replicas(name, model_dir, layout, tokenizer, cache_dir=cache_dir,
-                                                              workers=workers, trust_remote_code=trust_remote_code,
-                                                              device=device)
+        candidates[name] = lambda name=name: build(name)
     measured, skipped, spread = measure(reference, candidates, layout, reference_name=names[0], budget_s=budget_s,
                                         batch=4 if device == "cpu" else len(probe_documents()))
     measurements = measured + skipped + unavailable_here

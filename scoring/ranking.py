@@ -12,7 +12,7 @@ the documents, the :class:`ScoringPolicy` says how they are fused in; ties keep 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -46,6 +46,45 @@ def validate_query(query: object) -> str:
     if problem:
         raise RerankError(f"query {problem}")
     return query
+
+
+MAX_INSTRUCTION_CHARS = 2000
+
+
+def validate_instruction(instruction: object) -> str | None:
+    """A task instruction as text (None or blank: none), or an error naming the field and the limit."""
+    if instruction is None:
+        return None
+    if not isinstance(instruction, str):
+        raise RerankError(f"instruction must be text, got {type(instruction).__name__}")
+    if len(instruction) > MAX_INSTRUCTION_CHARS:
+        raise LimitExceeded(f"instruction has {len(instruction):,} characters; the limit is {MAX_INSTRUCTION_CHARS:,}")
+    problem = unicode_problem(instruction)
+    if problem:
+        raise RerankError(f"instruction {problem}")
+    return instruction.strip() or None
+
+
+@dataclass(frozen=True)
+class InstructionUse:
+    """What became of a request's task instruction: given to the model, or ignored (and why)."""
+
+    text: str
+    applied: bool
+    note: str
+
+    def as_dict(self) -> dict:
+        """The response metadata's form."""
+        return {"text": self.text, "applied": self.applied, "note": self.note}
+
+
+def instruction_use(info: ModelInfo, instruction: str | None) -> InstructionUse | None:
+    """Whether ``instruction`` reaches the model ``info`` describes (None when there is none)."""
+    if instruction is None:
+        return None
+    if info.takes_instruction:
+        return InstructionUse(instruction, True, f"given to {info.name} as its task instruction")
+    return InstructionUse(instruction, False, f"ignored: {info.name} ({info.kind}) takes no instruction")
 
 
 def validate_texts(texts: Sequence[object], *, field: str = "documents", max_documents: int | None = None) -> list[str]:
@@ -137,14 +176,21 @@ class ScoringPolicy:
     """How the final score is made from the model's score and the first stage's, where one is given.
 
     The default is what won on the dev collections (``bench/quality.py``): for an embedding model,
-    ``0.7 * minmax(model) + 0.3 * minmax(first stage)``; a cross-encoder's score is used alone.
+    ``0.7 * minmax(model) + 0.3 * minmax(first stage)``; a cross-encoder's score is used alone. Over the
+    local index's hybrid first stage, which already holds the embedding's own cosine, the model's weight
+    is ``hybrid_weight`` (0.3 measured best end to end: ``evaluate.py --end-to-end``).
     """
 
     fusion: Fusion | Literal["auto"] = "auto"
     weight: float = 0.7
+    hybrid_weight: float = 0.3
     rrf_k: int = 60
     first_stage_column: str = FIRST_STAGE_COLUMN
     name: str = "default"
+
+    def for_first_stage(self, kind: str | None) -> ScoringPolicy:
+        """The policy over a known first stage: ``hybrid`` (lexical + this embedding) takes ``hybrid_weight``."""
+        return replace(self, weight=self.hybrid_weight) if kind == "hybrid" else self
 
     def method_for(self, mode: Mode) -> Fusion:
         """The fusion rule in force for a model of this mode."""
@@ -159,7 +205,9 @@ class ScoringPolicy:
             return "model score alone"
         rule = (f"{self.weight:g} x min-max(model) + {1 - self.weight:g} x min-max(first stage)" if method == "interpolate"
                 else f"reciprocal-rank fusion (k={self.rrf_k}, model weight {self.weight:g})")
-        return f"{rule} when a `{self.first_stage_column}` column (lower is closer) comes with the documents"
+        hybrid = f" (model weight {self.hybrid_weight:g} over the local index's hybrid first stage)" \
+            if self.hybrid_weight != self.weight else ""
+        return f"{rule} when a `{self.first_stage_column}` column (lower is closer) comes with the documents{hybrid}"
 
     def combine(self, mode: Mode, model_scores: np.ndarray, first_stage: np.ndarray | None) -> np.ndarray:
         """Final scores: the model's, fused with the first stage's where one is given and the policy asks."""
@@ -203,6 +251,7 @@ class Ranking:
     fused: bool
     cost: int = 0
     first_stage: dict[int, float] = field(default_factory=dict, repr=False)
+    instruction: InstructionUse | None = None
 
     def __iter__(self) -> Iterator[RankedDocument]:
         return iter(self.results)
@@ -245,7 +294,8 @@ class Ranking:
         results = [RankedDocument(int(indices[i]), float(scores[i]), self.results[i].model_score, self.results[i].text)
                    for i in order]
         fused = first is not None and policy.method_for(self.model.mode) != "none"
-        return Ranking(results, self.duplicates, self.model, self.backend, fused, self.cost, self.first_stage)
+        return Ranking(results, self.duplicates, self.model, self.backend, fused, self.cost, self.first_stage,
+                       self.instruction)
 
 
 @dataclass(frozen=True)
@@ -261,6 +311,7 @@ class Prepared:
     first_stage: np.ndarray | None
     policy: ScoringPolicy
     raw: bool
+    instruction: InstructionUse | None = None
 
     @property
     def cost(self) -> int:
@@ -271,9 +322,12 @@ class Prepared:
 def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int | None = None,
             first_stage: Sequence[float] | None = None, policy: ScoringPolicy = DEFAULT_POLICY,
             long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None,
-            truncate_left: bool = False, raw: bool = False, max_documents: int | None = None) -> Prepared:
-    """Check the inputs, drop duplicates and plan the windows (no model call yet)."""
+            truncate_left: bool = False, raw: bool = False, max_documents: int | None = None,
+            instruction: str | None = None) -> Prepared:
+    """Check the inputs, drop duplicates and plan the windows (no model call yet); ``instruction`` reaches models
+    that take one (causal-LM rerankers) and is reported as ignored by the others."""
     query = validate_query(query)
+    use = instruction_use(scorer.info, validate_instruction(instruction))
     texts = validate_texts(documents, max_documents=max_documents)
     top_n = validate_top_n(top_n)
     first: dict[str, int] = {}
@@ -291,8 +345,9 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
             raise RerankError("first-stage scores must be finite numbers, one per document")
         stage = values[unique]
     plan = scorer.plan(query, [texts[i] for i in unique], long_documents=long_documents,
-                       max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left)
-    return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw)
+                       max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left,
+                       instruction=use.text if use and use.applied else None)
+    return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw, use)
 
 
 def complete(prepared: Prepared, *, ticket: Ticket | None = None) -> Ranking:
@@ -330,17 +385,20 @@ def _ranked(prepared: Prepared, model_scores: np.ndarray) -> Ranking:
     if p.top_n is not None and stage:
         kept = {r.index for r in results}
         stage = {i: v for i, v in stage.items() if i in kept}
-    return Ranking(results, list(p.duplicates), p.scorer.info, p.scorer.backend.backend, fused, p.cost, stage)
+    return Ranking(results, list(p.duplicates), p.scorer.info, p.scorer.backend.backend, fused, p.cost, stage,
+                   p.instruction)
 
 
 def rank(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int | None = None,
          first_stage: Sequence[float] | None = None, policy: ScoringPolicy = DEFAULT_POLICY,
          long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None, truncate_left: bool = False,
-         raw: bool = False, max_documents: int | None = None, ticket: Ticket | None = None) -> Ranking:
+         raw: bool = False, max_documents: int | None = None, ticket: Ticket | None = None,
+         instruction: str | None = None) -> Ranking:
     """Rank ``documents`` for ``query``: the best first, duplicates reported, cut to ``top_n``.
 
     ``first_stage``: the retriever's scores, higher is better, one per document (fused in as ``policy``
-    says). ``raw``: the model's logit or cosine rather than the normalised [0, 1] score.
+    says). ``raw``: the model's logit or cosine rather than the normalised [0, 1] score. ``instruction``: a task
+    instruction for instruction-following rerankers (reported in ``Ranking.instruction`` as applied or ignored).
 
     >>> ranking = rank(scorer, "What is AI?", ["Bread needs yeast.", "AI is machine intelligence."])
     >>> ranking[0].index, round(ranking[0].score, 2)   # doctest: +SKIP
@@ -348,4 +406,5 @@ def rank(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int 
     """
     return complete(prepare(scorer, query, documents, top_n=top_n, first_stage=first_stage, policy=policy,
                             long_documents=long_documents, max_tokens_per_doc=max_tokens_per_doc,
-                            truncate_left=truncate_left, raw=raw, max_documents=max_documents), ticket=ticket)
+                            truncate_left=truncate_left, raw=raw, max_documents=max_documents,
+                            instruction=instruction), ticket=ticket)

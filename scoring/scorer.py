@@ -20,6 +20,7 @@ from scoring import choice as choosing
 from scoring import engines
 from scoring.cache import ScoreCache, cache_key
 from scoring.checkpoint import Layout, ModelInfo, file_list
+from scoring.engines.st_engine import causal_backends, st_replicas
 from scoring.errors import ModelLoadError, RerankError
 from scoring.pool import Ticket, WorkerPool
 
@@ -78,6 +79,8 @@ class ModelSource:
     trust_remote_code: bool
     needs_tuning: bool = False
     device: str = "cpu"
+    runner: str = "graph"  # or "sentence-transformers" (causal-LM rerankers)
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Plan:
     documents: int
     query_encoding: object | None = None  # cross-encoders: the query's tokens ...
     encodings: list | None = None  # ... and each unit's, from which the pair inputs are built without tokenizing again
+    instruction: str | None = None  # a task instruction the model takes (causal-LM rerankers)
 
     @property
     def cost(self) -> int:
@@ -145,7 +149,7 @@ class Scorer:
     # --- planning --------------------------------------------------------------------------------
 
     def plan(self, query: str, texts: Sequence[str], *, long_documents: LongDocuments = "chunk",
-             max_tokens_per_doc: int | None = None, truncate_left: bool = False) -> Plan:
+             max_tokens_per_doc: int | None = None, truncate_left: bool = False, instruction: str | None = None) -> Plan:
         """The windows to score for each text and their token lengths (``max_tokens_per_doc`` cuts each text first).
 
         Every text is tokenized once, here: its length, its windows and (for a cross-encoder) the model
@@ -162,6 +166,8 @@ class Scorer:
         encoded = self._pool.encode([query, *texts] if cross else texts)
         query_encoding = encoded.pop(0) if cross else None
         query_tokens = len(query_encoding) if cross else 0
+        if instruction:  # read with every pair: it takes window room and costs like the query
+            query_tokens += len(self._pool.encode([instruction])[0])
         window = max(32 if cross else 8, self.info.max_length - min(query_tokens, self.info.max_length // 2) - specials)
         units: list[str] = []
         owners: list[int] = []
@@ -177,18 +183,19 @@ class Scorer:
         lengths = [min(self.info.max_length, query_tokens + len(p) + specials) for p in pieces]  # len(): no id list built
         fits = cross and query_tokens + window + specials <= self.info.max_length  # else: the tokenizer truncates
         return Plan(query, units, np.asarray(owners, dtype=np.int64), lengths, len(texts),
-                    query_encoding if fits else None, pieces if fits else None)
+                    query_encoding if fits else None, pieces if fits else None, instruction)
 
     # --- scoring ---------------------------------------------------------------------------------
 
     def score(self, query: str, texts: Sequence[str], *, raw: bool = False, long_documents: LongDocuments = "chunk",
               max_tokens_per_doc: int | None = None, truncate_left: bool = False,
-              ticket: Ticket | None = None) -> np.ndarray:
-        """Relevance of each text to the query, higher is better (see the module docstring)."""
+              ticket: Ticket | None = None, instruction: str | None = None) -> np.ndarray:
+        """Relevance of each text to the query, higher is better (see the module docstring); ``instruction`` only
+        where the model takes one (:attr:`ModelInfo.takes_instruction`)."""
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float32)
         plan = self.plan(query, texts, long_documents=long_documents, max_tokens_per_doc=max_tokens_per_doc,
-                         truncate_left=truncate_left)
+                         truncate_left=truncate_left, instruction=instruction if self.info.takes_instruction else None)
         return self.score_plan(plan, raw=raw, ticket=ticket)
 
     def score_plan(self, plan: Plan, *, raw: bool = False, ticket: Ticket | None = None) -> np.ndarray:
@@ -256,9 +263,10 @@ class Scorer:
             vectors, q = self._embed(plan.units, ticket, lengths=plan.lengths, query=plan.query)
             cosine = np.asarray((vectors * q).sum(axis=1), dtype=np.float32)  # row by row: equal texts tie exactly
             return cosine if raw else (cosine + 1.0) / 2.0
-        keys = [cache_key(self.backend.backend, plan.query, u) for u in plan.units]
+        told = {"instruction": plan.instruction} if plan.instruction else {}
+        keys = [cache_key(self.backend.backend, *told.values(), plan.query, u) for u in plan.units]
         logits = self._cached_logits(keys, plan.lengths, lambda replica, positions: replica.score_pairs(
-            plan.query, [plan.units[m] for m in positions]), ticket)
+            plan.query, [plan.units[m] for m in positions], **told), ticket)
         return logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
     def embed(self, texts: Sequence[str], *, query: bool = False, ticket: Ticket | None = None,
@@ -333,16 +341,26 @@ class Scorer:
         source = self._pool.source
         if source is None or source.cache_dir is None:
             return self.backend
-        fp32 = engines.backends_for(source.device)[0]
-        reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == fp32 else None
-        choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
-                                 reference_model=reference, trust_remote_code=source.trust_remote_code,
-                                 workers=self.workers, device=source.device, budget_s=budget_s)
+        if source.runner == "sentence-transformers":
+            names = causal_backends(source.device)
+            build = lambda name: st_replicas(source.path, self.info.mode, source.trust_remote_code,  # noqa: E731
+                                             self.workers, device=source.device, max_tokens=source.max_tokens,
+                                             backend=name)[0]
+            choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
+                                     workers=self.workers, device=source.device, budget_s=budget_s, names=names,
+                                     build=build, reference=self._pool.replicas if self.backend.backend == names[0]
+                                     else None)
+        else:
+            fp32 = engines.backends_for(source.device)[0]
+            reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == fp32 else None
+            choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
+                                     reference_model=reference, trust_remote_code=source.trust_remote_code,
+                                     workers=self.workers, device=source.device, budget_s=budget_s)
+            build = lambda name: engines.replicas(name, source.path, source.layout, self._pool.tokenizer,  # noqa: E731
+                                                  cache_dir=source.cache_dir, workers=self.workers,
+                                                  trust_remote_code=source.trust_remote_code, device=source.device)
         if choice.backend != self.backend.backend:
-            replicas = engines.replicas(choice.backend, source.path, source.layout, self._pool.tokenizer,
-                                        cache_dir=source.cache_dir, workers=self.workers,
-                                        trust_remote_code=source.trust_remote_code, device=source.device)
-            self._pool.swap(replicas, choice)
+            self._pool.swap(build(choice.backend), choice)
         else:
             self._pool.choice = choice
         log.info("backend for %s: %s; measured (probe seconds, Spearman vs fp32): %s", self.info.name,

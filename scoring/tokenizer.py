@@ -18,8 +18,9 @@ class TextTokenizer:
     engine and each request-side counter holds its own :meth:`copy`.
     """
 
-    def __init__(self, tokenizer, pad_token: str | None) -> None:
+    def __init__(self, tokenizer, pad_token: str | None, *, pair_overhead: int | None = None) -> None:
         self._tok = tokenizer
+        self._pair_overhead = pair_overhead
         self._tok.no_truncation()
         self._tok.no_padding()
         pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
@@ -47,7 +48,7 @@ class TextTokenizer:
         """An independent tokenizer with the same vocabulary and rules."""
         from tokenizers import Tokenizer
 
-        return TextTokenizer(Tokenizer.from_str(self._tok.to_str()), self._pad[1])
+        return TextTokenizer(Tokenizer.from_str(self._tok.to_str()), self._pad[1], pair_overhead=self._pair_overhead)
 
     def encode_plain(self, texts: Sequence[str]) -> list:
         """Each text's tokens with their character spans (no special tokens, no truncation): one pass over a request,
@@ -55,7 +56,9 @@ class TextTokenizer:
         return self._tok.encode_batch(list(texts), add_special_tokens=False)
 
     def special_tokens(self, pair: bool) -> int:
-        """How many special tokens the checkpoint's template adds to one text or a pair."""
+        """How many tokens the checkpoint's template adds to one text or a pair (a chat template's, where it has one)."""
+        if pair and self._pair_overhead is not None:
+            return self._pair_overhead
         return self._tok.num_special_tokens_to_add(pair)
 
     def pair_batch(self, query, documents: Sequence, *, pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:

@@ -91,7 +91,8 @@ class Service:
 
     def __init__(self, models: Models, *, limits: Limits = Limits(), api_key: str | None = None,
                  policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None,
-                 batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None) -> None:
+                 batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None,
+                 instruction: str | None = None) -> None:
         from retrieval_client import NoRetriever
 
         self.models = models
@@ -101,6 +102,7 @@ class Service:
         self.retriever = retriever or NoRetriever()
         self.embedder = embedder
         self.batcher = batcher
+        self.instruction = instruction  # the default task instruction (RERANK_INSTRUCTION)
         self.metrics = ServiceMetrics(self.scorers)
         self._executor = ThreadPoolExecutor(max_workers=limits.max_in_flight + 8, thread_name_prefix="service")
         self._in_flight = 0
@@ -192,6 +194,8 @@ class Service:
         """Check and plan a request, and enforce the cost budget (no forward pass yet)."""
         scorer = self.models.pick(model)
         options.setdefault("policy", self.policy)
+        if options.get("instruction") in (None, ""):
+            options["instruction"] = self.instruction
         prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents, **options)
         call.documents = len(prepared.texts)
         if prepared.cost > self.limits.max_request_tokens:
@@ -226,16 +230,27 @@ class Service:
 
     def rank_table(self, query: str, documents: object, top_n: int | None = None, *, face: str = "python",
                    route: str = "rank_table", token: CancelToken | None = None,
-                   parse: Callable[[object], pd.DataFrame] | None = None) -> RerankResult:
+                   parse: Callable[[object], pd.DataFrame] | None = None, instruction: str | None = None) -> RerankResult:
         """Rerank a table (``parse`` turns a face's wire shape into the DataFrame, inside the call)."""
         with self.call(face, route, token) as call:
             table = parse(documents) if parse else documents
-            return rerank_table(query, table, top_n, rank_fn=partial(self._rank, call), policy=self.policy,
+            rank_fn = partial(self._rank, call, instruction=instruction)
+            return rerank_table(query, table, top_n, rank_fn=rank_fn, policy=self.policy,
                                 max_documents=self.limits.max_documents)
 
     # --- retrieval -------------------------------------------------------------------------------
 
-    def _search(self, query: str, k: object, retriever) -> pd.DataFrame:
+    @staticmethod
+    def _mode(mode: object) -> str | None:
+        """A retrieval mode as given (None: the retriever's own), checked; an unknown one is the caller's error."""
+        import hybrid
+
+        try:
+            return None if mode is None or mode == "" else hybrid.check_mode(mode)
+        except hybrid.ModeError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    def _search(self, query: str, k: object, retriever, mode: object = None) -> pd.DataFrame:
         import retrieval_client as rc
 
         query = ranking.validate_query(query)
@@ -243,26 +258,33 @@ class Service:
             query, k = rc.validate_search_args(query, k)
         except rc.RetrievalError as exc:
             raise InvalidInput(str(exc)) from None
-        try:
-            return (retriever or self.retriever).search(query, k)
+        mode = self._mode(mode)
+        backend = retriever or self.retriever
+        try:  # a retriever without modes is asked as the seed's Space is: (query, k)
+            return backend.search(query, k) if mode is None else backend.search(query, k, mode)
         except rc.RetrievalError as exc:
             raise Unavailable(str(exc)) from None
 
-    def search(self, query: str, k: object = 5, *, retriever=None, face: str = "python", route: str = "search",
-               token: CancelToken | None = None) -> pd.DataFrame:
-        """The k passages closest to the query (the seed Space's table: url, text, distance)."""
+    def search(self, query: str, k: object = 5, *, mode: object = None, retriever=None, face: str = "python",
+               route: str = "search", token: CancelToken | None = None) -> pd.DataFrame:
+        """The k passages closest to the query (the seed Space's table: url, text, distance); ``mode``: hybrid
+        (the local index's default), dense or lexical."""
         with self.call(face, route, token):
-            return self._search(query, k, retriever)
+            return self._search(query, k, retriever, mode)
 
-    def retrieve_and_rank(self, query: str, k: object = 50, top_n: object = 5, *, retriever=None, face: str = "python",
-                          route: str = "retrieve_and_rank", token: CancelToken | None = None):
-        """Retrieve k passages, rerank them, keep the best top_n (a :class:`pipeline.PipelineResult`)."""
+    def retrieve_and_rank(self, query: str, k: object = 50, top_n: object = 5, *, mode: object = None, retriever=None,
+                          face: str = "python", route: str = "retrieve_and_rank", token: CancelToken | None = None):
+        """Retrieve k passages (``mode`` as :meth:`search`), rerank them, keep the best top_n (a
+        :class:`pipeline.PipelineResult`)."""
         import pipeline
 
         with self.call(face, route, token) as call:
             top_n = ranking.validate_top_n(int(top_n) if isinstance(top_n, float) and top_n.is_integer() else top_n)
-            return pipeline.retrieve_and_rerank(query, search=lambda q, n: self._search(q, n, retriever), k=k,
-                                                top_n=top_n, rank_fn=partial(self._rank, call), policy=self.policy,
+            mode = self._mode(mode)
+            kind = getattr(retriever or self.retriever, "first_stage", None)  # a remote Space's is unknown
+            policy = self.policy.for_first_stage(kind(mode) if kind else None)
+            return pipeline.retrieve_and_rerank(query, search=lambda q, n: self._search(q, n, retriever, mode), k=k,
+                                                top_n=top_n, rank_fn=partial(self._rank, call), policy=policy,
                                                 max_documents=self.limits.max_documents)
 
     def index_upload(self, path: str, *, face: str = "gradio", route: str = "index_upload", progress=None,
@@ -288,6 +310,7 @@ class Service:
         info = default.info
         limits = self.limits
         return {"model_id": info.name, "model": info.as_dict(), "models": self.models.names, "scoring": info.mode_description,
+                "instruction": {"default": self.instruction, "taken": info.takes_instruction},
                 "long_documents": "best window of overlapping chunks", "fusion": self.policy.describe(info.mode),
                 "backend": default.backend.as_dict(), "workers": default.workers, "max_input_length": info.max_length,
                 "max_client_batch_size": limits.max_documents,
@@ -303,7 +326,7 @@ def from_settings(settings, scorer, retriever=None, extra_scorers=(), *, embedde
                     max_in_flight=settings.max_queue, max_body_bytes=settings.max_body_bytes,
                     max_upload_bytes=settings.max_upload_bytes, max_upload_passages=settings.max_upload_passages,
                     upload_ttl_seconds=settings.upload_ttl)
-    policy = ScoringPolicy(fusion=settings.fusion, weight=settings.fusion_weight)
+    policy = ScoringPolicy(fusion=settings.fusion, weight=settings.fusion_weight, hybrid_weight=settings.hybrid_fusion_weight)
     embedder = embedder or (scorer if scorer.info.mode == "embedding" else None)
     return Service(Models(scorer, list(extra_scorers)), limits=limits, api_key=settings.api_key, policy=policy,
-                   retriever=retriever, embedder=embedder)
+                   retriever=retriever, embedder=embedder, instruction=settings.instruction)

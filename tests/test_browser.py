@@ -142,6 +142,16 @@ def test_an_example_runs_on_click(page):
     page.screenshot(path=str(ARTIFACTS / "example-desktop.png"))
 
 
+def test_an_instruction_to_a_model_that_takes_none_is_reported_ignored(page):
+    page.get_by_role("tab", name="Rerank", exact=True).click()
+    assert "takes no instruction" in page.locator("#instruction").inner_text()  # said before anything is sent
+    page.locator("#query textarea").fill("What is the future of AI?")
+    page.locator("#instruction textarea").fill("Find passages about bread")
+    page.locator("#submit").click()
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('Instruction ignored')")
+    page.locator("#instruction textarea").fill("")
+
+
 def test_retrieve_and_rerank_shows_scores_and_moves(page):
     page.get_by_role("tab", name="Retrieve & rerank").click()
     page.locator("#pipeline-query textarea").fill("How does rerank latency depend on batch size?")
@@ -154,6 +164,17 @@ def test_retrieve_and_rerank_shows_scores_and_moves(page):
     assert _visible_column(page, "pipeline-reranked", "score") and _visible_column(page, "pipeline-reranked", "move")
     assert page.locator("#pictures img, #pictures svg, #pictures canvas").count() >= 1  # scores and rank shift drawn
     page.screenshot(path=str(ARTIFACTS / "retrieve-and-rerank-desktop.png"), full_page=True)
+
+
+def test_the_first_stage_mode_is_a_choice_on_the_page(page):
+    page.get_by_role("tab", name="Retrieve & rerank").click()
+    page.locator("#pipeline-query textarea").fill("Note 681 question rerank")
+    page.locator("#pipeline-mode").get_by_text("lexical", exact=True).click()
+    page.locator("#search-only").click()
+    page.wait_for_function("document.querySelector('#pipeline-status')?.innerText.includes('first stage only')")
+    out = _cells(page, "pipeline-reranked")
+    assert any(c.startswith("Note 681:") for c in out)  # words alone find the numbered note
+    page.locator("#pipeline-mode").get_by_text("hybrid", exact=True).click()
 
 
 def test_the_phone_layout_keeps_score_and_move_in_view(browser_and_url):

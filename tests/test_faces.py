@@ -152,7 +152,7 @@ def test_a_lone_surrogate_is_a_422_naming_the_field_on_http(server, route):
 
 
 def test_hostile_input_on_the_gradio_and_mcp_faces(server):
-    body = f'{{"data": [{SURROGATE_QUERY}, {{"headers": ["text"], "data": [["abc"]]}}, null]}}'
+    body = f'{{"data": [{SURROGATE_QUERY}, {{"headers": ["text"], "data": [["abc"]]}}, null, ""]}}'
     posted = httpx.post(f"{server}/gradio_api/call/rerank", content=body.encode(), timeout=30,
                         headers={**AUTH, "content-type": "application/json"})
     stream = httpx.get(f"{server}/gradio_api/call/rerank/{posted.json()['event_id']}", headers=AUTH, timeout=30).text

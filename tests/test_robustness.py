@@ -20,23 +20,24 @@ sys.path.insert(0, str(ROOT / "bench"))
 import load  # noqa: E402
 
 GOOD = ["which document is about bread?", {"headers": ["text"], "data": [["Bread needs yeast."], ["Cars need fuel."]],
-                                           "metadata": None}, None]  # query, documents, top_n (null: every row)
+                                           "metadata": None}, None, ""]  # query, documents, top_n (null: every row), instruction
 MALFORMED = {
-    "wrong headers": ["q", {"headers": "text", "data": [["a"]], "metadata": None}, None],
-    "ragged rows": ["q", {"headers": ["text", "url"], "data": [["a"], ["b", "u", "extra"]], "metadata": None}, None],
-    "non-list data": ["q", {"headers": ["text"], "data": "abc", "metadata": None}, None],
-    "rows not lists": ["q", {"headers": ["text"], "data": ["abc", "def"], "metadata": None}, None],
-    "huge metadata": ["q", {"headers": ["text"], "data": [["a"]], "metadata": {"x": ["y"] * 100_000}}, None],
+    "wrong headers": ["q", {"headers": "text", "data": [["a"]], "metadata": None}, None, ""],
+    "ragged rows": ["q", {"headers": ["text", "url"], "data": [["a"], ["b", "u", "extra"]], "metadata": None}, None, ""],
+    "non-list data": ["q", {"headers": ["text"], "data": "abc", "metadata": None}, None, ""],
+    "rows not lists": ["q", {"headers": ["text"], "data": ["abc", "def"], "metadata": None}, None, ""],
+    "huge metadata": ["q", {"headers": ["text"], "data": [["a"]], "metadata": {"x": ["y"] * 100_000}}, None, ""],
     "missing documents": ["q"],
-    "null documents": ["q", None, None],
-    "number query": [5, GOOD[1], None],
-    "nested cell": ["q", {"headers": ["text"], "data": [[{"a": 1}]], "metadata": None}, None],
-    "no headers": ["q", {"data": [["a"]]}, None],
-    "no text column": ["q", {"headers": ["body"], "data": [["a"]], "metadata": None}, None],
-    "too many rows": ["q", {"headers": ["text"], "data": [[str(i)] for i in range(25)], "metadata": None}, None],
-    "empty table": ["q", {"headers": ["text"], "data": [[]], "metadata": None}, None],
-    "bad top_n": ["q", GOOD[1], "three"],
-    "extra inputs": ["q", GOOD[1], None, "surplus"],
+    "null documents": ["q", None, None, ""],
+    "number query": [5, GOOD[1], None, ""],
+    "nested cell": ["q", {"headers": ["text"], "data": [[{"a": 1}]], "metadata": None}, None, ""],
+    "no headers": ["q", {"data": [["a"]]}, None, ""],
+    "no text column": ["q", {"headers": ["body"], "data": [["a"]], "metadata": None}, None, ""],
+    "too many rows": ["q", {"headers": ["text"], "data": [[str(i)] for i in range(25)], "metadata": None}, None, ""],
+    "empty table": ["q", {"headers": ["text"], "data": [[]], "metadata": None}, None, ""],
+    "bad top_n": ["q", GOOD[1], "three", ""],
+    "extra inputs": ["q", GOOD[1], None, "", "surplus"],
+    "bad instruction": ["q", GOOD[1], None, 7],
 }
 
 
@@ -79,6 +80,7 @@ def test_expected_messages_for_common_mistakes(server):
     assert "limit is 20" in _call_gradio(server, MALFORMED["too many rows"])[1]["error"]
     assert "documents is empty" in _call_gradio(server, MALFORMED["empty table"])[1]["error"]
     assert "query must be text" in _call_gradio(server, MALFORMED["number query"])[1]["error"]
+    assert "instruction must be text, got int" in _call_gradio(server, MALFORMED["bad instruction"])[1]["error"]
 
 
 def test_short_load_run_loses_nothing(server):

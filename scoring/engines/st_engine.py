@@ -1,4 +1,6 @@
-"""sentence-transformers itself, for checkpoints with modules the graph engines do not run (a Dense layer, custom code)."""
+"""sentence-transformers itself, for checkpoints the graph engines do not run: causal-LM rerankers (yes/no log-odds
+through its ``LogitScore``, with the checkpoint's chat template or prompts) and modules of their own (a Dense layer,
+custom code)."""
 
 from __future__ import annotations
 
@@ -9,25 +11,35 @@ from pathlib import Path
 import numpy as np
 
 from scoring.checkpoint import Layout, Mode
+from scoring.errors import BackendError
 from scoring.tokenizer import TextTokenizer
 
 ST_BACKEND = "torch (sentence-transformers)"
+# causal-LM rerankers: sentence-transformers in each precision; the first of a device is its fp32 reference
+CAUSAL_BACKENDS = {"cpu": ("torch", "torch-bf16"), "cuda": ("cuda-fp32", "cuda-fp16", "cuda-bf16")}
+_DTYPES = {"torch": "float32", "torch-bf16": "bfloat16", "cuda-fp32": "float32", "cuda-fp16": "float16",
+           "cuda-bf16": "bfloat16"}
+
+
+def causal_backends(device: str) -> tuple[str, ...]:
+    """The backends a causal-LM reranker may run on ``device`` (reduced precision only through the fidelity gate)."""
+    return CAUSAL_BACKENDS["cpu" if device == "cpu" else "cuda"]
 
 
 class SentenceTransformersEngine:
     """One sentence-transformers model replica; scores and embeddings as the library computes them."""
 
-    name = ST_BACKEND
+    def __init__(self, model, layout: Layout, name: str = ST_BACKEND) -> None:
+        self.model, self.layout, self.name = model, layout, name
 
-    def __init__(self, model, layout: Layout) -> None:
-        self.model, self.layout = model, layout
-
-    def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
-        """Raw ranking logits of (query, document) pairs."""
+    def score_pairs(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
+        """Raw ranking logits of (query, document) pairs; ``instruction`` is the prompt sentence-transformers gives the
+        model (a chat template's system message, else text before the query); None: the checkpoint's default prompt."""
         import torch
 
         return np.asarray(self.model.predict([(query, d) for d in documents], batch_size=max(1, len(documents)),
-                                             show_progress_bar=False, activation_fn=torch.nn.Identity()),
+                                             prompt=instruction or None, show_progress_bar=False,
+                                             activation_fn=torch.nn.Identity()),
                           dtype=np.float32).reshape(len(documents))
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
@@ -37,20 +49,48 @@ class SentenceTransformersEngine:
                                  show_progress_bar=False), dtype=np.float32)
 
 
-def st_replicas(path: Path, mode: Mode, trust_remote_code: bool, workers: int, *, device: str = "cpu"
+def pair_overhead(model) -> int | None:
+    """Tokens a CrossEncoder adds around a (query, document) pair (special tokens, a chat template's text), measured
+    on a probe pair: what the cost and the windows of a request must count beyond its own words."""
+    try:
+        features = model[0].preprocess([("probe", "probe probe")])
+    except Exception:
+        return None
+    plain = len(model.tokenizer("probe", add_special_tokens=False)["input_ids"]) * 3
+    return max(0, int(features["input_ids"].shape[1]) - plain)
+
+
+def st_replicas(path: Path, mode: Mode, trust_remote_code: bool, workers: int, *, device: str = "cpu",
+                max_tokens: int | None = None, backend: str | None = None
                 ) -> tuple[list[SentenceTransformersEngine], TextTokenizer, int]:
-    """``workers`` replicas of a sentence-transformers checkpoint (one shared model on a GPU), its tokenizer, its window."""
+    """``workers`` replicas of a sentence-transformers checkpoint (one shared model on a GPU), its tokenizer, and the
+    window the model declares (it serves at most ``max_tokens`` of it). ``backend``: one of :data:`CAUSAL_BACKENDS`,
+    which sets the weights' precision (None: the checkpoint as sentence-transformers loads it)."""
     import torch
     from sentence_transformers import CrossEncoder, SentenceTransformer
     from tokenizers import Tokenizer
 
+    from scoring.engines import unavailable
+
+    if backend is not None:
+        reason = unavailable(backend, device)
+        if reason or backend not in causal_backends(device):
+            raise BackendError(f"backend {backend!r} is unavailable for this model: "
+                               f"{reason or 'not one of ' + ', '.join(causal_backends(device))}")
     cls = CrossEncoder if mode == "cross-encoder" else SentenceTransformer
-    model = cls(str(path), device=device, local_files_only=True, trust_remote_code=trust_remote_code)
+    kwargs = {"model_kwargs": {"dtype": getattr(torch, _DTYPES[backend])}} if backend else {}
+    model = cls(str(path), device=device, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs)
     if workers > 1 and device == "cpu":
         torch.set_num_threads(1)
-    max_length = int(getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or 512)
-    layout = Layout(mode=mode, max_length=max_length)
-    engines = [SentenceTransformersEngine(model, layout)] + [
-        SentenceTransformersEngine(copy.deepcopy(model) if device == "cpu" else model, layout) for _ in range(workers - 1)]
-    tokenizer = TextTokenizer(Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str()), model.tokenizer.pad_token)
-    return engines, tokenizer, max_length
+    declared = int(getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or 512)
+    if max_tokens and declared > max_tokens:
+        model.max_seq_length = max_tokens  # sentence-transformers truncates there (keeping a chat template's suffix)
+    layout = Layout(mode=mode, max_length=min(declared, max_tokens or declared))
+    name = backend or ST_BACKEND
+    engines = [SentenceTransformersEngine(model, layout, name)] + [
+        SentenceTransformersEngine(copy.deepcopy(model) if device == "cpu" else model, layout, name)
+        for _ in range(workers - 1)]
+    overhead = pair_overhead(model) if mode == "cross-encoder" else None
+    tokenizer = TextTokenizer(Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str()), model.tokenizer.pad_token,
+                              pair_overhead=overhead)
+    return engines, tokenizer, declared
