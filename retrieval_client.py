@@ -245,7 +245,8 @@ class BackgroundRetriever:
         return self._retriever
 
     def first_stage(self, mode: str | None = None) -> str | None:
-        """What the built retriever ranks by in ``mode`` (None while unknown)."""
+        """What the built retriever ranks by in ``mode`` (waiting for the build, as a search does; None if it failed)."""
+        self.finished()
         kind = getattr(self._retriever, "first_stage", None)
         return kind(mode) if kind else None
 

@@ -143,6 +143,7 @@ def test_local_retriever_from_user_files(tmp_path, packaged_scorer):
 def test_background_retriever_reports_progress_and_failure(tmp_path, packaged_scorer, small_corpus):
     ok = rc.BackgroundRetriever(lambda progress: rc.LocalRetriever(
         LocalIndex.open(small_corpus[:20], packaged_scorer, path=None, batch_size=8, progress=progress)), name="bg")
+    assert ok.first_stage() == "hybrid" and ok.first_stage("lexical") == "lexical"  # known once built (it waits)
     assert len(ok.search("json", 3)) == 3 and (ok.done, ok.total) == (20, 20)
     assert "20 passages" in ok.description
 
@@ -150,6 +151,7 @@ def test_background_retriever_reports_progress_and_failure(tmp_path, packaged_sc
         raise corpus.CorpusError("corpus file x.csv has no 'text' column")
 
     broken = rc.BackgroundRetriever(fail, name="bad index")
+    assert broken.first_stage() is None  # the search says why
     with pytest.raises(rc.RetrievalError, match="could not be built: corpus file x.csv has no 'text' column"):
         broken.search("json", 3)
     assert "failed" in broken.description
