@@ -153,6 +153,8 @@ def main() -> int:
     parser.add_argument("--diagnose", action="store_true", help="only time forward passes per precision and attention")
     parser.add_argument("--breakdown", action="store_true", help="only time the stages of scoring 1,000 pairs in fp16")
     parser.add_argument("--tokenize", action="store_true", help="only time tokenizing 1,000 documents, whole and in chunks")
+    parser.add_argument("--cpu-only", action="store_true", help="only the CPU rows (with RERANK_BACKEND=auto's measured "
+                                                                 "backend and workers x threads)")
     args = parser.parse_args()
     import torch
     from sentence_transformers import CrossEncoder
@@ -174,6 +176,9 @@ def main() -> int:
             return 0
         if args.breakdown:
             breakdown(ce_dir, requests(texts, 3, 1000), device)
+            return 0
+        if args.cpu_only:
+            cpu_rows(ce_dir, requests(texts, max(2, args.cpu_reps) + 1, args.docs), Path(tmp) / "cache", measured=True)
             return 0
         bulk = requests(texts, n_pairs, args.docs, offset=(args.reps + 1) * args.docs)
         conc = requests(texts, 2 * args.clients, args.docs, offset=(args.reps + 1 + n_pairs) * args.docs)
@@ -361,8 +366,9 @@ def breakdown(ce_dir: Path, reqs, device: str) -> None:
               f"{stages[4] * 1000:.1f}), back {stages[3] * 1000:.1f} ms; rank() end to end {whole * 1000:.1f} ms")
 
 
-def cpu_rows(ce_dir: Path, reqs, cache: Path) -> None:
-    """The same machine without its GPU: the seed's way on every core (torch's threads) vs ours (one worker a core)."""
+def cpu_rows(ce_dir: Path, reqs, cache: Path, *, measured: bool = False) -> None:
+    """The same machine without its GPU: the seed's way on every core (torch's threads) vs ours (one worker a core;
+    ``measured``: also the backend and workers x threads that ``RERANK_BACKEND=auto`` measures and picks here)."""
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -378,6 +384,25 @@ def cpu_rows(ce_dir: Path, reqs, cache: Path) -> None:
     print(f"CPU only, {cores} cores, {len(reqs) - 1} requests of {len(reqs[0][1])} documents: seed p50 {s * 1000:.0f} ms "
           f"(torch, {cores} threads); ours (torch fp32, {ours.workers} workers x 1 thread) p50 {o * 1000:.0f} ms = "
           f"{s / o:.2f}x")
+    if measured:
+        started = time.perf_counter()
+        auto = core.load_scorer(str(ce_dir), allow_fallback=False, backend="auto", device="cpu", cache_dir=cache)
+        chosen = auto.tune(budget_s=150)
+        print(f"  measured in {time.perf_counter() - started:.0f} s: {chosen.describe()}; shapes "
+              + ", ".join(f"{r['shape']} {r['seconds']:.3f}s" if r["seconds"] else f"{r['shape']} ({r['note']})"
+                          for r in chosen.shapes)
+              + "; backends " + ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" for m in chosen.measurements
+                                          if m.seconds is not None))
+        auto = core.Scorer(auto.info, auto, cache_size=0)
+        torch.set_num_threads(cores)
+        seed_lat, _ = timed(lambda q, d, m=seed: m.predict([(q, x) for x in d], batch_size=32,
+                                                            show_progress_bar=False), reqs, "cpu")
+        torch.set_num_threads(chosen.threads)
+        auto_lat, _ = timed(lambda q, d: core.rank(q, d, scorer=auto, raw=True, long_documents="truncate").scores(),
+                            reqs, "cpu")
+        s, a = float(np.median(seed_lat)), float(np.median(auto_lat))
+        print(f"  seed p50 {s * 1000:.0f} ms; ours as measured ({chosen.backend}, {auto.workers} workers x "
+              f"{chosen.threads} threads) p50 {a * 1000:.0f} ms = {s / a:.2f}x")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,10 @@ def probe_documents(n: int = 48) -> list[str]:
 
 def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], batch: int = 4) -> np.ndarray:
     """The probe's scores (logits or cosines) on one backend, its replicas working side by side as the scorer runs them
-    (``batch`` documents a forward pass: a few on a CPU core, all of them on a GPU)."""
+    (``batch`` documents a forward pass: a few on a CPU core, all of them on a GPU; with several workers smaller where
+    that would leave one idle, as the scorer spreads a request over every worker: each gets at least two batches)."""
+    if len(replicas) > 1:
+        batch = max(1, min(batch, len(documents) // (2 * len(replicas))))
     order = sorted(range(len(documents)), key=lambda i: -len(documents[i]))
     chunks = [order[i:i + batch] for i in range(0, len(order), batch)]
     query = replicas[0].embed([PROBE_QUERY], query=True)[0] if layout.mode == "embedding" else None
@@ -140,6 +143,9 @@ class Choice:
     how: str
     measurements: list[Measurement] = field(default_factory=list)
     device: str = "cpu"
+    workers: int | None = None  # None: one per core (the default shape)
+    threads: int = 1
+    shapes: list[dict] = field(default_factory=list)  # workers x threads measured on the chosen backend
 
     @property
     def precision(self) -> str:
@@ -147,10 +153,12 @@ class Choice:
         return engines.PRECISION.get(self.backend, "fp32")
 
     def describe(self) -> str:
-        return f"{self.backend} on {self.device} in {self.precision} ({self.how})"
+        shape = f", {self.workers} workers x {self.threads} threads" if self.workers else ""
+        return f"{self.backend} on {self.device} in {self.precision}{shape} ({self.how})"
 
     def as_dict(self) -> dict:
         return {"backend": self.backend, "device": self.device, "precision": self.precision, "how": self.how,
+                "workers": self.workers, "threads": self.threads, "shapes": self.shapes,
                 "measurements": [asdict(m) for m in self.measurements]}
 
 
@@ -218,11 +226,13 @@ def noise(times: Sequence[float]) -> float:
 def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path, reference_model=None,
            trust_remote_code: bool = False, workers: int = 1, device: str = "cpu", budget_s: float | None = None,
            names: Sequence[str] | None = None, build: Callable[[str], list] | None = None,
-           reference: list | None = None) -> Choice:
+           reference: list | None = None, shape_build: Callable[[str, int, int], list] | None = None) -> Choice:
     """Measure every backend available on ``device`` on the probe, ``workers`` replicas each, and pick one;
     cached on disk. ``budget_s`` bounds the time spent (candidates not reached are skipped, saying so).
     ``names``/``build``: other candidates and how to build a backend's replicas (causal-LM rerankers run through
-    sentence-transformers); ``reference``: fp32 replicas already loaded (the first of ``names``)."""
+    sentence-transformers); ``reference``: fp32 replicas already loaded (the first of ``names``); ``shape_build``:
+    how to build a backend as ``workers`` x ``threads`` (then the chosen backend's shapes are measured too)."""
+    started = time.perf_counter()
     names = tuple(names or engines.backends_for(device))
     build = build or (lambda name: engines.replicas(name, model_dir, layout, tokenizer, cache_dir=cache_dir,
                                                     workers=workers, trust_remote_code=trust_remote_code, device=device,
@@ -246,8 +256,39 @@ def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_d
     choice = Choice(pick(measurements, margin=margin),
                     f"measured fastest with faithful scores on this machine (ties within {margin:.0%})",
                     measurements, device)
+    if device == "cpu" and shape_build is not None and workers > 1:
+        left = None if budget_s is None else budget_s - (time.perf_counter() - started)
+        default = reference if choice.backend == names[0] else None
+        choice.workers, choice.threads, choice.shapes = choose_shape(
+            lambda w, t: shape_build(choice.backend, w, t), layout, workers, default=default, budget_s=left, margin=margin)
     save_choice(model_dir, layout, cache_dir, choice, device=device)
     return choice
+
+
+def shapes_for(cores: int) -> list[tuple[int, int]]:
+    """Workers x threads that use every core: one thread per worker (the default) first, then fewer, wider workers."""
+    return [(cores // t, t) for t in (1, 2, 4, 8, 16) if t <= cores and cores % t == 0]
+
+
+def choose_shape(build: Callable[[int, int], list], layout: Layout, cores: int, *, default: list | None = None,
+                 budget_s: float | None = None, margin: float = TIE) -> tuple[int | None, int, list[dict]]:
+    """Measure each workers x threads shape of one backend on the probe (alternating with the default, one thread per
+    worker); a shape replaces the default only when faster by more than ``margin``. Returns (workers or None for the
+    default, threads, what was measured)."""
+    shapes = shapes_for(cores)
+    if len(shapes) < 2 or (budget_s is not None and budget_s <= 0):
+        return None, 1, []
+    baseline = default or build(*shapes[0])
+    candidates = {f"{w}x{t}": (lambda w=w, t=t: build(w, t)) for w, t in shapes[1:]}
+    measured, skipped, spread = measure(baseline, candidates, layout, reference_name=f"{cores}x1", budget_s=budget_s)
+    rows = [{"shape": m.backend, "seconds": m.seconds, "note": m.note} for m in measured + skipped]
+    best = min((m for m in measured if m.seconds is not None), key=lambda m: m.seconds)
+    base = measured[0].seconds or 0.0
+    workers, threads = None, 1
+    if best.backend != f"{cores}x1" and best.seconds < base / (1 + max(margin, spread)):
+        workers, threads = (int(x) for x in best.backend.split("x"))
+    engines.set_torch_threads(threads)  # torch's thread count is one per process: leave it as the chosen shape runs
+    return workers, threads, rows
 
 
 def _choice_file(model_dir: Path, layout: Layout, cache_dir: Path, device: str = "cpu") -> Path:
@@ -295,4 +336,8 @@ def load_choice(model_dir: Path, layout: Layout, cache_dir: Path, *, device: str
         measurements = [Measurement(**m) for m in data.get("measurements", [])]
     except TypeError:
         return None
-    return Choice(data["backend"], "measured on this machine at an earlier start", measurements, device)
+    workers, threads = data.get("workers"), data.get("threads") or 1
+    if workers is not None and (not isinstance(workers, int) or workers < 1 or workers * threads > (os.cpu_count() or 1)):
+        workers, threads = None, 1
+    return Choice(data["backend"], "measured on this machine at an earlier start", measurements, device, workers,
+                  int(threads), list(data.get("shapes") or []))

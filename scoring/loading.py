@@ -77,8 +77,9 @@ def _graph_pool(path: Path, layout, backend: str, cache_dir: Path | None, trust_
     choice = _initial_choice(backend, source)
 
     def build(name: str) -> list:
-        return engines.replicas(name, source.path, source.layout, tokenizer, cache_dir=source.cache_dir, workers=workers,
-                                trust_remote_code=trust_remote_code, device=device)
+        return engines.replicas(name, source.path, source.layout, tokenizer, cache_dir=source.cache_dir,
+                                workers=choice.workers or workers, trust_remote_code=trust_remote_code, device=device,
+                                threads=choice.threads)
 
     try:
         replicas = build(choice.backend)

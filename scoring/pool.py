@@ -73,7 +73,14 @@ class WorkerPool:
         self._running = 0
         self._clock = 0.0
         self._swapping = False
+        self._alive: set[int] = set()
         for n in range(self.workers):
+            self._start(n)
+
+    def _start(self, n: int) -> None:
+        """A thread for worker ``n`` unless one still runs (a pool shrunk and grown again keeps its thread)."""
+        if n not in self._alive:
+            self._alive.add(n)
             threading.Thread(target=self._work, args=(n,), name=f"scorer-worker-{n}", daemon=True).start()
 
     # --- tickets ---------------------------------------------------------------------------------
@@ -135,9 +142,12 @@ class WorkerPool:
 
     # --- workers ---------------------------------------------------------------------------------
 
-    def _next(self) -> tuple[Ticket, int, Callable, Future]:
-        """The next batch: from the open ticket served least so far (call with the lock held)."""
+    def _next(self, n: int) -> tuple[Ticket, int, Callable, Future] | None:
+        """The next batch for worker ``n``: from the open ticket served least so far (call with the lock held);
+        None when the pool has shrunk below ``n`` (the worker ends)."""
         while True:
+            if n >= self.workers:
+                return None
             ready = [t for t in self._open if t.pending and not t.background] or [t for t in self._open if t.pending]
             if ready:
                 ticket = min(ready, key=lambda t: t.served)
@@ -151,7 +161,11 @@ class WorkerPool:
     def _work(self, n: int) -> None:
         while True:
             with self._cv:
-                ticket, cost, fn, future = self._next()
+                task = self._next(n)
+                if task is None:
+                    self._alive.discard(n)
+                    return
+                ticket, cost, fn, future = task
                 replica = self.replicas[n]
             try:
                 if future.set_running_or_notify_cancel():
@@ -175,20 +189,25 @@ class WorkerPool:
             return not self._open and self._running == 0
 
     def swap(self, engines: Sequence, choice: Choice, *, timeout: float | None = None) -> bool:
-        """Serve with other replicas (same count, same model) once no request is in flight.
+        """Serve with other replicas (same model; one worker thread each, so the count may change) once no request
+        is in flight.
 
         New requests wait for the swap (it takes a moment); a request never mixes two engines.
         Returns False when the pool did not become idle within ``timeout`` seconds.
         """
-        if len(engines) != self.workers:
-            raise ValueError(f"need {self.workers} replicas, got {len(engines)}")
+        if not engines:
+            raise ValueError("need at least one replica")
         with self._cv:
             self._swapping = True
             try:
                 if not self._cv.wait_for(lambda: not self._open and self._running == 0, timeout):
                     return False
+                before = self.workers
                 self.replicas = list(engines)
+                self.workers = len(self.replicas)
                 self.choice = choice
+                for n in range(before, self.workers):  # a larger pool: threads for the new replicas
+                    self._start(n)
                 return True
             finally:
                 self._swapping = False

@@ -353,13 +353,21 @@ class Scorer:
         else:
             fp32 = engines.backends_for(source.device)[0]
             reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == fp32 else None
+
+            def shaped(name: str, workers: int, threads: int) -> list:
+                return engines.replicas(name, source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
+                                        workers=workers, trust_remote_code=source.trust_remote_code,
+                                        device=source.device, threads=threads)
+
             choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
                                      reference_model=reference, trust_remote_code=source.trust_remote_code,
-                                     workers=self.workers, device=source.device, budget_s=budget_s)
-            build = lambda name: engines.replicas(name, source.path, source.layout, self._pool.tokenizer,  # noqa: E731
-                                                  cache_dir=source.cache_dir, workers=self.workers,
-                                                  trust_remote_code=source.trust_remote_code, device=source.device)
-        if choice.backend != self.backend.backend:
+                                     workers=self.workers, device=source.device, budget_s=budget_s,
+                                     shape_build=shaped if source.device == "cpu" else None)
+            cores = self.workers
+            build = lambda name: shaped(name, choice.workers or cores, choice.threads)  # noqa: E731
+        current = self.backend
+        if (choice.backend, choice.workers or self.workers, choice.threads) != (current.backend, self.workers,
+                                                                                current.threads):
             self._pool.swap(build(choice.backend), choice)
         else:
             self._pool.choice = choice

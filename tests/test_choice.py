@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 
 import rerank as core
 from scoring import choice, engines
+from scoring.checkpoint import Layout
 
 RUNNABLE = [b for b in ("torch", "onnxruntime", "openvino") if engines.unavailable(b) is None]
 
@@ -54,6 +58,45 @@ def test_auto_measures_swaps_and_remembers(tmp_path, tiny_cross_encoder_dir):
     scorer.cache.clear()
     after = scorer.score(choice.PROBE_QUERY, choice.probe_documents(), raw=True)
     np.testing.assert_allclose(after, before, atol=1e-4)
+    cores = os.cpu_count() or 1
+    if cores > 1:  # the chosen backend's workers x threads shapes were measured too, and the pool runs the winner
+        assert {r["shape"] for r in chosen.shapes} == {f"{w}x{t}" for w, t in choice.shapes_for(cores)}
+        assert scorer.workers == (chosen.workers or cores) and (chosen.workers or cores) * chosen.threads == cores
     again = core.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="auto", cache_dir=tmp_path)
     assert again.backend.backend == chosen.backend and "earlier start" in again.backend.how
+    assert (again.backend.workers, again.backend.threads) == (chosen.workers, chosen.threads)
+    assert again.workers == scorer.workers
     assert not again.needs_tuning
+
+
+class _Timed:
+    """A stand-in replica whose forward pass takes ``delay`` seconds and scores by text length."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def score_pairs(self, query, texts):
+        time.sleep(self.delay)
+        return np.array([len(t) for t in texts], dtype=np.float64)
+
+
+def test_shapes_use_every_core():
+    assert choice.shapes_for(16) == [(16, 1), (8, 2), (4, 4), (2, 8), (1, 16)]
+    assert choice.shapes_for(2) == [(2, 1), (1, 2)] and choice.shapes_for(1) == [(1, 1)]
+    assert choice.shapes_for(6) == [(6, 1), (3, 2)]
+
+
+def test_a_wider_shape_wins_only_when_clearly_faster():
+    import torch
+
+    before = torch.get_num_threads()
+    layout = Layout(mode="cross-encoder", max_length=512)
+    try:
+        fast_pairs = {(4, 1): 0.02, (2, 2): 0.005, (1, 4): 0.02}  # 12 probe batches: 0.06 s, 0.03 s, 0.24 s
+        workers, threads, rows = choice.choose_shape(lambda w, t: [_Timed(fast_pairs[(w, t)])] * w, layout, 4)
+        assert (workers, threads) == (2, 2) and [r["shape"] for r in rows] == ["4x1", "2x2", "1x4"]
+        assert torch.get_num_threads() == 2  # left as the chosen shape runs
+        even = choice.choose_shape(lambda w, t: [_Timed(0.01 * 4 / w)] * w, layout, 4)  # every shape equally fast
+        assert even[:2] == (None, 1)
+    finally:
+        torch.set_num_threads(before)

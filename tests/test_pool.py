@@ -117,3 +117,21 @@ def test_background_work_yields_to_requests():
     worker.join(10)
     build.__exit__(None, None, None)
     assert len(done["b"]) == 20
+
+
+def test_a_swap_may_change_the_number_of_workers():
+    log: list = []
+    pool = WorkerPool([Replica("a", log), Replica("b", log)], FakeTokenizer(), Choice("torch", "test"))
+    assert pool.map([lambda r: r.name] * 4) and pool.workers == 2
+    assert pool.swap([Replica("c", log)], Choice("torch", "one worker"))
+    assert pool.workers == 1 and set(pool.map([lambda r: r.name] * 6)) == {"c"}
+    assert pool.swap([Replica(x, log) for x in "defg"], Choice("torch", "four workers"))
+    seen, lock, gate = set(), threading.Lock(), threading.Barrier(4, timeout=10)
+
+    def task(replica):
+        gate.wait()  # four batches run at once: four threads, one per replica
+        with lock:
+            seen.add(replica.name)
+        return replica.name
+
+    assert sorted(pool.map([task] * 4)) == ["d", "e", "f", "g"] and seen == set("defg")

@@ -108,6 +108,14 @@ def workers_for(device: str) -> int:
     return max(1, os.cpu_count() or 1) if device == "cpu" else 1
 
 
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads (one setting for the whole process), where torch is loaded."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, threads))
+
+
 def backends_for(device: str) -> tuple[str, ...]:
     """The backends that run on ``device``; the first is its fp32 reference."""
     return CPU_BACKENDS if device == "cpu" else CUDA_BACKENDS
@@ -166,9 +174,10 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
 
 
 def replicas(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path | None,
-             workers: int, trust_remote_code: bool = False, model=None, device: str = "cpu") -> list:
-    """``workers`` engines of backend ``name``, each with its own tokenizer (CPU torch: copies of one model, one
-    thread each; CUDA: one model on the GPU shared by every worker, whose CPU work overlaps the others' GPU work)."""
+             workers: int, trust_remote_code: bool = False, model=None, device: str = "cpu", threads: int = 1) -> list:
+    """``workers`` engines of backend ``name``, each with its own tokenizer and ``threads`` threads (CPU torch: copies
+    of one model; torch's thread count is one setting for the process; CUDA: one model on the GPU shared by every
+    worker, whose CPU work overlaps the others' GPU work)."""
     if name in CUDA_BACKENDS:
         first = create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir, trust_remote_code=trust_remote_code,
                        model=model, device=device)
@@ -179,11 +188,11 @@ def replicas(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenize
 
         import torch
 
-        if workers > 1:
-            torch.set_num_threads(1)  # one core per worker thread
+        if workers > 1 or threads > 1:
+            torch.set_num_threads(threads)  # workers x threads cores
         first = create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
                        trust_remote_code=trust_remote_code, model=model)
         return [first] + [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir,
                                  model=copy.deepcopy(first.model)) for _ in range(workers - 1)]
-    return [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir, threads=1,
+    return [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir, threads=threads,
                    trust_remote_code=trust_remote_code) for _ in range(workers)]
