@@ -1,6 +1,6 @@
 """Reranking on a CUDA GPU (and the same machine's CPU cores): the seed's way against ours, in one run.
 
-``python bench/gpu.py [--device cuda] [--tokenizer DIR] [--texts FILE.jsonl] [--reps 20] [--cpu-reps 3]``
+``python bench/gpu.py [--device cuda] [--tokenizer DIR] [--texts FILE.jsonl] [--reps 20] [--cpu-reps 3] [--cpu-only]``
 
 Runs where a GPU machine has only torch, transformers, sentence-transformers, numpy, pandas and
 onnxruntime (no gradio, fastapi or duckdb): it imports the scoring core alone. It builds a
