@@ -27,7 +27,7 @@ _NEEDS = {"torch": "torch", "torch-bf16": "torch", "onnxruntime": "onnxruntime",
           "openvino": "openvino", "openvino-bf16": "openvino", "cuda-fp32": "torch", "cuda-fp16": "torch",
           "cuda-bf16": "torch"}
 NATIVE_BF16 = ("torch-bf16", "openvino-bf16")
-PRECISION = {"torch": "fp32", "torch-bf16": "bf16 (autocast)", "onnxruntime": "fp32", "openvino": "fp32",
+PRECISION = {"torch": "fp32", "torch-bf16": "bf16", "onnxruntime": "fp32", "openvino": "fp32",
              "openvino-bf16": "bf16", "onnxruntime-int8": "int8 (dynamic)", "cuda-fp32": "fp32", "cuda-fp16": "fp16",
              "cuda-bf16": "bf16"}
 
