@@ -243,6 +243,9 @@ def details_text(service: Service, scorer: core.Scorer) -> str:
     """The details a user may want after the header: the scoring rule, the backend choice, any fallback."""
     info, backend = scorer.info, scorer.backend
     lines = [f"- **Scoring:** {info.mode_description}; final score: {service.policy.describe(info.mode)}.",
+             f"- **Detected:** {info.detected or info.kind}"
+             + (f"; {info.window_note}" if info.window_note else f"; window {info.max_length:,} tokens")
+             + ("; takes a task instruction" if info.takes_instruction else "; takes no instruction") + ".",
              f"- **Inference backend:** {backend.describe()}, {scorer.workers} worker thread(s)."]
     measured = [m for m in backend.measurements if m.seconds is not None]
     if measured:

