@@ -44,12 +44,14 @@ def top(scores: np.ndarray, n: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
-def _minmax(values: np.ndarray) -> np.ndarray:
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Values rescaled to [0, 1] (all zeros when they are all equal)."""
     low, high = float(values.min()), float(values.max())
     return (values - low) / (high - low) if high > low else np.zeros_like(values, dtype=np.float64)
 
 
-def _z(values: np.ndarray) -> np.ndarray:
+def zscore(values: np.ndarray) -> np.ndarray:
+    """Values as standard scores (all zeros when they are all equal)."""
     spread = float(values.std())
     return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values, dtype=np.float64)
 
@@ -59,8 +61,8 @@ def fuse(dense: np.ndarray, lexical: np.ndarray, *, depth: int = DEPTH,
     """Candidates and fused scores in [0, 1], best first: the union of each list's top ``depth``, scored
     ``w * z(dense) + (1 - w) * z(lexical)`` over that union (every score exact, none imputed), rescaled to [0, 1]."""
     union = np.union1d(top(dense, depth), top(lexical, depth))
-    fused = _minmax(dense_weight * _z(dense[union].astype(np.float64))
-                    + (1 - dense_weight) * _z(lexical[union].astype(np.float64)))
+    fused = minmax(dense_weight * zscore(dense[union].astype(np.float64))
+                   + (1 - dense_weight) * zscore(lexical[union].astype(np.float64)))
     order = np.lexsort((union, -fused))
     return union[order], fused[order]
 

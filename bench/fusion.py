@@ -28,23 +28,14 @@ SETS = ["scifact", "trec-dl-2019-passage", "cranfield"]
 WEIGHTS = (0.4, 0.5, 0.6, 0.7)
 
 
-def _z(values: np.ndarray) -> np.ndarray:
-    return (values - values.mean()) / (values.std() or 1.0)
-
-
-def _minmax(values: np.ndarray) -> np.ndarray:
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
-
-
 def candidates(dense: np.ndarray, lexical: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every fusion rule's (passage ids, scores) over the union of both top-100 lists."""
     union = np.union1d(hybrid.top(dense, hybrid.DEPTH), hybrid.top(lexical, hybrid.DEPTH))
     d, lex = dense[union].astype(np.float64), lexical[union].astype(np.float64)
     out = {"lexical": (hybrid.top(lexical, 100), None), "dense": (hybrid.top(dense, 100), None)}
     for w in WEIGHTS:
-        out[f"minmax w={w}"] = (union, w * _minmax(d) + (1 - w) * _minmax(lex))
-        out[f"z-score w={w}"] = (union, w * _z(d) + (1 - w) * _z(lex))
+        out[f"minmax w={w}"] = (union, w * hybrid.minmax(d) + (1 - w) * hybrid.minmax(lex))
+        out[f"z-score w={w}"] = (union, w * hybrid.zscore(d) + (1 - w) * hybrid.zscore(lex))
     ranks_d = {i: r for r, i in enumerate(hybrid.top(dense, hybrid.DEPTH), 1)}
     ranks_l = {i: r for r, i in enumerate(hybrid.top(lexical, hybrid.DEPTH), 1)}
     out["rrf k=60"] = (union, np.array([sum(1 / (60 + r[i]) for r in (ranks_d, ranks_l) if i in r) for i in union]))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -169,46 +170,50 @@ def _config(model_dir: Path) -> dict:
     return config
 
 
-def token_id(model_dir: Path, token: str) -> int | None:
-    """The id of ``token`` as one whole token of the checkpoint's vocabulary (never the unknown token)."""
+def missing_tokens(model_dir: Path, tokens: Sequence[str]) -> list[str]:
+    """Which of ``tokens`` are not whole tokens of the checkpoint's vocabulary (the unknown token never counts);
+    the tokenizer is read once for all of them."""
     if (model_dir / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(str(model_dir / "tokenizer.json")).token_to_id(token)
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        return [t for t in tokens if tokenizer.token_to_id(t) is None]
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True).get_vocab().get(token)
+        vocab = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True).get_vocab()
     except Exception:
-        return None
+        return list(tokens)
+    return [t for t in tokens if t not in vocab]
 
 
-def _st_chain(model_dir: Path) -> list[str] | None:
-    """The module types of a sentence-transformers CrossEncoder chain, or None when the folder holds none."""
+def _st_chain(model_dir: Path) -> list[dict] | None:
+    """The modules of a sentence-transformers CrossEncoder chain (each with its ``kind``), or None when there is none."""
     if read_json(model_dir / "config_sentence_transformers.json").get("model_type") != "CrossEncoder":
         return None
     try:
         modules = json.loads((model_dir / "modules.json").read_text())
     except (OSError, ValueError):
         return None
-    return [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)] or None
+    chain = [{**m, "kind": str(m.get("type", "")).rsplit(".", 1)[-1]} for m in modules if isinstance(m, dict)]
+    return chain or None
 
 
-def _causal(model_dir: Path, architecture: str, chain: list[str] | None) -> Detection:
+def _causal(model_dir: Path, architecture: str, chain: list[dict] | None) -> Detection:
     """A causal-LM reranker, checked: its yes/no tokens (plain checkpoints) or its score head (module chains)."""
     if chain is not None:
-        head = chain[1] if len(chain) > 1 else None
-        if head is None:
+        kinds = " + ".join(m["kind"] for m in chain)
+        if len(chain) < 2:
             raise ModelLoadError(f"{model_dir.name} is a {architecture} CrossEncoder chain without a score head "
                                  "(modules.json lists only the Transformer); add a LogitScore module")
-        if head == "LogitScore":
-            ids = read_json(_module_dir(model_dir, 1) / "config.json")
+        if chain[1]["kind"] == "LogitScore":
+            ids = read_json(model_dir / str(chain[1].get("path", "")) / "config.json")
             true, false = ids.get("true_token_id"), ids.get("false_token_id")
             return Detection("cross-encoder", "causal-lm", f"{architecture} in a sentence-transformers CrossEncoder "
-                             f"chain ({' + '.join(chain)}; true token {true}, false token {false})", "sentence-transformers")
+                             f"chain ({kinds}; true token {true}, false token {false})", "sentence-transformers")
         return Detection("cross-encoder", "causal-lm", f"{architecture} in a sentence-transformers CrossEncoder chain "
-                         f"({' + '.join(chain)})", "sentence-transformers")
-    missing = [t for t in ("yes", "no") if token_id(model_dir, t) is None]
+                         f"({kinds})", "sentence-transformers")
+    missing = missing_tokens(model_dir, ("yes", "no"))
     if missing:
         raise ModelLoadError(
             f"{model_dir.name} is a causal LM ({architecture}) whose tokenizer has no {' or '.join(repr(m) for m in missing)} "
@@ -216,11 +221,6 @@ def _causal(model_dir: Path, architecture: str, chain: list[str] | None) -> Dete
             "LogitScore module naming its own true/false tokens (CrossEncoder(modules=[...]).save_pretrained(...))")
     return Detection("cross-encoder", "causal-lm", f"{architecture} with 'yes' and 'no' tokens: scored by "
                      "sentence-transformers' LogitScore", "sentence-transformers")
-
-
-def _module_dir(model_dir: Path, index: int) -> Path:
-    modules = json.loads((model_dir / "modules.json").read_text())
-    return model_dir / str(modules[index].get("path", ""))
 
 
 def detect(model_dir: Path) -> Detection:
