@@ -163,11 +163,11 @@ class Scorer:
         texts = list(texts)
         cross = self.info.mode == "cross-encoder"
         specials = self._pool.tokenizer.special_tokens(pair=cross)
-        encoded = self._pool.encode([query, *texts] if cross else texts)
+        told = [instruction] if instruction and cross else []  # read with every pair: window room and cost, as the query
+        encoded = self._pool.encode([*told, query, *texts] if cross else texts)
+        instruction_tokens = len(encoded.pop(0)) if told else 0
         query_encoding = encoded.pop(0) if cross else None
-        query_tokens = len(query_encoding) if cross else 0
-        if instruction:  # read with every pair: it takes window room and costs like the query
-            query_tokens += len(self._pool.encode([instruction])[0])
+        query_tokens = len(query_encoding) + instruction_tokens if cross else 0
         window = max(32 if cross else 8, self.info.max_length - min(query_tokens, self.info.max_length // 2) - specials)
         units: list[str] = []
         owners: list[int] = []
