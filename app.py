@@ -117,7 +117,7 @@ class Handlers:
     async def _rank_table(self, query, documents, top_n, face: str, route: str, instruction: str | None = None):
         parse = lambda payload: documents_from_payload(payload, max_documents=self.service.limits.max_documents)  # noqa: E731
         return await self._run(self.service.rank_table, query, documents, top_n, face=face, route=route, parse=parse,
-                               instruction=instruction or None)
+                               instruction=instruction)
 
     async def rerank(self, query: str, documents: dict, top_n: int | None = None, instruction: str = "",
                      request: gr.Request = None) -> dict:
@@ -160,7 +160,7 @@ class Handlers:
             {"headers": ["url", "text", "distance"], "data": rows closest first}; distance: lower is closer (dense:
             cosine distance; lexical: 1 / (1 + BM25); hybrid: 1 - fused score).
         """
-        frame = await self._run(self.service.search, query, k, mode=mode or None, face=face_of(request),
+        frame = await self._run(self.service.search, query, k, mode=mode, face=face_of(request),
                                 route="/similarity_search")
         return _table_payload(frame)
 
@@ -177,12 +177,12 @@ class Handlers:
             {"headers": ["retrieved_position", "url", "text", "distance", "rank", "move"], "data": rows best first,
             "dropped_duplicates": [...]}; `move` is "12 -> 1" (retrieved position -> reranked position).
         """
-        result = await self._run(self.service.retrieve_and_rank, query, k, top_n, mode=mode or None,
+        result = await self._run(self.service.retrieve_and_rank, query, k, top_n, mode=mode,
                                  face=face_of(request), route="/retrieve_and_rerank")
         return _table_payload(result.reranked, result.rerank.ranking)
 
     async def search_ui(self, query: str, k: int, mode: str | None, private, request: gr.Request):
-        frame = await self._run(self.service.search, query, int(k), mode=mode or None, retriever=private, face="gradio",
+        frame = await self._run(self.service.search, query, int(k), mode=mode, retriever=private, face="gradio",
                                 route="search_ui")
         return frame, f"{len(frame)} passages retrieved (first stage only, not reranked)."
 
@@ -192,7 +192,7 @@ class Handlers:
         while isinstance(backend, rc.BackgroundRetriever) and not backend.finished(timeout=0.5):
             progress((backend.done, backend.total or None), desc="Building the index", unit="passages")
         progress(0.3, desc=f"Retrieving {int(k)} passages and reranking them")
-        result = await self._run(self.service.retrieve_and_rank, query, int(k), int(top_n), mode=mode or None,
+        result = await self._run(self.service.retrieve_and_rank, query, int(k), int(top_n), mode=mode,
                                  retriever=private, face="gradio", route="retrieve_and_rerank_ui")
         relevance = [r.model_score for r in result.rerank.ranking]  # the model's own score, before any fusion
         return views.moves_view(result.reranked), views.pictures(result.reranked, relevance), result.summary
