@@ -9,8 +9,9 @@ tokenizer found in ``--tokenizer`` (default: the packaged all-MiniLM-L6-v2's, wh
 documents from ``--texts`` (one JSON object with a ``text`` per line, e.g. SciFact abstracts; default:
 the standard library's docstrings) and prints one table (long documents truncated as the seed does, so
 both sides compute the same pairs): the seed's way (``CrossEncoder.predict``,
-batch 32, fp32) and ours per precision: p50 for a 50-document request, pairs/s on 1,000 pairs and with
-8 concurrent requests, Spearman and max |diff| vs the seed's fp32 scores, peak GPU memory; then what
+batch 32, fp32) and ours per precision (fp16 also padded, and with two GPU workers): p50 for a 50-document
+request, pairs/s on 1,000 pairs (20 requests of 50 in turn, and one request of 1,000), with 8 concurrent
+requests, Spearman and max |diff| vs the seed's fp32 scores, peak GPU memory; then what
 ``RERANK_BACKEND=auto`` picks there, and the CPU rows (the seed's way on every core vs ours).
 Nothing here asserts a time.
 """
@@ -191,7 +192,8 @@ def main() -> int:
         rows = []
         peak_memory_reset(device)
         lat, reference = timed(seed_fn, reqs, device)
-        rows.append(("seed: CrossEncoder.predict bs=32 fp32", lat, throughput(seed_fn, bulk, 1),
+        one = [(QUERIES[0], [d for _, docs in bulk for d in docs])]
+        rows.append(("seed: CrossEncoder.predict bs=32 fp32", lat, throughput(seed_fn, bulk, 1), throughput(seed_fn, one, 1),
                      throughput(seed_fn, conc, args.clients), 1.0, 0.0, peak_memory(device)))
         del seed, seed_fn  # its weights leave the GPU before ours are measured
         if device != "cpu":
@@ -201,29 +203,33 @@ def main() -> int:
             peak_memory_reset(device)
             lat, scores = timed(half_fn, reqs, device)
             rows.append(("seed, fp16 weights, bs=64 (for reference)", lat, throughput(half_fn, bulk, 1),
-                         throughput(half_fn, conc, args.clients), *agreement(scores, reference), peak_memory(device)))
+                         throughput(half_fn, one, 1), throughput(half_fn, conc, args.clients),
+                         *agreement(scores, reference), peak_memory(device)))
             del half, half_fn
         names = args.backends.split(",") if args.backends else [b for b in engines.backends_for(device)
                                                                  if engines.unavailable(b, device) is None]
-        for name in names:
+        variants = [(name, True, 1) for name in names]
+        if "cuda-fp16" in names:  # what packing and a second worker each add, on the precision auto usually picks
+            variants += [("cuda-fp16", False, 1), ("cuda-fp16", True, 2)]
+        one = [(QUERIES[0], [d for _, docs in bulk for d in docs])]  # the same 1,000 documents as one request
+        for name, packed, workers in variants:
             peak_memory_reset(device)
-            loaded = core.load_scorer(str(ce_dir), allow_fallback=False, backend=name, device=device,
-                                      cache_dir=Path(tmp) / "cache")
-            scorer = core.Scorer(loaded.info, loaded, cache_size=0, token_budget=loaded._token_budget,
-                                 batch_size=loaded._batch_size)  # no cache hits: every pair is computed
+            scorer = our_scorer(ce_dir, name, device, Path(tmp) / "cache", packed=packed, workers=workers)
             fn = lambda q, d, s=scorer: core.rank(q, d, scorer=s, raw=True, long_documents="truncate").scores()  # noqa: E731
             lat, scores = timed(fn, reqs, device)
-            label = f"ours: {loaded.backend.backend} ({scorer.workers} worker{'s' if scorer.workers > 1 else ''})"
-            rows.append((label, lat, throughput(fn, bulk, 1), throughput(fn, conc, args.clients),
+            how = "packed" if type(scorer.pool.replicas[0]).__name__ == "PackedEngine" else "padded"
+            label = f"ours: {name} {how}, {workers} worker{'s' if workers > 1 else ''}"
+            rows.append((label, lat, throughput(fn, bulk, 1), throughput(fn, one, 1), throughput(fn, conc, args.clients),
                          *agreement(scores, reference), peak_memory(device)))
-            del scorer, loaded
+            print(f"  {label}: shared batches {scorer.pool.batches_shared} of {scorer.pool.batches_run}", flush=True)
+            del scorer
         base = float(np.median(rows[0][1]))
-        print(f"{'variant':<44}{'p50 ms':>8}{'p95 ms':>8}{'x seed':>8}{'pairs/s 1k':>11}{'x seed':>8}"
+        print(f"{'variant':<44}{'p50 ms':>8}{'p95 ms':>8}{'x seed':>8}{'20x50/s':>9}{'1x1000/s':>9}{'x seed':>8}"
               f"{f'{args.clients} clients':>11}{'spearman':>10}{'max|diff|':>10}{'peak GiB':>9}")
-        for name, lat, bulk_tp, conc_tp, rho, diff, mem in rows:
+        for name, lat, bulk_tp, one_tp, conc_tp, rho, diff, mem in rows:
             p50 = float(np.median(lat))
-            print(f"{name:<44}{p50 * 1000:>8.1f}{np.percentile(lat, 95) * 1000:>8.1f}{base / p50:>8.2f}{bulk_tp:>11.0f}"
-                  f"{bulk_tp / rows[0][2]:>8.2f}{conc_tp:>11.0f}{rho:>10.4f}{diff:>10.4f}{mem:>9.2f}")
+            print(f"{name:<44}{p50 * 1000:>8.1f}{np.percentile(lat, 95) * 1000:>8.1f}{base / p50:>8.2f}{bulk_tp:>9.0f}"
+                  f"{one_tp:>9.0f}{one_tp / rows[0][3]:>8.2f}{conc_tp:>11.0f}{rho:>10.4f}{diff:>10.4f}{mem:>9.2f}")
         auto = core.load_scorer(str(ce_dir), allow_fallback=False, backend="auto", device=device,
                                 cache_dir=Path(tmp) / "cache")
         started = time.perf_counter()
@@ -235,6 +241,19 @@ def main() -> int:
         if args.cpu_reps and device != "cpu":
             cpu_rows(ce_dir, reqs[: args.cpu_reps + 1], Path(tmp) / "cache")
     return 0
+
+
+def our_scorer(ce_dir: Path, name: str, device: str, cache: Path, *, packed: bool = True, workers: int = 1):
+    """This project's scorer on one backend with no cache (every pair computed); ``packed=False`` swaps in padded
+    replicas where the packed engine would serve."""
+    loaded = core.load_scorer(str(ce_dir), allow_fallback=False, backend=name, device=device, cache_dir=cache,
+                              workers=workers)
+    if not packed:
+        source = loaded.pool.source
+        loaded.pool.swap(engines.replicas(name, source.path, source.layout, loaded.pool.tokenizer, cache_dir=cache,
+                                          workers=workers, device=device, packed=False), loaded.backend)
+    return core.Scorer(loaded.info, loaded, cache_size=0, token_budget=loaded._token_budget,
+                       batch_size=loaded._batch_size)
 
 
 def diagnose(ce_dir: Path, reqs, device: str, reps: int = 10) -> None:

@@ -10,6 +10,12 @@ that has been served the fewest tokens so far (a new ticket starts at the curren
 in start-time fair queueing), so the batches of concurrent requests interleave and a small request
 is not stuck behind a large one. Background tickets (an index build) yield to every request.
 Cancelling a ticket drops its batches that have not started.
+
+Sharing: a batch given as :class:`Shared` may run in one forward pass with other requests' shared
+batches of the same kind, where the replica computes each pair independently of what shares its pass
+(``merges``, the packed GPU engine): a free worker takes the fairest batch, then the next shared
+batches in fair order while they fit the batch's budget, as text-embeddings-inference's queue fills a
+batch. On a GPU several small requests then cost one pass instead of several.
 """
 
 from __future__ import annotations
@@ -20,12 +26,31 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass
 
 from scoring.choice import Choice
 from scoring.errors import Cancelled
 from scoring.tokenizer import TextTokenizer
 
-Task = tuple[int, Callable]  # (cost in tokens, fn(replica) -> result)
+
+@dataclass(frozen=True)
+class Shared:
+    """A batch that may share a forward pass: ``run(replica, items)`` gives one output per item, whichever batches'
+    items it is handed; batches of the same ``kind`` merge while their costs add up to at most ``budget`` and their
+    items to at most ``max_items``."""
+
+    kind: str
+    items: list
+    run: Callable
+    budget: int
+    max_items: int
+
+    def __call__(self, replica):
+        return self.run(replica, self.items)
+
+
+Task = tuple[int, Callable]  # (cost in tokens, fn(replica) -> result; a Shared batch is such an fn)
+Job = tuple["Ticket", int, Callable, Future]
 
 
 class Ticket:
@@ -67,6 +92,7 @@ class WorkerPool:
             self._planners.put(tokenizer.copy())
         self.batches_run = 0
         self.batches_dropped = 0
+        self.batches_shared = 0  # batches that ran in a pass with another batch
         self.tokens_run = 0
         self._cv = threading.Condition()
         self._open: list[Ticket] = []
@@ -142,43 +168,62 @@ class WorkerPool:
 
     # --- workers ---------------------------------------------------------------------------------
 
-    def _next(self, n: int) -> tuple[Ticket, int, Callable, Future] | None:
-        """The next batch for worker ``n``: from the open ticket served least so far (call with the lock held);
-        None when the pool has shrunk below ``n`` (the worker ends)."""
+    def _ready(self) -> list[Ticket]:
+        """Tickets with a batch waiting: requests first, background work only when no request waits."""
+        return [t for t in self._open if t.pending and not t.background] or [t for t in self._open if t.pending]
+
+    def _take(self, ticket: Ticket) -> Job:
+        cost, fn, future = ticket.pending.popleft()
+        self._clock = ticket.served
+        ticket.served += cost
+        return ticket, cost, fn, future
+
+    def _next(self, n: int) -> list[Job] | None:
+        """The next batches for worker ``n`` (call with the lock held): the fairest ticket's next batch, joined by
+        other shared batches its replica can run with it; None when the pool has shrunk below ``n`` (the worker ends)."""
         while True:
             if n >= self.workers:
                 return None
-            ready = [t for t in self._open if t.pending and not t.background] or [t for t in self._open if t.pending]
+            ready = self._ready()
             if ready:
-                ticket = min(ready, key=lambda t: t.served)
-                cost, fn, future = ticket.pending.popleft()
-                self._clock = ticket.served
-                ticket.served += cost
+                jobs = [self._take(min(ready, key=lambda t: t.served))]
+                first = jobs[0][2]
+                if isinstance(first, Shared) and getattr(self.replicas[n], "merges", False):
+                    cost, items = jobs[0][1], len(first.items)
+                    while ready := self._ready():
+                        ticket = min(ready, key=lambda t: t.served)
+                        extra_cost, fn, _ = ticket.pending[0]
+                        if not (isinstance(fn, Shared) and fn.kind == first.kind and cost + extra_cost <= first.budget
+                                and items + len(fn.items) <= first.max_items):
+                            break
+                        jobs.append(self._take(ticket))
+                        cost, items = cost + extra_cost, items + len(fn.items)
                 self._running += 1
-                return ticket, cost, fn, future
+                return jobs
             self._cv.wait()
 
     def _work(self, n: int) -> None:
         while True:
             with self._cv:
-                task = self._next(n)
-                if task is None:
+                jobs = self._next(n)
+                if jobs is None:
                     self._alive.discard(n)
                     return
-                ticket, cost, fn, future = task
                 replica = self.replicas[n]
             try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn(replica))
-                    except BaseException as exc:  # handed to the waiting request
-                        future.set_exception(exc)
+                live = [job for job in jobs if job[3].set_running_or_notify_cancel()]
+                if len(live) == 1:
+                    _run_one(live[0][2], live[0][3], replica)
+                elif live:
+                    _run_shared(live, replica)
             finally:
                 with self._cv:
                     self._running -= 1
-                    ticket.batches_run += 1
-                    self.batches_run += 1
-                    self.tokens_run += cost
+                    for ticket, cost, _, _ in jobs:
+                        ticket.batches_run += 1
+                        self.tokens_run += cost
+                    self.batches_run += len(jobs)
+                    self.batches_shared += len(jobs) if len(jobs) > 1 else 0
                     self._cv.notify_all()
 
     # --- swapping --------------------------------------------------------------------------------
@@ -228,3 +273,25 @@ class WorkerPool:
             return tokenizer.encode_plain(texts)
         finally:
             self._planners.put(tokenizer)
+
+
+def _run_one(fn: Callable, future: Future, replica) -> None:
+    try:
+        future.set_result(fn(replica))
+    except BaseException as exc:  # handed to the waiting request
+        future.set_exception(exc)
+
+
+def _run_shared(jobs: list[Job], replica) -> None:
+    """Several requests' shared batches in one pass; each request gets its own items' outputs (or the error)."""
+    batches = [job[2] for job in jobs]
+    try:
+        outputs = batches[0].run(replica, [item for b in batches for item in b.items])
+    except BaseException as exc:
+        for job in jobs:
+            job[3].set_exception(exc)
+        return
+    start = 0
+    for job, batch in zip(jobs, batches, strict=True):
+        job[3].set_result(outputs[start:start + len(batch.items)])
+        start += len(batch.items)

@@ -22,7 +22,7 @@ from scoring.cache import ScoreCache, cache_key
 from scoring.checkpoint import Layout, ModelInfo, file_list
 from scoring.engines.st_engine import causal_backends, st_replicas
 from scoring.errors import ModelLoadError, RerankError
-from scoring.pool import Ticket, WorkerPool
+from scoring.pool import Shared, Ticket, WorkerPool
 
 log = logging.getLogger("rag_augment.scorer")
 
@@ -235,14 +235,16 @@ class Scorer:
         engine = self.backend.backend
         keys = [cache_key(engine, p.query, p.units[i]) for p, i in items]
 
-        def score(replica, positions: list[int]) -> np.ndarray:
-            return replica.score_encoded_pairs([(items[m][0].query_encoding, items[m][0].encodings[items[m][1]])
-                                                for m in positions])
+        def batch(positions: list[int]) -> Shared:  # may share a forward pass with other requests' batches
+            pairs = [(items[m][0].query_encoding, items[m][0].encodings[items[m][1]]) for m in positions]
+            return Shared("encoded-pairs", pairs, _score_encoded, self._token_budget, self._batch_size)
 
-        return self._cached_logits(keys, [p.lengths[i] for p, i in items], score, ticket)
+        return self._cached_logits(keys, [p.lengths[i] for p, i in items], batch, ticket)
 
-    def _cached_logits(self, keys: list[bytes], lengths: list[int], score: Callable, ticket: Ticket) -> np.ndarray:
-        """Logits from the cache where it has them; the rest computed in batches under a token budget."""
+    def _cached_logits(self, keys: list[bytes], lengths: list[int], batch: Callable[[list[int]], Callable],
+                       ticket: Ticket) -> np.ndarray:
+        """Logits from the cache where it has them; the rest computed in batches under a token budget (``batch``
+        makes the pool task for the items at the given positions)."""
         found = self._cache.get_many(keys)
         logits = np.array([found[k] if k in found else np.nan for k in keys], dtype=np.float32)
         todo = [j for j, k in enumerate(keys) if k not in found]
@@ -250,8 +252,8 @@ class Scorer:
             sizes = [lengths[j] for j in todo]
             groups = plan_batches(sizes, spread_budget(sizes, self._token_budget, self.workers, self._batch_size),
                                   self._batch_size)
-            outputs = self._pool.run(ticket, [(max(sizes[m] for m in g) * len(g),
-                                               lambda replica, g=g: score(replica, [todo[m] for m in g])) for g in groups])
+            outputs = self._pool.run(ticket, [(max(sizes[m] for m in g) * len(g), batch([todo[m] for m in g]))
+                                              for g in groups])
             for group, out in zip(groups, outputs, strict=True):
                 logits[[todo[m] for m in group]] = np.asarray(out, dtype=np.float32).reshape(len(group))
             self._cache.put_many({keys[j]: np.float32(logits[j]) for j in todo})
@@ -265,7 +267,7 @@ class Scorer:
             return cosine if raw else (cosine + 1.0) / 2.0
         told = {"instruction": plan.instruction} if plan.instruction else {}
         keys = [cache_key(self.backend.backend, *told.values(), plan.query, u) for u in plan.units]
-        logits = self._cached_logits(keys, plan.lengths, lambda replica, positions: replica.score_pairs(
+        logits = self._cached_logits(keys, plan.lengths, lambda positions: lambda replica: replica.score_pairs(
             plan.query, [plan.units[m] for m in positions], **told), ticket)
         return logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
@@ -375,6 +377,11 @@ class Scorer:
                  choice.describe(), ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" if m.seconds is not None
                                               else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
         return choice
+
+
+def _score_encoded(replica, pairs: list) -> np.ndarray:
+    """Logits of tokenized pairs on one replica (a :class:`Shared` batch's run: whichever requests the pairs are from)."""
+    return replica.score_encoded_pairs(pairs)
 
 
 def _windows(encoding, window: int, *, chunk: bool, max_tokens: int | None, from_end: bool) -> list:

@@ -66,13 +66,18 @@ class TextTokenizer:
         filled in bulk (nothing is tokenized again)."""
         return self.mixed_pair_batch([(query, d) for d in documents], pad_to_multiple_of=pad_to_multiple_of)
 
-    def mixed_pair_batch(self, pairs: Sequence[tuple], *, pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
-        """Model inputs for (query, document) pairs whose queries may differ (concurrent requests sharing a batch)."""
+    def _templates(self, pairs: Sequence[tuple]) -> dict[int, tuple] | None:
+        """Each distinct query's pair template (keyed by the query encoding's id), or None where one has none."""
         templates: dict[int, tuple | None] = {}
         for query, _ in pairs:
             if id(query) not in templates:
                 templates[id(query)] = self._pair_template(query)
-        if any(t is None for t in templates.values()):
+        return None if any(t is None for t in templates.values()) else templates
+
+    def mixed_pair_batch(self, pairs: Sequence[tuple], *, pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for (query, document) pairs whose queries may differ (concurrent requests sharing a batch)."""
+        templates = self._templates(pairs)
+        if templates is None:
             return self._pair_batch_one_by_one(pairs, pad_to_multiple_of)
         rows = [(templates[id(q)], d.ids) for q, d in pairs]
         width = max(len(t[0]) + len(r) + len(t[3]) for t, r in rows)
@@ -88,6 +93,37 @@ class TextTokenizer:
             ids[r, h + n:h + n + t], types[r, h + n:h + n + t] = tail, tail_types
             mask[r, :h + n + t] = 1
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def packed_pairs(self, pairs: Sequence[tuple]) -> dict[str, np.ndarray]:
+        """Already tokenized (query, document) pairs as one packed batch: every pair's tokens end to end, no padding
+        (see :func:`pack_flat`)."""
+        templates = self._templates(pairs)
+        if templates is None:
+            merged = [self._tok.post_process(q, d, add_special_tokens=True) for q, d in pairs]
+            return pack_rows([m.ids for m in merged], [m.type_ids for m in merged])
+        ids: list[int] = []
+        types: list[int] = []
+        lengths = []
+        for query, document in pairs:
+            head, head_types, doc_type, tail, tail_types = templates[id(query)]
+            row = document.ids
+            ids += head
+            ids += row
+            ids += tail
+            types += head_types
+            types += [doc_type] * len(row)
+            types += tail_types
+            lengths.append(len(head) + len(row) + len(tail))
+        return pack_flat(ids, types, lengths)
+
+    def packed_texts(self, pairs: Sequence[tuple[str, str]], max_length: int) -> dict[str, np.ndarray]:
+        """(query, document) texts as one packed batch, each pair truncated longest first to ``max_length``."""
+        self._tok.enable_truncation(max_length, strategy="longest_first")
+        try:
+            encodings = self._tok.encode_batch(list(pairs))
+        finally:
+            self._tok.no_truncation()
+        return pack_rows([e.ids for e in encodings], [e.type_ids for e in encodings])
 
     def _pair_template(self, query) -> tuple | None:
         """The checkpoint's pair template around a document (``head + document + tail``), read off two probes;
@@ -136,3 +172,20 @@ class TextTokenizer:
         return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+
+
+def pack_rows(rows: Sequence[Sequence[int]], types: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    """Token rows laid end to end (see :func:`pack_flat`)."""
+    return pack_flat([i for r in rows for i in r], [t for r in types for t in r], [len(r) for r in rows])
+
+
+def pack_flat(ids: Sequence[int], types: Sequence[int], lengths: Sequence[int]) -> dict[str, np.ndarray]:
+    """A packed batch: token ids, token types and positions (each counted from its pair's start) of every pair end
+    to end, where each pair starts (int32, the batch's end last, as variable-length attention takes them) and the
+    longest pair."""
+    sizes = np.asarray(lengths, dtype=np.int64)
+    starts = np.zeros(len(sizes) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=starts[1:])
+    positions = np.arange(int(starts[-1]), dtype=np.int64) - np.repeat(starts[:-1].astype(np.int64), sizes)
+    return {"input_ids": np.asarray(ids, dtype=np.int64), "token_type_ids": np.asarray(types, dtype=np.int64),
+            "position_ids": positions, "starts": starts, "longest": np.int64(sizes.max() if len(sizes) else 0)}

@@ -9,7 +9,7 @@ import pytest
 
 from scoring.choice import Choice
 from scoring.errors import Cancelled
-from scoring.pool import WorkerPool
+from scoring.pool import Shared, WorkerPool
 
 
 class Replica:
@@ -135,3 +135,79 @@ def test_a_swap_may_change_the_number_of_workers():
         return replica.name
 
     assert sorted(pool.map([task] * 4)) == ["d", "e", "f", "g"] and seen == set("defg")
+
+
+class MergingReplica(Replica):
+    """A stand-in for an engine whose pairs do not depend on what shares their pass (the packed GPU engine)."""
+
+    merges = True
+
+
+def _hold(pool: WorkerPool, release: threading.Event) -> threading.Thread:
+    """Keep the pool's one worker busy until ``release``, so batches queue up behind it."""
+    ticket = pool.ticket("holder")
+    thread = threading.Thread(target=lambda: (pool.run(ticket, [(1, lambda r: release.wait(10))]), ticket.__exit__()))
+    thread.start()
+    return thread
+
+
+def _queued(pool: WorkerPool, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while sum(len(t.pending) for t in pool._open) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_shared_batches_of_waiting_requests_run_in_one_pass_each_getting_its_own_outputs():
+    passes: list = []
+
+    def run(replica, items):
+        passes.append(list(items))
+        return [f"out-{item}" for item in items]
+
+    for replica_class, expected_passes in ((MergingReplica, 1), (Replica, 3)):
+        passes.clear()
+        pool = WorkerPool([replica_class("a", [])], FakeTokenizer(), Choice("a", "test"))
+        release = threading.Event()
+        holder = _hold(pool, release)
+        results: dict = {}
+
+        def request(name: str, items: list, results=results, pool=pool) -> None:
+            with pool.ticket(name) as ticket:
+                results[name] = pool.run(ticket, [(len(items) * 10, Shared("pairs", items, run, 1000, 100))])[0]
+
+        threads = [threading.Thread(target=request, args=(f"r{k}", [f"{k}.{j}" for j in range(k + 1)])) for k in range(3)]
+        for t in threads:
+            t.start()
+        _queued(pool, 3)
+        release.set()
+        for t in [holder, *threads]:
+            t.join(10)
+        assert results == {f"r{k}": [f"out-{k}.{j}" for j in range(k + 1)] for k in range(3)}
+        assert len(passes) == expected_passes  # merged only where the replica says its pairs are independent
+        assert pool.batches_shared == (3 if expected_passes == 1 else 0)
+
+
+def test_sharing_stops_at_the_budget_and_at_another_kind_of_batch():
+    passes: list = []
+
+    def run(replica, items):
+        passes.append(list(items))
+        return list(items)
+
+    pool = WorkerPool([MergingReplica("a", [])], FakeTokenizer(), Choice("a", "test"))
+    release = threading.Event()
+    holder = _hold(pool, release)
+    plain = []
+    with pool.ticket("a") as a, pool.ticket("b") as b, pool.ticket("c") as c:
+        futures = []
+        for ticket, task in ((a, (600, Shared("pairs", ["a"], run, 1000, 100))),
+                             (b, (600, Shared("pairs", ["b"], run, 1000, 100))),  # would pass the budget with a's
+                             (c, (10, lambda replica: plain.append("c") or "c"))):
+            futures.append(threading.Thread(target=pool.run, args=(ticket, [task])))
+            futures[-1].start()
+            _queued(pool, len(futures))
+        release.set()
+        for t in [holder, *futures]:
+            t.join(10)
+    assert passes == [["a"], ["b"]] and plain == ["c"]
+    assert pool.batches_shared == 0

@@ -142,8 +142,9 @@ def unavailable(name: str, device: str = "cpu") -> str | None:
 
 
 def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path | None,
-           threads: int = 1, trust_remote_code: bool = False, model=None, device: str = "cpu"):
-    """One engine replica of ``name`` for a checkpoint (exporting to ``cache_dir`` first where needed)."""
+           threads: int = 1, trust_remote_code: bool = False, model=None, device: str = "cpu", packed: bool = True):
+    """One engine replica of ``name`` for a checkpoint (exporting to ``cache_dir`` first where needed; ``packed``:
+    a GPU cross-encoder may run padding-free, see :mod:`scoring.engines.packed`)."""
     from scoring.engines import onnx_engines
     from scoring.engines.torch_engine import torch_engine
 
@@ -152,7 +153,7 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
         raise BackendError(f"backend {name!r} is unavailable: {reason}")
     if name in CUDA_BACKENDS:
         return torch_engine(model_dir, layout, tokenizer, trust_remote_code=trust_remote_code, model=model,
-                            device=device, precision=name.split("-", 1)[1])
+                            device=device, precision=name.split("-", 1)[1], packed=packed)
     if name in ("torch", "torch-bf16"):
         return torch_engine(model_dir, layout, tokenizer, bf16=name == "torch-bf16",
                             trust_remote_code=trust_remote_code, model=model)
@@ -174,15 +175,16 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
 
 
 def replicas(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path | None,
-             workers: int, trust_remote_code: bool = False, model=None, device: str = "cpu", threads: int = 1) -> list:
+             workers: int, trust_remote_code: bool = False, model=None, device: str = "cpu", threads: int = 1,
+             packed: bool = True) -> list:
     """``workers`` engines of backend ``name``, each with its own tokenizer and ``threads`` threads (CPU torch: copies
     of one model; torch's thread count is one setting for the process; CUDA: one model on the GPU shared by every
     worker, whose CPU work overlaps the others' GPU work)."""
     if name in CUDA_BACKENDS:
         first = create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir, trust_remote_code=trust_remote_code,
-                       model=model, device=device)
+                       model=model, device=device, packed=packed)
         return [first] + [create(name, model_dir, layout, tokenizer.copy(), cache_dir=cache_dir, model=first.model,
-                                 device=device) for _ in range(workers - 1)]
+                                 device=device, packed=packed) for _ in range(workers - 1)]
     if name in ("torch", "torch-bf16"):
         import copy
 

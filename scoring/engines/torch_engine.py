@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from scoring.checkpoint import Layout
 from scoring.engines.graph import GraphEngine
 from scoring.tokenizer import TextTokenizer
 
+log = logging.getLogger("rag_augment.engines")
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -56,14 +58,27 @@ def gpu_decorator():
 
 
 def torch_engine(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, bf16: bool = False,
-                 trust_remote_code: bool = False, model=None, device: str = "cpu", precision: str = "fp32") -> GraphEngine:
-    """One torch replica. CPU: fp32, or bf16 autocast with ``bf16``. CUDA: weights in ``precision``."""
+                 trust_remote_code: bool = False, model=None, device: str = "cpu", precision: str = "fp32",
+                 packed: bool = True):
+    """One torch replica. CPU: fp32, or bf16 autocast with ``bf16``. CUDA: weights in ``precision``; a cross-encoder
+    the packed path supports runs packed (``packed=False``: padded, as transformers runs it)."""
     import torch
 
     on_gpu = device != "cpu"
     if model is None:
         model = torch_model(model_dir, layout, trust_remote_code, device=device, precision=precision if on_gpu else "fp32")
     key = output_name(layout)
+    if on_gpu and packed and layout.mode == "cross-encoder":
+        from scoring.engines.packed import PackedEngine, unsupported, varlen_attention
+
+        attention = varlen_attention()
+        why = unsupported(model, precision, attention)
+        if why is None:
+            engine = PackedEngine(f"cuda-{precision}", tokenizer, layout, model, device=device, attention=attention)
+            why = engine.failure()
+            if why is None:
+                return engine
+        log.info("cuda-%s runs padded batches: %s", precision, why)
     if on_gpu:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
