@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from scoring import engines
+from scoring.batching import batching_for, plan_batches, spread_budget
 from scoring.checkpoint import Layout, digest, read_json
 from scoring.engines.onnx_engines import export_folder
 from scoring.tokenizer import TextTokenizer
@@ -64,31 +66,38 @@ _PROBE_SENTENCES = (
 )
 
 
-def probe_documents(n: int = 48) -> list[str]:
-    """A fixed set of varied documents of ~20 to ~400 tokens, some on the probe query's topic, some not: each
-    mixes its own selection of sentences, so scores spread out as they do on real candidates."""
+def probe_documents(n: int = 32) -> list[str]:
+    """A fixed set of varied documents of ~100 to ~420 tokens (passages as retrievers return them: SciFact's pairs
+    have a median of 316 tokens), some on the probe query's topic, some not: each mixes its own selection of
+    sentences, so scores spread out as they do on real candidates."""
     docs = []
     pool = len(_PROBE_SENTENCES)
     for i in range(n):
-        count = 1 + (i * 7) % 17
+        count = 6 + (i * 7) % 19
         docs.append(" ".join(_PROBE_SENTENCES[(i * 5 + j * (1 + i % 7)) % pool] for j in range(count)))
     return docs
 
 
-def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], batch: int = 4) -> np.ndarray:
-    """The probe's scores (logits or cosines) on one backend, its replicas working side by side as the scorer runs them
-    (``batch`` documents a forward pass: a few on a CPU core, all of them on a GPU; with several workers smaller where
-    that would leave one idle, as the scorer spreads a request over every worker: each gets at least two batches)."""
-    if len(replicas) > 1:
-        batch = max(1, min(batch, len(documents) // (2 * len(replicas))))
-    order = sorted(range(len(documents)), key=lambda i: -len(documents[i]))
-    chunks = [order[i:i + batch] for i in range(0, len(order), batch)]
+def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], device: str = "cpu") -> np.ndarray:
+    """The probe's scores (logits or cosines) on one backend, run as the scorer runs one request of these documents:
+    batched by its own plan for this many workers on this device (:mod:`scoring.batching`), each free worker
+    taking the next batch, so the probe times what a request costs with this shape."""
+    limits = batching_for(device)
+    lengths = [len(PROBE_QUERY.split()) + len(d.split()) * 4 // 3 + 3 for d in documents]  # about their tokens
+    budget = spread_budget(lengths, limits["token_budget"], len(replicas), limits["batch_size"])
+    batches: queue.SimpleQueue = queue.SimpleQueue()
+    for batch in plan_batches(lengths, budget, limits["batch_size"]):
+        batches.put(batch)
     query = replicas[0].embed([PROBE_QUERY], query=True)[0] if layout.mode == "embedding" else None
     out = np.zeros(len(documents), dtype=np.float64)
 
     def work(n: int) -> None:
         engine = replicas[n]
-        for chunk in chunks[n::len(replicas)]:
+        while True:
+            try:
+                chunk = batches.get_nowait()
+            except queue.Empty:
+                return
             texts = [documents[i] for i in chunk]
             out[chunk] = engine.score_pairs(PROBE_QUERY, texts) if query is None else engine.embed(texts) @ query
 
@@ -164,7 +173,7 @@ class Choice:
 
 def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: Layout, *, rounds: int = 3,
             reference_name: str = "torch", budget_s: float | None = None,
-            batch: int = 4) -> tuple[list[Measurement], list[Measurement], float]:
+            device: str = "cpu") -> tuple[list[Measurement], list[Measurement], float]:
     """Time fp32 torch and each candidate's replicas on the probe.
 
     Candidates are built and dropped one at a time (memory stays at two copies of the model beside the
@@ -174,14 +183,14 @@ def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: 
     """
     started = time.perf_counter()
     documents = probe_documents()
-    expected = probe_scores(reference, layout, documents, batch)
+    expected = probe_scores(reference, layout, documents, device)
     spread = float(expected.max() - expected.min())
     torch_times: list[float] = []
     measured, skipped = [], []
 
     def timed(replicas: list) -> float:
         started = time.perf_counter()
-        probe_scores(replicas, layout, documents, batch)
+        probe_scores(replicas, layout, documents, device)
         return time.perf_counter() - started
 
     for name, build in candidates.items():
@@ -193,7 +202,7 @@ def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: 
         except Exception as exc:
             skipped.append(Measurement(backend=name, note=str(exc).splitlines()[0][:200]))
             continue
-        scores = probe_scores(replicas, layout, documents, batch)  # also the warm-up
+        scores = probe_scores(replicas, layout, documents, device)  # also the warm-up
         times = []
         for _ in range(rounds):
             torch_times.append(timed(reference))
@@ -247,7 +256,7 @@ def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_d
             continue
         candidates[name] = lambda name=name: build(name)
     measured, skipped, spread = measure(reference, candidates, layout, reference_name=names[0], budget_s=budget_s,
-                                        batch=4 if device == "cpu" else len(probe_documents()))
+                                        device=device)
     measurements = measured + skipped + unavailable_here
     for m in measurements:
         if m.seconds is not None and not m.faithful:

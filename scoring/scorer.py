@@ -18,6 +18,7 @@ import numpy as np
 
 from scoring import choice as choosing
 from scoring import engines
+from scoring.batching import padding_waste, plan_batches, spread_budget
 from scoring.cache import ScoreCache, cache_key
 from scoring.checkpoint import Layout, ModelInfo, file_list
 from scoring.engines.st_engine import causal_backends, st_replicas
@@ -28,45 +29,7 @@ log = logging.getLogger("rag_augment.scorer")
 
 LongDocuments = Literal["truncate", "chunk"]
 UNMEASURED = "default until measured on this machine"
-
-
-def plan_batches(lengths: Sequence[int], token_budget: int, max_batch: int = 32) -> list[list[int]]:
-    """Group items longest first so each batch's padded size (longest x count) stays within the budget.
-
-    Similar lengths share a batch, so little compute goes to padding; short texts still batch widely.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        current = batches[-1] if batches else None
-        if current and len(current) < max_batch and lengths[current[0]] * (len(current) + 1) <= token_budget:
-            current.append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-def spread_budget(lengths: Sequence[int], token_budget: int, workers: int, max_batch: int = 32) -> int:
-    """A batch budget that splits one request into at most one batch per worker where that takes batches of at most
-    twice the device's budget (a 50-document request on 16 cores: 16 batches in one round, not 17 in two);
-    otherwise the device's budget (batches stay small enough to interleave requests fairly), or an even share of a
-    smaller request. Never below an eighth of the budget."""
-    if workers <= 1 or not lengths:
-        return token_budget
-    share = max(token_budget // 8, -(-sum(lengths) // workers), max(lengths))
-    for factor in (1.0, 1.1, 1.25, 1.5, 2.0):
-        budget = int(share * factor)
-        if budget > 2 * token_budget:
-            break
-        if len(plan_batches(lengths, budget, max_batch)) <= workers:
-            return budget
-    return min(token_budget, share)
-
-
-def padding_waste(lengths: Sequence[int], batches: list[list[int]]) -> float:
-    """Fraction of the computed token positions that are padding under a batch plan."""
-    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-    return 1 - sum(lengths) / padded if padded else 0.0
+__all__ = ["LongDocuments", "ModelSource", "Plan", "Scorer", "padding_waste", "plan_batches", "spread_budget"]
 
 
 @dataclass(frozen=True)
