@@ -1,6 +1,7 @@
 """Reranking on a CUDA GPU (and the same machine's CPU cores): the seed's way against ours, in one run.
 
-``python bench/gpu.py [--device cuda] [--tokenizer DIR] [--texts FILE.jsonl] [--reps 20] [--cpu-reps 3] [--cpu-only]``
+``python bench/gpu.py [--device cuda] [--tokenizer DIR] [--texts FILE.jsonl] [--weights DIR] [--reps 20] [--cpu-reps 3]
+[--cpu-only]``
 
 Runs where a GPU machine has only torch, transformers, sentence-transformers, numpy, pandas and
 onnxruntime (no gradio, fastapi or duckdb): it imports the scoring core alone. It builds a
@@ -43,16 +44,22 @@ QUERIES = ["Which treatments reduce the risk of heart disease?", "How do bacteri
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def build_cross_encoder(target: Path, tokenizer_dir: Path) -> Path:
-    """A cross-encoder of all-MiniLM-L6-v2's shape (6 layers, 384 wide, 12 heads) with random weights."""
+def build_cross_encoder(target: Path, tokenizer_dir: Path, weights: Path | None = None) -> Path:
+    """A cross-encoder of all-MiniLM-L6-v2's shape (6 layers, 384 wide, 12 heads): random weights, or ``weights``'
+    trained encoder (e.g. all-MiniLM-L6-v2's, in any precision) with a seeded one-logit head, whose activations
+    and score spread are those of a trained model (random weights put reduced precision's noise at its worst)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    vocab = sum(1 for _ in open(tokenizer_dir / "vocab.txt", encoding="utf-8"))
-    config = BertConfig(vocab_size=vocab, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=1536, max_position_embeddings=512, num_labels=1)
     torch.manual_seed(0)
-    BertForSequenceClassification(config).eval().save_pretrained(str(target))
+    if weights is not None:
+        model = BertForSequenceClassification.from_pretrained(str(weights), num_labels=1, dtype=torch.float32)
+        model.eval().save_pretrained(str(target))
+    else:
+        vocab = sum(1 for _ in open(tokenizer_dir / "vocab.txt", encoding="utf-8"))
+        config = BertConfig(vocab_size=vocab, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                            intermediate_size=1536, max_position_embeddings=512, num_labels=1)
+        BertForSequenceClassification(config).eval().save_pretrained(str(target))
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, target / name)
@@ -150,6 +157,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tokenizer", help="folder with tokenizer.json/vocab.txt (default: the packaged model's)")
     parser.add_argument("--texts", help="JSONL of documents ({'text': ...} per line)")
+    parser.add_argument("--weights", help="folder of a trained BERT encoder of that shape (default: random weights)")
     parser.add_argument("--reps", type=int, default=20, help="50-document requests per variant")
     parser.add_argument("--docs", type=int, default=50)
     parser.add_argument("--pairs", type=int, default=1000)
@@ -172,7 +180,8 @@ def main() -> int:
     gpu = torch.cuda.get_device_name(device) if device != "cpu" else "none"
     print(f"device {device} ({gpu}); torch {torch.__version__}; {os.cpu_count()} CPU cores; {len(texts)} documents")
     with tempfile.TemporaryDirectory() as tmp:
-        ce_dir = build_cross_encoder(Path(tmp) / "ce", tokenizer_dir)
+        ce_dir = build_cross_encoder(Path(tmp) / "ce", tokenizer_dir, Path(args.weights) if args.weights else None)
+        print(f"weights: {args.weights or 'random'}")
         reqs = requests(texts, args.reps + 1, args.docs)
         if args.diagnose:
             diagnose(ce_dir, reqs, device)
@@ -214,8 +223,8 @@ def main() -> int:
         names = args.backends.split(",") if args.backends else [b for b in engines.backends_for(device)
                                                                  if engines.unavailable(b, device) is None]
         variants = [(name, True, 1) for name in names]
-        if "cuda-fp16" in names:  # what packing and a second worker each add, on the precision auto usually picks
-            variants += [("cuda-fp16", False, 1), ("cuda-fp16", True, 2)]
+        if "cuda-fp16" in names:  # what packing and more workers each add, on the precision auto usually picks
+            variants += [("cuda-fp16", False, 1), ("cuda-fp16", False, 2), ("cuda-fp16", True, 2), ("cuda-fp16", True, 3)]
         one = [(QUERIES[0], [d for _, docs in bulk for d in docs])]  # the same 1,000 documents as one request
         for name, packed, workers in variants:
             peak_memory_reset(device)

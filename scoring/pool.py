@@ -265,12 +265,13 @@ class WorkerPool:
         with self.tokenizer_lock:
             return self.tokenizer.count(texts)
 
-    def encode(self, texts: Sequence[str]) -> list:
-        """Each text's tokens with character spans (no special tokens), one pass; concurrent requests tokenize on
-        separate copies (fast tokenizers are not safe to share), so one request's planning never waits for another's."""
+    def encode(self, texts: Sequence[str], *, spans: bool = True) -> list:
+        """Each text's tokens (with character spans unless ``spans=False``; no special tokens), one pass; concurrent
+        requests tokenize on separate copies (fast tokenizers are not safe to share), so one request's planning never
+        waits for another's."""
         tokenizer = self._planners.get()
         try:
-            return tokenizer.encode_plain(texts)
+            return tokenizer.encode_plain(texts, spans=spans)
         finally:
             self._planners.put(tokenizer)
 

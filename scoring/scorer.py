@@ -127,11 +127,14 @@ class Scorer:
         cross = self.info.mode == "cross-encoder"
         specials = self._pool.tokenizer.special_tokens(pair=cross)
         told = [instruction] if instruction and cross else []  # read with every pair: window room and cost, as the query
-        encoded = self._pool.encode([*told, query, *texts] if cross else texts)
+        encoded = self._pool.encode([*told, query, *texts] if cross else texts, spans=False)
         instruction_tokens = len(encoded.pop(0)) if told else 0
         query_encoding = encoded.pop(0) if cross else None
         query_tokens = len(query_encoding) + instruction_tokens if cross else 0
         window = max(32 if cross else 8, self.info.max_length - min(query_tokens, self.info.max_length // 2) - specials)
+        cut = [i for i, e in enumerate(encoded) if len(e) > min(window, max_tokens_per_doc or window)]
+        for i, again in zip(cut, self._pool.encode([texts[i] for i in cut]) if cut else [], strict=True):
+            encoded[i] = again  # a text cut into windows: its spans name each window's text
         units: list[str] = []
         owners: list[int] = []
         pieces: list = []
