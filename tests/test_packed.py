@@ -168,3 +168,41 @@ def test_a_packed_pass_that_fails_here_is_found_before_serving(tiny_cross_encode
 
     engine = packed.PackedEngine("t", tok, layout, model, device="cpu", attention=broken)
     assert engine.failure() == "the packed pass failed here: FlashAttention only supports Ampere GPUs or newer."
+
+
+def test_a_batch_grown_to_its_graph_bucket_scores_its_pairs_as_before():
+    """CUDA graphs replay fixed shapes: a batch grows to its bucket with filler pairs, and its own pairs' logits
+    stay what they were (checked here with SDPA per span; the graphs themselves need a GPU: bench/gpu.py)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=4, intermediate_size=64, num_labels=1,
+                                                     max_position_embeddings=64)).eval()
+    rng = np.random.default_rng(3)
+    rows = [list(rng.integers(1, 120, size=n)) for n in (5, 64, 30, 2, 64, 17)]
+    inputs = pack_rows(rows, [[0] * len(r) for r in rows])
+    grown, real = packed.bucketed(inputs, step=256, window=64)
+    sizes = np.diff(grown["starts"])
+    assert real == len(rows) and len(sizes) == 16 and grown["starts"][-1] == 256 == len(grown["input_ids"])
+    assert sizes.min() >= 1 and sizes.max() <= 64 and (grown["position_ids"] < 64).all()
+    assert grown["input_ids"][: inputs["starts"][-1]].tolist() == inputs["input_ids"].tolist()
+    encoder = packed.PackedEncoder(model, packed.span_attention)
+
+    def logits(batch):
+        with torch.inference_mode():
+            return encoder.logits(*(torch.from_numpy(batch[k]) for k in ("input_ids", "token_type_ids", "position_ids",
+                                                                         "starts")), int(batch["longest"])).numpy()
+
+    np.testing.assert_allclose(logits(grown)[:real], logits(inputs), atol=1e-5)
+    big, _ = packed.bucketed(pack_rows([[1] * 60] * 40, [[0] * 60] * 40), step=256, window=64)
+    assert len(big["starts"]) - 1 == 64 and big["starts"][-1] % 256 == 0 and np.diff(big["starts"]).max() <= 64
+
+
+def test_graphs_are_a_gpu_matter(tiny_cross_encoder_dir):
+    layout = layout_of(tiny_cross_encoder_dir, "cross-encoder")
+    model = torch_model(tiny_cross_encoder_dir, layout, False)
+    engine = packed.PackedEngine("t", TextTokenizer.from_dir(tiny_cross_encoder_dir), layout, model, device="cpu",
+                                 attention=packed.span_attention)
+    assert engine.use_graphs() == "CUDA graphs need a GPU" and engine.graphs is None
+    assert engine.use_graphs(False) is None and engine.graphs is None

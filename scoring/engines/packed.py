@@ -11,6 +11,8 @@ activations changes: the same embeddings, layers, pooler and classifier run in t
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -95,6 +97,102 @@ class PackedEncoder:
         return self.model.classifier(first)
 
 
+def bucketed(packed: dict[str, np.ndarray], *, step: int, window: int) -> tuple[dict[str, np.ndarray], int]:
+    """A packed batch grown to a bucket shape (tokens a multiple of ``step``, pairs a power of two), the extra room
+    filled by short pairs of padding tokens (each at most ``window``): a CUDA graph replays one fixed shape, and
+    buckets keep the number of shapes small. Returns the grown batch and how many of its pairs are real."""
+    sizes = np.diff(packed["starts"]).astype(np.int64)
+    real, tokens = len(sizes), int(packed["starts"][-1])
+    spare = -(-step // (window - 1)) + 1  # enough filler pairs that none exceeds the window
+    pairs = max(16, 1 << (real + spare - 1).bit_length())
+    fillers = pairs - real
+    room = -(-(tokens + fillers) // step) * step - tokens
+    filler = np.full(fillers, room // fillers, dtype=np.int64)
+    filler[: room % fillers] += 1
+    all_sizes = np.concatenate([sizes, filler])
+    starts = np.zeros(pairs + 1, dtype=np.int32)
+    np.cumsum(all_sizes, out=starts[1:])
+    pad = np.zeros(room, dtype=np.int64)
+    positions = np.arange(room, dtype=np.int64) - np.repeat(starts[real:-1].astype(np.int64) - tokens, filler)
+    grown = {"input_ids": np.concatenate([packed["input_ids"], pad]),
+             "token_type_ids": np.concatenate([packed["token_type_ids"], pad]),
+             "position_ids": np.concatenate([packed["position_ids"], positions]),
+             "starts": starts, "longest": np.int64(window)}
+    return grown, real
+
+
+class GraphCache:
+    """CUDA graphs of the packed pass, one per bucket shape, captured on first use and replayed after (a pass is a
+    few hundred kernel launches; replayed as one graph, the GPU no longer waits on Python to launch them).
+
+    Graphs of one engine share a memory pool; captures and replays of every engine sharing a model hold one lock,
+    so no other thread launches work while a graph is captured.
+    """
+
+    def __init__(self, encoder: PackedEncoder, device: str, window: int, *, step: int = 2048, size: int = 48) -> None:
+        import torch
+
+        self.encoder, self.device, self.window, self.step, self.size = encoder, device, window, step, size
+        self.graphs: OrderedDict = OrderedDict()
+        self.pool = torch.cuda.graph_pool_handle()
+        self.lock = _model_lock(encoder.model)
+
+    def run(self, packed: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits of a packed batch, replayed on its bucket's graph (captured now if it is the first of its shape)."""
+        import torch
+
+        grown, real = bucketed(packed, step=self.step, window=self.window)
+        rows = torch.from_numpy(np.stack([grown["input_ids"], grown["token_type_ids"], grown["position_ids"]]))
+        starts = torch.from_numpy(grown["starts"])
+        key = (rows.shape[1], len(starts))
+        with self.lock, torch.inference_mode():
+            graph = self.graphs.get(key) or self._capture(key)
+            self.graphs.move_to_end(key)
+            static_rows, static_starts, out = graph[1:]
+            static_rows.copy_(rows.pin_memory(), non_blocking=True)
+            static_starts.copy_(starts.pin_memory(), non_blocking=True)
+            graph[0].replay()
+            host = out[:real, 0].float().to("cpu", non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        done.synchronize()
+        return host.numpy()
+
+    def _capture(self, key: tuple[int, int]) -> tuple:
+        """A graph for one bucket shape (call under the lock); the least recently used one goes beyond ``size``."""
+        import torch
+
+        tokens, bounds = key
+        static_rows = torch.zeros((3, tokens), dtype=torch.int64, device=self.device)
+        static_starts = (torch.arange(bounds, dtype=torch.int64, device=self.device) * tokens // (bounds - 1)).int()
+
+        def forward():
+            return self.encoder.logits(static_rows[0], static_rows[1], static_rows[2], static_starts, self.window)
+
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the graph: kernels pick their plans here
+                forward()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = forward()
+        entry = (graph, static_rows, static_starts, out)
+        self.graphs[key] = entry
+        while len(self.graphs) > self.size:
+            self.graphs.popitem(last=False)
+        return entry
+
+
+_LOCKS: dict[int, threading.Lock] = {}
+
+
+def _model_lock(model) -> threading.Lock:
+    """One lock per model on the GPU: graph captures must not see another thread's launches."""
+    return _LOCKS.setdefault(id(model), threading.Lock())
+
+
 class PackedEngine:
     """A cross-encoder replica that scores pairs packed end to end on a GPU (same interface as the padded engines)."""
 
@@ -103,6 +201,7 @@ class PackedEngine:
         self.name, self.tokenizer, self.layout, self.model, self.device = name, tokenizer, layout, model, device
         self.encoder = PackedEncoder(model, attention)
         self.merges = True  # a pair's score does not depend on what shares its batch: requests may share one
+        self.graphs: GraphCache | None = None  # see use_graphs
 
     def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """Raw ranking logits of (query, document) pairs from their texts (truncated longest first to the window)."""
@@ -116,6 +215,25 @@ class PackedEngine:
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         raise NotImplementedError("the packed engine scores cross-encoder pairs; embedding models run padded")
+
+    def use_graphs(self, on: bool = True) -> str | None:
+        """Replay the pass as CUDA graphs (on a GPU): checked on a short batch against the plain pass; returns why
+        not where they do not run here (then the plain pass serves)."""
+        self.graphs = None
+        if not on or self.device == "cpu":
+            return None if not on else "CUDA graphs need a GPU"
+        from scoring.tokenizer import pack_rows
+
+        probe = pack_rows([[1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7]], [[0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 1]])
+        try:
+            graphs = GraphCache(self.encoder, self.device, self.layout.max_length)
+            replayed, plain = graphs.run(probe), self._forward(probe)
+        except Exception as exc:  # noqa: BLE001 - any failure means: the plain pass serves, saying why
+            return f"CUDA graphs failed here: {str(exc).splitlines()[0][:200]}"
+        if not np.allclose(replayed, plain, atol=1e-2):
+            return f"CUDA graphs gave other scores ({replayed} against {plain})"
+        self.graphs = graphs
+        return None
 
     def failure(self) -> str | None:
         """Why the packed pass does not run here (a kernel missing from this build of torch, say), from two short
@@ -131,6 +249,9 @@ class PackedEngine:
     def _forward(self, packed: dict[str, np.ndarray]) -> np.ndarray:
         """One pass over a packed batch: its token rows go to the GPU in one copy, the logits come back in one."""
         import torch
+
+        if self.graphs is not None:
+            return self.graphs.run(packed)
 
         rows = torch.from_numpy(np.stack([packed["input_ids"], packed["token_type_ids"], packed["position_ids"]]))
         rows = rows.pin_memory().to(self.device, non_blocking=True) if self.device != "cpu" else rows

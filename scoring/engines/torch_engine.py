@@ -77,6 +77,8 @@ def torch_engine(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, b
             engine = PackedEngine(f"cuda-{precision}", tokenizer, layout, model, device=device, attention=attention)
             why = engine.failure()
             if why is None:
+                if graphs := engine.use_graphs():
+                    log.info("cuda-%s runs packed without CUDA graphs: %s", precision, graphs)
                 return engine
         log.info("cuda-%s runs padded batches: %s", precision, why)
     if on_gpu:
