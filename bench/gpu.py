@@ -165,7 +165,7 @@ def main() -> int:
     parser.add_argument("--backends", help="comma-separated (default: every backend of the device)")
     parser.add_argument("--cpu-reps", type=int, default=3, help="50-document requests for the CPU rows (0: none)")
     parser.add_argument("--diagnose", action="store_true", help="only time forward passes per precision and attention")
-    parser.add_argument("--breakdown", action="store_true", help="only time the stages of scoring 1,000 pairs in fp16")
+    parser.add_argument("--breakdown", action="store_true", help="only time the stages of a request in fp16")
     parser.add_argument("--tokenize", action="store_true", help="only time tokenizing 1,000 documents, whole and in chunks")
     parser.add_argument("--cpu-only", action="store_true", help="only the CPU rows (with RERANK_BACKEND=auto's measured "
                                                                  "backend and workers x threads)")
@@ -190,7 +190,8 @@ def main() -> int:
             tokenize_rates(ce_dir, texts[:1000])
             return 0
         if args.breakdown:
-            breakdown(ce_dir, requests(texts, 3, 1000), device)
+            breakdown(ce_dir, reqs[:10], device, Path(tmp) / "cache")
+            breakdown(ce_dir, requests(texts, 3, 1000), device, Path(tmp) / "cache")
             return 0
         if args.cpu_only:
             cpu_rows(ce_dir, requests(texts, max(2, args.cpu_reps) + 1, args.docs), Path(tmp) / "cache", measured=True)
@@ -362,51 +363,44 @@ def tokenize_rates(ce_dir: Path, docs: list[str]) -> None:
         print(f"{threads:>2} thread(s): {np.median(times) * 1000:.1f} ms for {len(docs)} documents")
 
 
-def breakdown(ce_dir: Path, reqs, device: str) -> None:
-    """Where the time of one 1,000-pair request goes on the GPU: planning, inputs, copies, forward passes."""
+def breakdown(ce_dir: Path, reqs, device: str, cache: Path, workers: int = 1) -> None:
+    """Where a request's time goes on the GPU (the packed fp16 engine, graphs on and off): planning (tokenizing),
+    filling the packed inputs, the engine's pass (bucketing, copies, replay, the logits back), the GPU's own time
+    for the pass (CUDA events), scoring through the worker pool, and ``rank`` end to end; medians over the requests."""
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from scoring import ranking
-    from scoring.scorer import plan_batches
-
-    kernels = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    loaded = core.load_scorer(str(ce_dir), allow_fallback=False, backend="cuda-fp16", device=device)
-    replica = loaded.pool.replicas[0]
-    model = replica.model
-    for query, docs in reqs:
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        prepared = ranking.prepare(loaded, query, docs, long_documents="truncate")
-        t1 = time.perf_counter()
-        groups = plan_batches(prepared.plan.lengths, loaded._token_budget, loaded._batch_size)
-        stages = np.zeros(5)
-        for g in groups:
-            a = time.perf_counter()
-            batch = replica.tokenizer.pair_batch(prepared.plan.query_encoding, [prepared.plan.encodings[j] for j in g],
-                                                 pad_to_multiple_of=8)
-            b = time.perf_counter()
-            tensors = {k: torch.from_numpy(v).pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-            torch.cuda.synchronize()
-            c = time.perf_counter()
-            with torch.inference_mode(), sdpa_kernel(kernels):
-                out = model(**tensors).logits
-            torch.cuda.synchronize()
-            d = time.perf_counter()
-            out.float().cpu().numpy()
-            e = time.perf_counter()
-            with torch.inference_mode(), sdpa_kernel(kernels):
-                _ = model(input_ids=tensors["input_ids"], token_type_ids=tensors["token_type_ids"]).logits
-            torch.cuda.synchronize()
-            f = time.perf_counter()
-            stages += [b - a, c - b, d - c, e - d, f - e]
-        full = time.perf_counter()
-        core.rank(query, docs, scorer=loaded, raw=True, long_documents="truncate")
-        torch.cuda.synchronize()
-        whole = time.perf_counter() - full
-        print(f"1,000 pairs in {len(groups)} batches: prepare {(t1 - t0) * 1000:.1f} ms, inputs {stages[0] * 1000:.1f}, "
-              f"to GPU {stages[1] * 1000:.1f}, forward {stages[2] * 1000:.1f} (without the mask "
-              f"{stages[4] * 1000:.1f}), back {stages[3] * 1000:.1f} ms; rank() end to end {whole * 1000:.1f} ms")
+    scorer = our_scorer(ce_dir, "cuda-fp16", device, cache, workers=workers)
+    engine = scorer.pool.replicas[0]
+    graphs = engine.graphs
+    for label, use in (("graphs", graphs), ("no graphs", None)):
+        for replica in scorer.pool.replicas:
+            replica.graphs = use
+        stages: dict[str, list[float]] = {k: [] for k in ("plan", "fill", "pass", "gpu", "score", "rank")}
+        for n, (query, docs) in enumerate(reqs * 2):
+            clock = time.perf_counter
+            t0 = clock()
+            plan = scorer.plan(query, docs, long_documents="truncate")
+            t1 = clock()
+            packed = engine.tokenizer.packed_pairs([(plan.query_encoding, e) for e in plan.encodings])
+            t2 = clock()
+            engine._forward(packed)
+            t3 = clock()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            engine._forward(packed)
+            end.record()
+            end.synchronize()
+            t4 = clock()
+            scorer.score_plan(plan, raw=True)
+            t5 = clock()
+            core.rank(query, docs, scorer=scorer, raw=True, long_documents="truncate").scores()
+            t6 = clock()
+            if n >= len(reqs):  # the second round: every shape seen once
+                for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, begin.elapsed_time(end) / 1000, t5 - t4,
+                                               t6 - t5), strict=True):
+                    stages[key].append(value)
+        print(f"{len(reqs[0][1])} documents, cuda-fp16 packed, {label}, {workers} worker(s): "
+              + ", ".join(f"{k} {np.median(v) * 1000:.2f} ms" for k, v in stages.items()), flush=True)
 
 
 def cpu_rows(ce_dir: Path, reqs, cache: Path, *, measured: bool = False) -> None:
