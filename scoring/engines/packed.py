@@ -185,12 +185,12 @@ class GraphCache:
         return entry
 
 
-_LOCKS: dict[int, threading.Lock] = {}
-
-
 def _model_lock(model) -> threading.Lock:
-    """One lock per model on the GPU: graph captures must not see another thread's launches."""
-    return _LOCKS.setdefault(id(model), threading.Lock())
+    """One lock per model on the GPU, kept on the model (its replicas share it): graph captures must not see
+    another thread's launches."""
+    if not hasattr(model, "graph_lock"):
+        model.graph_lock = threading.Lock()
+    return model.graph_lock
 
 
 class PackedEngine:
