@@ -230,7 +230,9 @@ def main() -> int:
         one = [(QUERIES[0], [d for _, docs in bulk for d in docs])]  # the same 1,000 documents as one request
         for name, packed, workers, graphs in variants:
             peak_memory_reset(device)
+            started = time.perf_counter()
             scorer = our_scorer(ce_dir, name, device, Path(tmp) / "cache", packed=packed, workers=workers)
+            print(f"  {name} loaded in {time.perf_counter() - started:.1f} s", flush=True)
             for replica in scorer.pool.replicas if not graphs else []:
                 replica.graphs = None  # the packed pass launched kernel by kernel
             fn = lambda q, d, s=scorer: core.rank(q, d, scorer=s, raw=True, long_documents="truncate").scores()  # noqa: E731

@@ -11,7 +11,9 @@ activations changes: the same embeddings, layers, pooler and classifier run in t
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -20,6 +22,7 @@ import numpy as np
 from scoring.checkpoint import Layout
 from scoring.tokenizer import TextTokenizer
 
+log = logging.getLogger("rag_augment.engines")
 # Architecture -> how its classifier reads the first token: through the pooler (BERT) or on its own (RoBERTa's head).
 HEADS = {"BertForSequenceClassification": "pooler", "RobertaForSequenceClassification": "head",
          "XLMRobertaForSequenceClassification": "head"}
@@ -129,7 +132,7 @@ class GraphCache:
     so no other thread launches work while a graph is captured.
     """
 
-    def __init__(self, encoder: PackedEncoder, device: str, window: int, *, step: int = 2048, size: int = 48) -> None:
+    def __init__(self, encoder: PackedEncoder, device: str, window: int, *, step: int = 2048, size: int = 128) -> None:
         import torch
 
         self.encoder, self.device, self.window, self.step, self.size = encoder, device, window, step, size
@@ -157,6 +160,21 @@ class GraphCache:
             done.record()
         done.synchronize()
         return host.numpy()
+
+    def prepare(self, max_pairs: int, max_tokens: int) -> int:
+        """Capture ahead the shapes a request of up to ``max_pairs`` pairs (a batch of up to ``max_tokens``) takes, so
+        no such request waits for a capture (a capture is a few passes); returns how many were captured."""
+        import torch
+
+        captured, pairs = 0, 16
+        while pairs <= max_pairs:
+            for tokens in range(self.step, min(pairs * self.window, max_tokens) + 1, self.step):
+                with self.lock, torch.inference_mode():
+                    if (tokens, pairs + 1) not in self.graphs:
+                        self._capture((tokens, pairs + 1))
+                        captured += 1
+            pairs *= 2
+        return captured
 
     def _capture(self, key: tuple[int, int]) -> tuple:
         """A graph for one bucket shape (call under the lock); the least recently used one goes beyond ``size``."""
@@ -232,6 +250,14 @@ class PackedEngine:
             return f"CUDA graphs failed here: {str(exc).splitlines()[0][:200]}"
         if not np.allclose(replayed, plain, atol=1e-2):
             return f"CUDA graphs gave other scores ({replayed} against {plain})"
+        from scoring.batching import batching_for
+
+        started = time.perf_counter()
+        try:
+            count = graphs.prepare(128, min(32_768, batching_for(self.device)["token_budget"]))
+            log.info("%s: %d CUDA graphs captured ahead in %.1f s", self.name, count, time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - the shapes not captured yet are captured when first seen
+            log.warning("%s: capturing CUDA graphs ahead stopped: %s", self.name, str(exc).splitlines()[0][:200])
         self.graphs = graphs
         return None
 
