@@ -246,7 +246,7 @@ def details_text(service: Service, scorer: core.Scorer) -> str:
              f"- **Detected:** {info.detected or info.kind}"
              + (f"; {info.window_note}" if info.window_note else f"; window {info.max_length:,} tokens")
              + ("; takes a task instruction" if info.takes_instruction else "; takes no instruction") + ".",
-             f"- **Inference backend:** {backend.describe()}, {scorer.workers} worker thread(s)."]
+             f"- **Inference backend:** {backend.describe()}, {scorer.workers} worker thread(s); {scorer.engine}."]
     measured = [m for m in backend.measurements if m.seconds is not None]
     if measured:
         lines.append("- **Measured on this machine** (probe seconds, Spearman vs fp32): "

@@ -91,6 +91,11 @@ class Scorer:
         return self._pool.choice
 
     @property
+    def engine(self) -> str:
+        """How the forward pass runs (padded batches; packed pairs with flash attention and CUDA graphs on a GPU)."""
+        return getattr(self._pool.replicas[0], "how", "")
+
+    @property
     def workers(self) -> int:
         """Threads running forward passes, each with its own replica."""
         return self._pool.workers

@@ -141,6 +141,7 @@ def test_health_info_metrics_docs(server):
     assert "/tmp" not in str(info) and "site-packages" not in str(info)  # no filesystem paths
     assert "embedding similarity" in info["scoring"]
     assert info["backend"]["backend"] == "torch" and info["backend"]["how"] and info["workers"] >= 1
+    assert info["backend"]["engine"] == "padded batches"
     httpx.post(f"{server}/v2/rerank", json={"query": QUERY, "documents": DOCS}, timeout=30)
     httpx.post(f"{server}/v2/rerank", json={"query": "", "documents": DOCS}, timeout=30)
     text = httpx.get(f"{server}/metrics").text

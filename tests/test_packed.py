@@ -205,4 +205,5 @@ def test_graphs_are_a_gpu_matter(tiny_cross_encoder_dir):
     engine = packed.PackedEngine("t", TextTokenizer.from_dir(tiny_cross_encoder_dir), layout, model, device="cpu",
                                  attention=packed.span_attention)
     assert engine.use_graphs() == "CUDA graphs need a GPU" and engine.graphs is None
+    assert engine.how == "pairs packed end to end, variable-length flash attention"
     assert engine.use_graphs(False) is None and engine.graphs is None

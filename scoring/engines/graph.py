@@ -37,6 +37,7 @@ class GraphEngine:
         self.model = model  # the torch module behind a torch engine (copied for more CPU replicas, shared on a GPU)
         self.device = device
         self._multiple = pad_to_multiple_of
+        self.how = "padded batches"  # how the pass runs, for /info and the page
 
     def _run(self, items) -> tuple[np.ndarray, np.ndarray]:
         batch = self.tokenizer.batch(items, self.layout.max_length, pad_to_multiple_of=self._multiple)

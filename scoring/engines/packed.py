@@ -231,6 +231,11 @@ class PackedEngine:
         """Raw ranking logits of (query, document) pairs already tokenized by the request's plan."""
         return self._forward(self.tokenizer.packed_pairs(pairs))
 
+    @property
+    def how(self) -> str:
+        """How the pass runs, for /info and the page."""
+        return "pairs packed end to end, variable-length flash attention" + (", CUDA graphs" if self.graphs else "")
+
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         raise NotImplementedError("the packed engine scores cross-encoder pairs; embedding models run padded")
 

@@ -31,6 +31,7 @@ class SentenceTransformersEngine:
 
     def __init__(self, model, layout: Layout, name: str = ST_BACKEND) -> None:
         self.model, self.layout, self.name = model, layout, name
+        self.how = "sentence-transformers"  # how the pass runs, for /info and the page
 
     def score_pairs(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
         """Raw ranking logits of (query, document) pairs; ``instruction`` is the prompt sentence-transformers gives the
