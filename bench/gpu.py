@@ -166,7 +166,8 @@ def main() -> int:
     parser.add_argument("--cpu-reps", type=int, default=3, help="50-document requests for the CPU rows (0: none)")
     parser.add_argument("--diagnose", action="store_true", help="only time forward passes per precision and attention")
     parser.add_argument("--breakdown", action="store_true", help="only time the stages of a request in fp16")
-    parser.add_argument("--tokenize", action="store_true", help="only time tokenizing 1,000 documents, whole and in chunks")
+    parser.add_argument("--tokenize", action="store_true", help="only time tokenizing 50 and 1,000 documents: the "
+                                                                  "tokenizer's threads, Python threads, processes")
     parser.add_argument("--cpu-only", action="store_true", help="only the CPU rows (with RERANK_BACKEND=auto's measured "
                                                                  "backend and workers x threads)")
     args = parser.parse_args()
@@ -345,24 +346,68 @@ def diagnose(ce_dir: Path, reqs, device: str, reps: int = 10) -> None:
 
 
 def tokenize_rates(ce_dir: Path, docs: list[str]) -> None:
-    """Tokenizing one request's 1,000 documents: one call, and in chunks on several threads with their own copies."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Tokenizing 50 and 1,000 documents into id arrays, as planning does (no character spans): one call of the
+    Rust tokenizer's own thread pool, the same on one thread, in chunks on Python threads with their own copies,
+    and in chunks on worker processes that send arrays back (the shape a tokenization pool outside Python's
+    objects would have): what a move of planning off the serving process could gain."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     from scoring.tokenizer import TextTokenizer
 
     base = TextTokenizer.from_dir(ce_dir)
-    print(f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')!r}")
-    for threads in (1, 2, 4, 8, 16):
-        copies = [base.copy() for _ in range(threads)]
-        chunks = [docs[k::threads] for k in range(threads)]
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda a: a[0].encode_plain(a[1]), zip(copies, chunks, strict=True)))
-            times = []
-            for _ in range(5):
-                started = time.perf_counter()
-                list(pool.map(lambda a: a[0].encode_plain(a[1]), zip(copies, chunks, strict=True)))
-                times.append(time.perf_counter() - started)
-        print(f"{threads:>2} thread(s): {np.median(times) * 1000:.1f} ms for {len(docs)} documents")
+
+    def rate(fn, texts) -> float:
+        fn(texts)
+        times = []
+        for _ in range(7):
+            started = time.perf_counter()
+            fn(texts)
+            times.append(time.perf_counter() - started)
+        return float(np.median(times)) * 1000
+
+    for n in (50, len(docs)):
+        texts = docs[:n]
+        rows = [f"one call {rate(lambda t: [e.ids for e in base.encode_plain(t, spans=False)], texts):.1f} ms"]
+        for threads in (4, 16):
+            copies = [base.copy() for _ in range(threads)]
+            with ThreadPoolExecutor(threads) as pool:
+                ms = rate(lambda t, c=copies, p=pool, k=threads: list(p.map(
+                    lambda a: [e.ids for e in a[0].encode_plain(a[1], spans=False)],
+                    zip(c, [t[i::k] for i in range(k)], strict=True))), texts)
+            rows.append(f"{threads} threads {ms:.1f} ms")
+        for procs in (4, 8, 16):
+            with ProcessPoolExecutor(procs, initializer=_tokenizer_process, initargs=(str(ce_dir),)) as pool:
+                ms = rate(lambda t, p=pool, k=procs: list(p.map(_tokenize_to_arrays, [t[i::k] for i in range(k)])), texts)
+            rows.append(f"{procs} processes {ms:.1f} ms")
+        print(f"tokenizing {n} documents into arrays: " + ", ".join(rows), flush=True)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read when the Rust pool first starts: a fresh process shows it
+    import subprocess
+
+    code = ("import json,sys,time;from tokenizers import Tokenizer;t=Tokenizer.from_file(sys.argv[1]);"
+            "d=[json.loads(l) for l in sys.stdin];t.encode_batch_fast(d);s=time.perf_counter();"
+            "[e.ids for e in t.encode_batch_fast(d,add_special_tokens=False)];print(f'{(time.perf_counter()-s)*1000:.1f}')")
+    out = subprocess.run([sys.executable, "-c", code, str(ce_dir / "tokenizer.json")], capture_output=True, text=True,
+                         input="\n".join(json.dumps(d) for d in docs))
+    print(f"tokenizing {len(docs)} documents on one thread (TOKENIZERS_PARALLELISM=false): {out.stdout.strip()} ms "
+          f"{out.stderr.strip()[-200:]}")
+
+
+_PROCESS_TOKENIZER = None
+
+
+def _tokenizer_process(model_dir: str) -> None:
+    global _PROCESS_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    _PROCESS_TOKENIZER = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+
+
+def _tokenize_to_arrays(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    encodings = _PROCESS_TOKENIZER.encode_batch_fast(texts, add_special_tokens=False)
+    lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+    ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32, count=int(lengths.sum()))
+    return ids, lengths
 
 
 def breakdown(ce_dir: Path, reqs, device: str, cache: Path, workers: int = 1) -> None:
