@@ -207,3 +207,27 @@ def test_graphs_are_a_gpu_matter(tiny_cross_encoder_dir):
     assert engine.use_graphs() == "CUDA graphs need a GPU" and engine.graphs is None
     assert engine.how == "pairs packed end to end, variable-length flash attention"
     assert engine.use_graphs(False) is None and engine.graphs is None
+
+
+def test_long_documents_score_packed_as_padded_in_both_modes(tiny_scorer, tiny_cross_encoder_dir):
+    """Windows of a long document (chunked, or truncated from either end) go through the packed engine from the
+    plan's tokens and score as the padded engine scores them."""
+    from scoring.choice import Choice
+    from scoring.pool import WorkerPool
+    from scoring.scorer import Scorer
+
+    layout = layout_of(tiny_cross_encoder_dir, "cross-encoder")
+    tok = TextTokenizer.from_dir(tiny_cross_encoder_dir)
+    model = torch_model(tiny_cross_encoder_dir, layout, False)
+    engine = packed.PackedEngine("packed-test", tok.copy(), layout, model, device="cpu", attention=packed.span_attention)
+    scorer = Scorer(tiny_scorer.info, WorkerPool([engine], tok, Choice("packed-test", "test")), cache_size=0,
+                    token_budget=65_536, batch_size=1024)
+    long_doc = " ".join(f"sentence {i} about budgets, rerankers and the weather." for i in range(120))
+    docs = ["a short one", long_doc, "rerankers " * 30]
+    for options in ({"long_documents": "chunk"}, {"long_documents": "truncate"},
+                    {"long_documents": "truncate", "truncate_left": True}, {"max_tokens_per_doc": 40}):
+        plan = scorer.plan("what is a reranker", docs, **options)
+        assert plan.encodings is not None and (plan.windows > 3 or options.get("long_documents") == "truncate"
+                                               or "max_tokens_per_doc" in options)
+        np.testing.assert_allclose(scorer.score("what is a reranker", docs, raw=True, **options),
+                                   tiny_scorer.score("what is a reranker", docs, raw=True, **options), atol=2e-5)
