@@ -51,13 +51,18 @@ class Plan:
     """What scoring a request computes: the pieces of text (windows), which document each belongs to, their tokens."""
 
     query: str
-    units: list[str]
+    units: Sequence[str]  # each window's text
     owners: np.ndarray
     lengths: list[int]
     documents: int
     query_encoding: object | None = None  # cross-encoders: the query's tokens ...
     encodings: list | None = None  # ... and each unit's, from which the pair inputs are built without tokenizing again
     instruction: str | None = None  # a task instruction the model takes (causal-LM rerankers)
+    names: list[str] | None = None  # what identifies each window's tokens (its cache key), where not its text
+
+    def name(self, i: int) -> str:
+        """What identifies window ``i``'s tokens: its text, or the text and how it was cut."""
+        return self.names[i] if self.names is not None else self.units[i]
 
     @property
     def cost(self) -> int:
@@ -137,24 +142,36 @@ class Scorer:
         query_encoding = encoded.pop(0) if cross else None
         query_tokens = len(query_encoding) + instruction_tokens if cross else 0
         window = max(32 if cross else 8, self.info.max_length - min(query_tokens, self.info.max_length // 2) - specials)
-        cut = [i for i, e in enumerate(encoded) if len(e) > min(window, max_tokens_per_doc or window)]
-        for i, again in zip(cut, self._pool.encode([texts[i] for i in cut]) if cut else [], strict=True):
-            encoded[i] = again  # a text cut into windows: its spans name each window's text
-        units: list[str] = []
+        fits = cross and query_tokens + window + specials <= self.info.max_length  # else: the tokenizer truncates
+        cutting = {"window": window, "chunk": long_documents == "chunk", "max_tokens": max_tokens_per_doc,
+                   "from_end": truncate_left}
+        if not fits:  # windows are scored from their text: a text cut into windows needs its spans now
+            cut = [i for i, e in enumerate(encoded) if len(e) > min(window, max_tokens_per_doc or window)]
+            for i, again in zip(cut, self._pool.encode([texts[i] for i in cut]) if cut else [], strict=True):
+                encoded[i] = again
         owners: list[int] = []
         pieces: list = []
-        for i, (text, encoding) in enumerate(zip(texts, encoded, strict=True)):
+        places: list[tuple[int, int | None]] = []  # (text, window number where the window is a cut of it)
+        for i, encoding in enumerate(encoded):
             whole = len(encoding)
-            for piece in _windows(encoding, window, chunk=long_documents == "chunk", max_tokens=max_tokens_per_doc,
-                                  from_end=truncate_left):
-                units.append(text if len(piece) == whole or not len(piece) else
-                             text[piece.offsets[0][0]:piece.offsets[-1][1]])
+            for n, piece in enumerate(_windows(encoding, **cutting)):
                 owners.append(i)
                 pieces.append(piece)
+                places.append((i, n if len(piece) not in (0, whole) else None))
         lengths = [min(self.info.max_length, query_tokens + len(p) + specials) for p in pieces]  # len(): no id list built
-        fits = cross and query_tokens + window + specials <= self.info.max_length  # else: the tokenizer truncates
-        return Plan(query, units, np.asarray(owners, dtype=np.int64), lengths, len(texts),
-                    query_encoding if fits else None, pieces if fits else None, instruction)
+        if not fits:
+            units = [texts[i] if n is None else texts[i][p.offsets[0][0]:p.offsets[-1][1]]
+                     for (i, n), p in zip(places, pieces, strict=True)]
+            return Plan(query, units, np.asarray(owners, dtype=np.int64), lengths, len(texts), instruction=instruction)
+        label = " ".join(f"{k}={v}" for k, v in cutting.items())
+        names = [texts[i] if n is None else f"{texts[i]}\x00{label} {n}" for i, n in places]
+        return Plan(query, Windows(texts, places, lambda i: self._window_texts(texts[i], cutting)),
+                    np.asarray(owners, dtype=np.int64), lengths, len(texts), query_encoding, pieces, instruction, names)
+
+    def _window_texts(self, text: str, cutting: dict) -> list[str]:
+        """The texts of the windows a text is cut into (tokenized again, with character spans)."""
+        encoding = self._pool.encode([text])[0]
+        return [text[p.offsets[0][0]:p.offsets[-1][1]] if len(p) else text for p in _windows(encoding, **cutting)]
 
     # --- scoring ---------------------------------------------------------------------------------
 
@@ -204,7 +221,7 @@ class Scorer:
     def _encoded_logits(self, items: Sequence[tuple[Plan, int]], ticket: Ticket) -> np.ndarray:
         """Raw logits of (plan, unit) pairs from their tokens, batched together whatever request each comes from."""
         engine = self.backend.backend
-        keys = [cache_key(engine, p.query, p.units[i]) for p, i in items]
+        keys = [cache_key(engine, p.query, p.name(i)) for p, i in items]
 
         def batch(positions: list[int]) -> Shared:  # may share a forward pass with other requests' batches
             pairs = [(items[m][0].query_encoding, items[m][0].encodings[items[m][1]]) for m in positions]
@@ -353,6 +370,27 @@ class Scorer:
 def _score_encoded(replica, pairs: list) -> np.ndarray:
     """Logits of tokenized pairs on one replica (a :class:`Shared` batch's run: whichever requests the pairs are from)."""
     return replica.score_encoded_pairs(pairs)
+
+
+class Windows(Sequence[str]):
+    """A plan's window texts, made when first read: a window scored from its tokens is named by its text and how
+    it was cut, so serving never tokenizes a long text a second time just to spell out its windows."""
+
+    def __init__(self, texts: list[str], places: list[tuple[int, int | None]], cut: Callable[[int], list[str]]) -> None:
+        self._texts, self._places, self._cut, self._made = texts, places, cut, {}
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        text, n = self._places[index]
+        if n is None:
+            return self._texts[text]
+        if text not in self._made:
+            self._made[text] = self._cut(text)
+        return self._made[text][n]
 
 
 def _windows(encoding, window: int, *, chunk: bool, max_tokens: int | None, from_end: bool) -> list:
