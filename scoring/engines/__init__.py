@@ -105,7 +105,7 @@ def workers_for(device: str) -> int:
     """Worker threads: one per core on the CPU (each with its own replica); one on a GPU, which runs a request's
     pairs as one batch and merges waiting requests' batches. Measured on an H200 (bench/gpu.py): with cuDNN
     attention four threads sharing the model made fp16 passes 14x slower; with the packed engine two workers gave
-    5-15% more throughput under load, the same p50 and a third more memory, so one stays."""
+    no steady gain (5-15% more throughput in one run, less in another) for a third more memory, so one stays."""
     return max(1, os.cpu_count() or 1) if device == "cpu" else 1
 
 
