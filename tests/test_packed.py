@@ -119,20 +119,26 @@ def test_which_models_run_packed_and_why_the_others_do_not(tiny_cross_encoder_di
     assert packed.varlen_attention() is not None
 
 
-def test_concurrent_requests_share_packed_passes_and_score_as_alone(tiny_scorer, tiny_cross_encoder_dir):
-    """Requests waiting together run in one packed pass (as on a GPU); each gets exactly its own scores."""
-    import threading
-
+def _packed_scorer(tiny_scorer, model_dir):
+    """The tiny cross-encoder served as on a GPU (one packed replica, the GPU's batch limits, no cache), with SDPA
+    per span standing in for the flash kernel."""
     from scoring.choice import Choice
     from scoring.pool import WorkerPool
     from scoring.scorer import Scorer
 
-    layout = layout_of(tiny_cross_encoder_dir, "cross-encoder")
-    tok = TextTokenizer.from_dir(tiny_cross_encoder_dir)
-    model = torch_model(tiny_cross_encoder_dir, layout, False)
-    engine = packed.PackedEngine("packed-test", tok.copy(), layout, model, device="cpu", attention=packed.span_attention)
-    scorer = Scorer(tiny_scorer.info, WorkerPool([engine], tok, Choice("packed-test", "test")), cache_size=0,
-                    token_budget=65_536, batch_size=1024)
+    layout = layout_of(model_dir, "cross-encoder")
+    tok = TextTokenizer.from_dir(model_dir)
+    engine = packed.PackedEngine("packed-test", tok.copy(), layout, torch_model(model_dir, layout, False), device="cpu",
+                                 attention=packed.span_attention)
+    return Scorer(tiny_scorer.info, WorkerPool([engine], tok, Choice("packed-test", "test")), cache_size=0,
+                  token_budget=65_536, batch_size=1024)
+
+
+def test_concurrent_requests_share_packed_passes_and_score_as_alone(tiny_scorer, tiny_cross_encoder_dir):
+    """Requests waiting together run in one packed pass (as on a GPU); each gets exactly its own scores."""
+    import threading
+
+    scorer = _packed_scorer(tiny_scorer, tiny_cross_encoder_dir)
     requests = [(f"question {k} about rerankers", [f"document {k}.{j} " + "words " * (3 * j + k) for j in range(6)])
                 for k in range(4)]
     alone = [tiny_scorer.score(q, d, raw=True) for q, d in requests]
@@ -212,16 +218,7 @@ def test_graphs_are_a_gpu_matter(tiny_cross_encoder_dir):
 def test_long_documents_score_packed_as_padded_in_both_modes(tiny_scorer, tiny_cross_encoder_dir):
     """Windows of a long document (chunked, or truncated from either end) go through the packed engine from the
     plan's tokens and score as the padded engine scores them."""
-    from scoring.choice import Choice
-    from scoring.pool import WorkerPool
-    from scoring.scorer import Scorer
-
-    layout = layout_of(tiny_cross_encoder_dir, "cross-encoder")
-    tok = TextTokenizer.from_dir(tiny_cross_encoder_dir)
-    model = torch_model(tiny_cross_encoder_dir, layout, False)
-    engine = packed.PackedEngine("packed-test", tok.copy(), layout, model, device="cpu", attention=packed.span_attention)
-    scorer = Scorer(tiny_scorer.info, WorkerPool([engine], tok, Choice("packed-test", "test")), cache_size=0,
-                    token_budget=65_536, batch_size=1024)
+    scorer = _packed_scorer(tiny_scorer, tiny_cross_encoder_dir)
     long_doc = " ".join(f"sentence {i} about budgets, rerankers and the weather." for i in range(120))
     docs = ["a short one", long_doc, "rerankers " * 30]
     for options in ({"long_documents": "chunk"}, {"long_documents": "truncate"},
