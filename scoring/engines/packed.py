@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from scoring.checkpoint import Layout
-from scoring.tokenizer import TextTokenizer
+from scoring.tokenizer import TextTokenizer, pack_flat
 
 log = logging.getLogger("rag_augment.engines")
 # Architecture -> how its classifier reads the first token: through the pooler (BERT) or on its own (RoBERTa's head).
@@ -104,23 +104,18 @@ def bucketed(packed: dict[str, np.ndarray], *, step: int, window: int) -> tuple[
     """A packed batch grown to a bucket shape (tokens a multiple of ``step``, pairs a power of two), the extra room
     filled by short pairs of padding tokens (each at most ``window``): a CUDA graph replays one fixed shape, and
     buckets keep the number of shapes small. Returns the grown batch and how many of its pairs are real."""
-    sizes = np.diff(packed["starts"]).astype(np.int64)
-    real, tokens = len(sizes), int(packed["starts"][-1])
+    real, tokens = len(packed["starts"]) - 1, int(packed["starts"][-1])
     spare = -(-step // (window - 1)) + 1  # enough filler pairs that none exceeds the window
     pairs = max(16, 1 << (real + spare - 1).bit_length())
     fillers = pairs - real
     room = -(-(tokens + fillers) // step) * step - tokens
     filler = np.full(fillers, room // fillers, dtype=np.int64)
     filler[: room % fillers] += 1
-    all_sizes = np.concatenate([sizes, filler])
-    starts = np.zeros(pairs + 1, dtype=np.int32)
-    np.cumsum(all_sizes, out=starts[1:])
     pad = np.zeros(room, dtype=np.int64)
-    positions = np.arange(room, dtype=np.int64) - np.repeat(starts[real:-1].astype(np.int64) - tokens, filler)
-    grown = {"input_ids": np.concatenate([packed["input_ids"], pad]),
-             "token_type_ids": np.concatenate([packed["token_type_ids"], pad]),
-             "position_ids": np.concatenate([packed["position_ids"], positions]),
-             "starts": starts, "longest": np.int64(window)}
+    extra = pack_flat(pad, pad, filler)
+    grown = {k: np.concatenate([packed[k], extra[k]]) for k in ("input_ids", "token_type_ids", "position_ids")}
+    grown["starts"] = np.concatenate([packed["starts"], extra["starts"][1:] + tokens]).astype(np.int32)
+    grown["longest"] = np.int64(window)
     return grown, real
 
 
