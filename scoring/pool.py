@@ -187,20 +187,25 @@ class WorkerPool:
             ready = self._ready()
             if ready:
                 jobs = [self._take(min(ready, key=lambda t: t.served))]
-                first = jobs[0][2]
-                if isinstance(first, Shared) and getattr(self.replicas[n], "merges", False):
-                    cost, items = jobs[0][1], len(first.items)
-                    while ready := self._ready():
-                        ticket = min(ready, key=lambda t: t.served)
-                        extra_cost, fn, _ = ticket.pending[0]
-                        if not (isinstance(fn, Shared) and fn.kind == first.kind and cost + extra_cost <= first.budget
-                                and items + len(fn.items) <= first.max_items):
-                            break
-                        jobs.append(self._take(ticket))
-                        cost, items = cost + extra_cost, items + len(fn.items)
+                if isinstance(jobs[0][2], Shared) and getattr(self.replicas[n], "merges", False):
+                    self._join(jobs)
                 self._running += 1
                 return jobs
             self._cv.wait()
+
+    def _join(self, jobs: list[Job]) -> None:
+        """Add to a shared batch the next shared batches of the same kind, in fair order, while they fit its budget
+        (call with the lock held)."""
+        first: Shared = jobs[0][2]
+        cost, items = jobs[0][1], len(first.items)
+        while ready := self._ready():
+            ticket = min(ready, key=lambda t: t.served)
+            extra_cost, fn, _ = ticket.pending[0]
+            if not (isinstance(fn, Shared) and fn.kind == first.kind and cost + extra_cost <= first.budget
+                    and items + len(fn.items) <= first.max_items):
+                return
+            jobs.append(self._take(ticket))
+            cost, items = cost + extra_cost, items + len(fn.items)
 
     def _work(self, n: int) -> None:
         while True:

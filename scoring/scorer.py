@@ -160,8 +160,7 @@ class Scorer:
                 places.append((i, n if len(piece) not in (0, whole) else None))
         lengths = [min(self.info.max_length, query_tokens + len(p) + specials) for p in pieces]  # len(): no id list built
         if not fits:
-            units = [texts[i] if n is None else texts[i][p.offsets[0][0]:p.offsets[-1][1]]
-                     for (i, n), p in zip(places, pieces, strict=True)]
+            units = [texts[i] if n is None else _spelled(texts[i], p) for (i, n), p in zip(places, pieces, strict=True)]
             return Plan(query, units, np.asarray(owners, dtype=np.int64), lengths, len(texts), instruction=instruction)
         label = " ".join(f"{k}={v}" for k, v in cutting.items())
         names = [texts[i] if n is None else f"{texts[i]}\x00{label} {n}" for i, n in places]
@@ -171,7 +170,7 @@ class Scorer:
     def _window_texts(self, text: str, cutting: dict) -> list[str]:
         """The texts of the windows a text is cut into (tokenized again, with character spans)."""
         encoding = self._pool.encode([text])[0]
-        return [text[p.offsets[0][0]:p.offsets[-1][1]] if len(p) else text for p in _windows(encoding, **cutting)]
+        return [_spelled(text, p) if len(p) else text for p in _windows(encoding, **cutting)]
 
     # --- scoring ---------------------------------------------------------------------------------
 
@@ -391,6 +390,11 @@ class Windows(Sequence[str]):
         if text not in self._made:
             self._made[text] = self._cut(text)
         return self._made[text][n]
+
+
+def _spelled(text: str, piece) -> str:
+    """A window's text, from the character spans of its tokens."""
+    return text[piece.offsets[0][0]:piece.offsets[-1][1]]
 
 
 def _windows(encoding, window: int, *, chunk: bool, max_tokens: int | None, from_end: bool) -> list:
