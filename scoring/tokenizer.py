@@ -122,11 +122,7 @@ class TextTokenizer:
 
     def packed_texts(self, pairs: Sequence[tuple[str, str]], max_length: int) -> dict[str, np.ndarray]:
         """(query, document) texts as one packed batch, each pair truncated longest first to ``max_length``."""
-        self._tok.enable_truncation(max_length, strategy="longest_first")
-        try:
-            encodings = self._tok.encode_batch(list(pairs))
-        finally:
-            self._tok.no_truncation()
+        encodings = self._encode_cut(pairs, max_length)
         return pack_rows([e.ids for e in encodings], [e.type_ids for e in encodings])
 
     def _pair_template(self, query) -> tuple | None:
@@ -158,6 +154,19 @@ class TextTokenizer:
             ids[row, :n], mask[row, :n], types[row, :n] = m.ids, m.attention_mask, m.type_ids
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
+    def _encode_cut(self, inputs: Sequence, max_length: int, *, pad: bool = False,
+                    pad_to_multiple_of: int | None = None) -> list:
+        """Texts or pairs with the template's special tokens, truncated longest first (and padded, with ``pad``); the
+        settings hold for this call only."""
+        self._tok.enable_truncation(max_length, strategy="longest_first")
+        if pad:
+            self._tok.enable_padding(pad_id=self._pad[0], pad_token=self._pad[1], pad_to_multiple_of=pad_to_multiple_of)
+        try:
+            return self._tok.encode_batch(list(inputs))
+        finally:
+            self._tok.no_truncation()
+            self._tok.no_padding()
+
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens in each text, without special tokens and without truncation."""
         return [len(e) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
@@ -166,13 +175,7 @@ class TextTokenizer:
               pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
         """Model inputs for texts or (query, document) pairs: longest-first truncation, padded to the longest
         (``pad_to_multiple_of``: rounded up, so a GPU sees fewer distinct shapes and aligned sizes)."""
-        self._tok.enable_truncation(max_length, strategy="longest_first")
-        self._tok.enable_padding(pad_id=self._pad[0], pad_token=self._pad[1], pad_to_multiple_of=pad_to_multiple_of)
-        try:
-            encodings = self._tok.encode_batch(list(inputs))
-        finally:
-            self._tok.no_truncation()
-            self._tok.no_padding()
+        encodings = self._encode_cut(inputs, max_length, pad=True, pad_to_multiple_of=pad_to_multiple_of)
         return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
