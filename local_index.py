@@ -9,6 +9,7 @@ it); searches run on the vectors and the BM25 index held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -179,36 +180,62 @@ class LocalIndex:
         started = time.perf_counter()
         content_hash = corpus_hash(passages, embedder.fingerprint)
         if path is not None and _stored_hash(path) == content_hash:
-            con = duckdb.connect(str(path), read_only=True)
-            dim = int(con.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0])
-            stats = IndexStats(len(passages), dim, str(path), True, time.perf_counter() - started, None)
-            log.info("index of %s: %s", name, stats.describe())
-            return cls(con, embedder, stats, name)
-        target = path
-        if path is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-                _remove_partial(tmp)
-                con = duckdb.connect(str(tmp))
-            except Exception as exc:
-                log.warning("cannot write the index at %s (%s); building it in memory", path, exc)
-                target, con = None, duckdb.connect()
-        else:
-            con = duckdb.connect()
+                return cls._reuse(path, embedder, name, len(passages), started)
+            except Exception as exc:  # damaged past its hash (a truncated table): built again below
+                log.warning("index file %s is damaged (%s); it will be rebuilt", path, str(exc).splitlines()[0][:200])
         try:
-            dim = _write_index(con, passages, embedder, content_hash, batch_size=batch_size, progress=progress)
+            return cls._build(passages, embedder, path=path, name=name, content_hash=content_hash,
+                              batch_size=batch_size, progress=progress, started=started)
+        except (OSError, duckdb.Error) as exc:  # a full or unwritable disk (DuckDB reports it at commit)
+            if path is None:
+                raise
+            log.warning("cannot write the index at %s (%s); building it in memory", path, str(exc).splitlines()[0][:200])
+            return cls._build(passages, embedder, path=None, name=name, content_hash=content_hash,
+                              batch_size=batch_size, progress=progress, started=started)
+
+    @classmethod
+    def _reuse(cls, path: Path, embedder: Embedder, name: str, passages: int, started: float) -> LocalIndex:
+        """The index stored at ``path`` (its hash already matched)."""
+        import duckdb
+
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            dim = int(con.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0])
+            stats = IndexStats(passages, dim, str(path), True, time.perf_counter() - started, None)
+            index = cls(con, embedder, stats, name)
         except Exception:
             con.close()
-            if target is not None:
+            raise
+        log.info("index of %s: %s", name, stats.describe())
+        return index
+
+    @classmethod
+    def _build(cls, passages: Sequence[Passage], embedder: Embedder, *, path: Path | None, name: str, content_hash: str,
+               batch_size: int, progress: Progress | None, started: float) -> LocalIndex:
+        """Embed and index the passages into a temporary file moved to ``path`` once whole (or into memory)."""
+        import duckdb
+
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp") if path is not None else None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_partial(tmp)
+        con = duckdb.connect(str(tmp) if tmp is not None else ":memory:")
+        try:
+            dim = _write_index(con, passages, embedder, content_hash, batch_size=batch_size, progress=progress)
+            if tmp is not None:
+                con.close()  # flushed whole before it takes the index's name
+                os.replace(tmp, path)
+        except Exception:
+            with contextlib.suppress(Exception):
+                con.close()
+            if tmp is not None:
                 _remove_partial(tmp)
             raise
         seconds = time.perf_counter() - started
-        if target is not None:
-            con.close()
-            os.replace(tmp, target)
-            con = duckdb.connect(str(target), read_only=True)
-        stats = IndexStats(len(passages), dim, str(target or ":memory:"), False, seconds, len(passages) / seconds)
+        if path is not None:
+            con = duckdb.connect(str(path), read_only=True)
+        stats = IndexStats(len(passages), dim, str(path or ":memory:"), False, seconds, len(passages) / seconds)
         log.info("index of %s: %s", name, stats.describe())
         return cls(con, embedder, stats, name)
 

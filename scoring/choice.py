@@ -336,25 +336,34 @@ def machine_key(device: str = "cpu") -> str:
 
 def save_choice(model_dir: Path, layout: Layout, cache_dir: Path, choice: Choice, *, device: str = "cpu") -> None:
     """Remember a measured choice for this checkpoint on this machine and device (best effort)."""
-    try:
-        target = _choice_file(model_dir, layout, cache_dir, device)
+    target = _choice_file(model_dir, layout, cache_dir, device)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:  # written whole or not at all: a full disk leaves the previous file (or none), never half a file
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps({"machine": machine_key(device), **choice.as_dict()}, indent=1))
+        partial.write_text(json.dumps({"machine": machine_key(device), **choice.as_dict()}, indent=1))
+        partial.replace(target)
     except OSError as exc:
-        log.warning("cannot remember the backend choice in %s: %s", cache_dir, exc)
+        partial.unlink(missing_ok=True)
+        log.warning("cannot remember the backend choice in %s (%s); it will be measured again at the next start",
+                    cache_dir, exc)
 
 
 def load_choice(model_dir: Path, layout: Layout, cache_dir: Path, *, device: str = "cpu") -> Choice | None:
     """A choice measured earlier for this checkpoint on this machine and device, or None."""
-    data = read_json(_choice_file(model_dir, layout, cache_dir, device))
+    path = _choice_file(model_dir, layout, cache_dir, device)
+    data = read_json(path)
+    if not data and path.is_file():
+        log.warning("the remembered backend choice %s is unreadable; measuring again", path)
     if data.get("machine") != machine_key(device) or data.get("backend") not in engines.backends_for(device):
         return None
     try:
         measurements = [Measurement(**m) for m in data.get("measurements", [])]
-    except TypeError:
+        workers, threads = data.get("workers"), int(data.get("threads") or 1)
+    except (TypeError, ValueError):
+        log.warning("the remembered backend choice %s is damaged; measuring again", path)
         return None
-    workers, threads = data.get("workers"), data.get("threads") or 1
-    if workers is not None and (not isinstance(workers, int) or workers < 1 or workers * threads > (os.cpu_count() or 1)):
+    if workers is not None and (not isinstance(workers, int) or workers < 1 or threads < 1
+                                or workers * threads > (os.cpu_count() or 1)):
         workers, threads = None, 1
     return Choice(data["backend"], "measured on this machine at an earlier start", measurements, device, workers,
                   int(threads), list(data.get("shapes") or []))
