@@ -24,8 +24,9 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from scoring.choice import Choice
@@ -53,13 +54,25 @@ Task = tuple[int, Callable]  # (cost in tokens, fn(replica) -> result; a Shared 
 Job = tuple["Ticket", int, Callable, Future]
 
 
+class Share:
+    """What one client has been served (tokens, in virtual time): its tickets take turns with other clients' as one,
+    so a client with many requests in flight gets no more of the pool than a client with one."""
+
+    def __init__(self, start: float) -> None:
+        self.served = start
+        self.tickets = 0
+
+
 class Ticket:
     """One request's share of the pool: its pending batches, how much it has been served, whether it was cancelled."""
 
-    def __init__(self, pool: WorkerPool, label: str, start: float, background: bool = False) -> None:
+    def __init__(self, pool: WorkerPool, label: str, start: float, background: bool = False,
+                 share: Share | None = None, client: str | None = None) -> None:
         self.label = label
+        self.client = client
         self.background = background
         self.served = start
+        self.share = share or Share(start)
         self.pending: deque[tuple[int, Callable, Future]] = deque()
         self.cancelled = False
         self.batches_run = 0
@@ -96,6 +109,8 @@ class WorkerPool:
         self.tokens_run = 0
         self._cv = threading.Condition()
         self._open: list[Ticket] = []
+        self._shares: dict[str, Share] = {}
+        self._foreground = 0
         self._running = 0
         self._clock = 0.0
         self._swapping = False
@@ -111,16 +126,34 @@ class WorkerPool:
 
     # --- tickets ---------------------------------------------------------------------------------
 
-    def ticket(self, label: str = "", *, background: bool = False) -> Ticket:
+    def ticket(self, label: str = "", *, background: bool = False, client: str | None = None) -> Ticket:
         """Open a ticket for one request's work (waits while the replicas are being swapped).
 
-        A ``background`` ticket (an index build) is served only when no other ticket has a batch waiting.
+        Tickets of one ``client`` share its turn (see :class:`Share`). A ``background`` ticket (an index build) is
+        served only while no request is in the service (see :meth:`foreground`) and no other ticket has a batch waiting.
         """
         with self._cv:
             self._cv.wait_for(lambda: not self._swapping)
-            ticket = Ticket(self, label, self._clock, background)
+            share = None
+            if client is not None:
+                share = self._shares.setdefault(client, Share(self._clock))
+                share.served = max(share.served, self._clock)  # an idle client's turn restarts at the present
+                share.tickets += 1
+            ticket = Ticket(self, label, self._clock, background, share, client)
             self._open.append(ticket)
             return ticket
+
+    @contextmanager
+    def foreground(self) -> Iterator[None]:
+        """Marks a request as in the service (planning, waiting or scoring): background batches wait until none is."""
+        with self._cv:
+            self._foreground += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._foreground -= 1
+                self._cv.notify_all()
 
     def run(self, ticket: Ticket, tasks: Sequence[Task]) -> list:
         """Queue ``tasks`` under ``ticket`` and wait for their results, in task order.
@@ -164,18 +197,26 @@ class WorkerPool:
         with self._cv:
             if ticket in self._open:
                 self._open.remove(ticket)
+                if ticket.client is not None:
+                    ticket.share.tickets -= 1
+                    if ticket.share.tickets == 0:
+                        del self._shares[ticket.client]
             self._cv.notify_all()
 
     # --- workers ---------------------------------------------------------------------------------
 
     def _ready(self) -> list[Ticket]:
-        """Tickets with a batch waiting: requests first, background work only when no request waits."""
-        return [t for t in self._open if t.pending and not t.background] or [t for t in self._open if t.pending]
+        """Tickets with a batch waiting: requests first, background work only when no request is in the service."""
+        requests = [t for t in self._open if t.pending and not t.background]
+        if requests or self._foreground:
+            return requests
+        return [t for t in self._open if t.pending]
 
     def _take(self, ticket: Ticket) -> Job:
         cost, fn, future = ticket.pending.popleft()
-        self._clock = ticket.served
+        self._clock = ticket.share.served
         ticket.served += cost
+        ticket.share.served += cost
         return ticket, cost, fn, future
 
     def _next(self, n: int) -> list[Job] | None:
@@ -186,7 +227,7 @@ class WorkerPool:
                 return None
             ready = self._ready()
             if ready:
-                jobs = [self._take(min(ready, key=lambda t: t.served))]
+                jobs = [self._take(min(ready, key=_turn))]
                 if isinstance(jobs[0][2], Shared) and getattr(self.replicas[n], "merges", False):
                     self._join(jobs)
                 self._running += 1
@@ -199,7 +240,7 @@ class WorkerPool:
         first: Shared = jobs[0][2]
         cost, items = jobs[0][1], len(first.items)
         while ready := self._ready():
-            ticket = min(ready, key=lambda t: t.served)
+            ticket = min(ready, key=_turn)
             extra_cost, fn, _ = ticket.pending[0]
             if not (isinstance(fn, Shared) and fn.kind == first.kind and cost + extra_cost <= first.budget
                     and items + len(fn.items) <= first.max_items):
@@ -279,6 +320,11 @@ class WorkerPool:
             return tokenizer.encode_plain(texts, spans=spans)
         finally:
             self._planners.put(tokenizer)
+
+
+def _turn(ticket: Ticket) -> tuple[float, float]:
+    """Fair order: the client served least goes first, then its request served least."""
+    return ticket.share.served, ticket.served
 
 
 def _run_one(fn: Callable, future: Future, replica) -> None:

@@ -211,3 +211,39 @@ def test_sharing_stops_at_the_budget_and_at_another_kind_of_batch():
             t.join(10)
     assert passes == [["a"], ["b"]] and plain == ["c"]
     assert pool.batches_shared == 0
+
+
+def test_a_client_with_many_requests_gets_no_more_turns_than_a_client_with_one():
+    log: list = []
+    pool = _pool(1, log, seconds=0.01)
+    flood = [pool.ticket(f"flood{n}", client="flooder") for n in range(4)]
+    threads = [threading.Thread(target=pool.run, args=(t, [(10, _task(f"flood{n}-{i}")) for i in range(10)]))
+               for n, t in enumerate(flood)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)  # the flood is under way
+    with pool.ticket("single", client="other") as single:
+        pool.run(single, [(10, _task(f"single{i}")) for i in range(6)])
+    labels = [label for label, _ in log]
+    window = labels[labels.index("single0"):labels.index("single5") + 1]
+    # one flood batch between each of the other client's batches: the four flooding requests share one turn
+    assert len(window) <= 2 * 6, window
+    for thread in threads:
+        thread.join(10)
+    for ticket in flood:
+        ticket.__exit__(None, None, None)
+    assert len(log) == 46 and not pool._shares  # every batch ran; closed clients leave no share behind
+
+
+def test_background_work_waits_while_a_request_is_in_the_service_even_between_its_batches():
+    log: list = []
+    pool = _pool(1, log, seconds=0.005)
+    with pool.foreground():  # a request is planning: none of its batches is queued yet
+        build = pool.ticket("index build", background=True)
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (pool.run(build, [(1, _task("bg0")), (1, _task("bg1"))]), done.set()))
+        worker.start()
+        assert not done.wait(0.2) and log == []  # nothing of the build ran while the request was in the service
+    assert done.wait(5) and [label for label, _ in log] == ["bg0", "bg1"]
+    worker.join(5)
+    build.__exit__(None, None, None)
