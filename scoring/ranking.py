@@ -36,12 +36,17 @@ def unicode_problem(text: str) -> str | None:
     return None
 
 
+MAX_QUERY_CHARS = 32_768  # a query is read with every document: far past any model's window, it is refused
+
+
 def validate_query(query: object) -> str:
     """The query as text, or a :class:`RerankError` naming the problem."""
     if not isinstance(query, str):
         raise RerankError(f"query must be text, got {type(query).__name__}")
     if not query.strip():
         raise RerankError("query is empty: type a question to rank the documents against")
+    if len(query) > MAX_QUERY_CHARS:
+        raise LimitExceeded(f"query has {len(query):,} characters; the limit is {MAX_QUERY_CHARS:,}")
     problem = unicode_problem(query)
     if problem:
         raise RerankError(f"query {problem}")
@@ -323,9 +328,11 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
             first_stage: Sequence[float] | None = None, policy: ScoringPolicy = DEFAULT_POLICY,
             long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None,
             truncate_left: bool = False, raw: bool = False, max_documents: int | None = None,
-            instruction: str | None = None) -> Prepared:
+            instruction: str | None = None, budget: int | None = None, ticket: Ticket | None = None) -> Prepared:
     """Check the inputs, drop duplicates and plan the windows (no model call yet); ``instruction`` reaches models
-    that take one (causal-LM rerankers) and is reported as ignored by the others."""
+    that take one (causal-LM rerankers) and is reported as ignored by the others. ``budget``: the most tokens the
+    request may cost, refused (:class:`LimitExceeded`) as soon as planning shows it is over; ``ticket``: a large
+    request tokenizes in turns with other requests' work (see :meth:`Scorer.plan`)."""
     query = validate_query(query)
     use = instruction_use(scorer.info, validate_instruction(instruction))
     texts = validate_texts(documents, max_documents=max_documents)
@@ -346,7 +353,7 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
         stage = values[unique]
     plan = scorer.plan(query, [texts[i] for i in unique], long_documents=long_documents,
                        max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left,
-                       instruction=use.text if use and use.applied else None)
+                       instruction=use.text if use and use.applied else None, budget=budget, ticket=ticket)
     return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw, use)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -22,8 +23,9 @@ from scoring.batching import padding_waste, plan_batches, spread_budget
 from scoring.cache import ScoreCache, cache_key
 from scoring.checkpoint import Layout, ModelInfo, file_list
 from scoring.engines.st_engine import causal_backends, st_replicas
-from scoring.errors import ModelLoadError, RerankError
+from scoring.errors import LimitExceeded, ModelLoadError, RerankError
 from scoring.pool import Shared, Ticket, WorkerPool
+from scoring.tokenizer import word_count
 
 log = logging.getLogger("rag_augment.scorer")
 
@@ -122,11 +124,14 @@ class Scorer:
     # --- planning --------------------------------------------------------------------------------
 
     def plan(self, query: str, texts: Sequence[str], *, long_documents: LongDocuments = "chunk",
-             max_tokens_per_doc: int | None = None, truncate_left: bool = False, instruction: str | None = None) -> Plan:
+             max_tokens_per_doc: int | None = None, truncate_left: bool = False, instruction: str | None = None,
+             budget: int | None = None, ticket: Ticket | None = None) -> Plan:
         """The windows to score for each text and their token lengths (``max_tokens_per_doc`` cuts each text first).
 
         Every text is tokenized once, here: its length, its windows and (for a cross-encoder) the model
-        inputs of each (query, window) pair all come from that one pass.
+        inputs of each (query, window) pair all come from that one pass. A request that costs more than
+        ``budget`` tokens is refused as soon as that is certain (see :meth:`_encode_within`); with a
+        ``ticket``, a large request tokenizes in slices that take turns with other requests' batches.
         """
         if long_documents not in ("truncate", "chunk"):
             raise RerankError(f"long_documents must be 'truncate' or 'chunk', got {long_documents!r}")
@@ -137,14 +142,16 @@ class Scorer:
         cross = self.info.mode == "cross-encoder"
         specials = self._pool.tokenizer.special_tokens(pair=cross)
         told = [instruction] if instruction and cross else []  # read with every pair: window room and cost, as the query
-        encoded = self._pool.encode([*told, query, *texts] if cross else texts, spans=False)
-        instruction_tokens = len(encoded.pop(0)) if told else 0
-        query_encoding = encoded.pop(0) if cross else None
+        head = self._pool.encode([*told, query], spans=False) if cross else []
+        instruction_tokens = len(head.pop(0)) if told else 0
+        query_encoding = head.pop(0) if cross else None
         query_tokens = len(query_encoding) + instruction_tokens if cross else 0
         window = max(32 if cross else 8, self.info.max_length - min(query_tokens, self.info.max_length // 2) - specials)
         fits = cross and query_tokens + window + specials <= self.info.max_length  # else: the tokenizer truncates
         cutting = {"window": window, "chunk": long_documents == "chunk", "max_tokens": max_tokens_per_doc,
                    "from_end": truncate_left}
+        floor = partial(self._cost_floor, cutting=cutting, room=query_tokens + specials)
+        encoded = self._encode_within(texts, floor, budget, ticket)
         if not fits:  # windows are scored from their text: a text cut into windows needs its spans now
             cut = [i for i, e in enumerate(encoded) if len(e) > min(window, max_tokens_per_doc or window)]
             for i, again in zip(cut, self._pool.encode([texts[i] for i in cut]) if cut else [], strict=True):
@@ -166,6 +173,61 @@ class Scorer:
         names = [texts[i] if n is None else f"{texts[i]}\x00{label} {n}" for i, n in places]
         return Plan(query, Windows(texts, places, lambda i: self._window_texts(texts[i], cutting)),
                     np.asarray(owners, dtype=np.int64), lengths, len(texts), query_encoding, pieces, instruction, names)
+
+    def _cost_floor(self, tokens: int, *, cutting: dict, room: int) -> int:
+        """The fewest tokens the model reads for a text of ``tokens`` tokens, cut as ``cutting`` says (``room``: the
+        query's and the template's tokens, read with every window)."""
+        if cutting["max_tokens"]:
+            tokens = min(tokens, cutting["max_tokens"])
+        window, longest = cutting["window"], self.info.max_length
+        one = min(longest, room + min(tokens, window))
+        if not cutting["chunk"] or tokens <= window:
+            return one
+        return max(one, tokens if longest >= window else -(-tokens // window) * longest)  # the windows cover every token
+
+    def _encode_within(self, texts: list[str], floor: Callable[[int], int], budget: int | None,
+                       ticket: Ticket | None) -> list:
+        """Every text's tokens, or :class:`LimitExceeded` as soon as the request is certainly over ``budget``.
+
+        Cheap bounds first: a text's words (runs of word characters between whitespace) are tokens no tokenizer
+        here merges, so refusing a body far over the budget reads its characters once and tokenizes nothing.
+        Then texts are tokenized in slices, each slice's exact cost added to the rest's bound, stopping once over.
+        With a ``ticket``, each slice of a large request is a task in the worker pool: a request's tokenizing
+        then takes turns with other requests' forward passes instead of holding the cores.
+        """
+        floors = self._word_floors(texts, floor, budget) if budget is not None else None
+        slices = _slices(texts, SLICE_CHARS)
+        pooled = ticket is not None and len(slices) > 1
+        encoded: list = []
+        known, rest = 0, sum(floors) if floors else 0
+        for start, stop in slices:
+            part = texts[start:stop]
+            if pooled:
+                cost = sum(len(t) for t in part) // 4  # about a token per four characters, for fair turns
+                encoded.extend(self._pool.run(ticket, [(cost, lambda _replica, p=part: self._pool.encode(p, spans=False))])[0])
+            else:
+                encoded.extend(self._pool.encode(part, spans=False))
+            if floors is not None:
+                known += sum(floor(len(e)) for e in encoded[start:stop])
+                rest -= sum(floors[start:stop])
+                if known + rest > budget:
+                    raise LimitExceeded(f"the request needs at least {known + rest:,} tokens ({stop:,} of {len(texts):,} "
+                                        f"documents tokenized, the rest counted by their words); the limit is "
+                                        f"{budget:,} (RERANK_MAX_REQUEST_TOKENS)")
+        return encoded
+
+    def _word_floors(self, texts: list[str], floor: Callable[[int], int], budget: int) -> list[int]:
+        """Each text's least cost from its word count; :class:`LimitExceeded` once their sum is over ``budget``."""
+        counts = word_count if self._pool.tokenizer.words_are_tokens() else (lambda _text: 0)
+        floors, total = [], 0
+        for n, text in enumerate(texts, 1):
+            floors.append(floor(counts(text)))
+            total += floors[-1]
+            if total > budget:
+                raise LimitExceeded(f"the request needs at least {total:,} tokens (counted from the words of its first "
+                                    f"{n:,} of {len(texts):,} documents); the limit is {budget:,} "
+                                    "(RERANK_MAX_REQUEST_TOKENS)")
+        return floors
 
     def _window_texts(self, text: str, cutting: dict) -> list[str]:
         """The texts of the windows a text is cut into (tokenized again, with character spans)."""
@@ -390,6 +452,21 @@ class Windows(Sequence[str]):
         if text not in self._made:
             self._made[text] = self._cut(text)
         return self._made[text][n]
+
+
+SLICE_CHARS = 65_536  # a slice of a request tokenizes in ~10-30 ms on one core: the longest another request waits
+
+def _slices(texts: Sequence[str], chars: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of texts of about ``chars`` characters each (a longer text is a slice of its own)."""
+    out, start, size = [], 0, 0
+    for i, text in enumerate(texts):
+        if size and size + len(text) > chars:
+            out.append((start, i))
+            start, size = i, 0
+        size += len(text)
+    if start < len(texts) or not out:
+        out.append((start, len(texts)))
+    return out
 
 
 def _spelled(text: str, piece) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import numpy as np
 
 from scoring.checkpoint import read_json
 from scoring.errors import BackendError
+
+_WORD = re.compile(r"(?:^|[ \t\n\r])[^ \t\n\r\w]*\w")
+
+
+def word_count(text: str) -> int:
+    """Runs of non-blank characters holding a word character: a lower bound on a subword tokenizer's tokens (none
+    merges across blanks, and a word character is never dropped), read in one pass of a regular expression."""
+    return len(_WORD.findall(text))
 
 
 class TextTokenizer:
@@ -21,6 +30,7 @@ class TextTokenizer:
     def __init__(self, tokenizer, pad_token: str | None, *, pair_overhead: int | None = None) -> None:
         self._tok = tokenizer
         self._pair_overhead = pair_overhead
+        self._words_hold: bool | None = None
         self._tok.no_truncation()
         self._tok.no_padding()
         pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
@@ -58,6 +68,16 @@ class TextTokenizer:
         if spans or fast is None:
             return self._tok.encode_batch(list(texts), add_special_tokens=False)
         return fast(list(texts), add_special_tokens=False)
+
+    def words_are_tokens(self) -> bool:
+        """Whether every text here tokenizes into at least as many tokens as it has words (runs of word characters
+        between blanks): true of WordPiece, byte-level BPE and SentencePiece, checked once on samples that try it."""
+        if self._words_hold is None:
+            samples = ["a b c", "don't stop, 42!", "naïve café déjà", "数据 科学 研究", "x\ty\nz\r w", "a\u200bb c",
+                       "\u0301\u0301 é e\u0301", "___ __init__ a_b", "https://example.org/a?b=c d", "🙂 🙂x x🙂"]
+            self._words_hold = all(len(e) >= word_count(t) for t, e in zip(
+                samples, self._tok.encode_batch(samples, add_special_tokens=False), strict=True))
+        return self._words_hold
 
     def special_tokens(self, pair: bool) -> int:
         """How many tokens the checkpoint's template adds to one text or a pair (a chat template's, where it has one)."""
