@@ -17,7 +17,7 @@ import uuid
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -53,13 +53,19 @@ class Guard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        self.service.metrics.loop_lag.start()  # on the loop that serves this port
         request = Request(scope)
         path = request.url.path
         refusal = self._refusal(request, path)
-        if refusal is None and request.method == "POST" and "/mcp" in path:
-            body = await _read_body(receive)
-            refusal = self._mcp_refusal(path, body)
-            receive = _replay(body, receive)
+        streamed = "content-length" not in request.headers and not path.endswith("/upload")
+        if refusal is None and request.method == "POST" and ("/mcp" in path or streamed):
+            try:  # a body without a Content-Length is read here, refused once past the limit, never held whole
+                body = await _read_body(receive, self.service.limits.max_body_bytes)
+            except TooLarge as exc:
+                refusal = error_response(self.service.refuse("mcp" if "/mcp" in path else "http", path, exc))
+            else:
+                refusal = self._mcp_refusal(path, body) if "/mcp" in path else None
+                receive = _replay(body, receive)
         if refusal is None:
             return await self.app(scope, receive, send)
         await refusal(scope, receive, send)
@@ -94,14 +100,18 @@ class Guard:
         return None
 
 
-async def _read_body(receive) -> bytes:
-    """The whole request body (already capped in size by the Content-Length check)."""
-    chunks, more = [], True
+async def _read_body(receive, limit: int) -> bytes:
+    """The whole request body, or :class:`TooLarge` as soon as more than ``limit`` bytes have arrived."""
+    chunks, more, read = [], True, 0
     while more:
         message = await receive()
         if message["type"] != "http.request":
             break
         chunks.append(message.get("body", b""))
+        read += len(chunks[-1])
+        if read > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes (RERANK_MAX_BODY_BYTES); refused after "
+                           f"{read} bytes, before the rest was read")
         more = message.get("more_body", False)
     return b"".join(chunks)
 
@@ -212,6 +222,11 @@ def _v1_text(document: str | dict[str, Any], position: int, rank_fields: list[st
     return values[0] if len(fields) == 1 else "\n".join(f"{f}: {v}" for f, v in zip(fields, values, strict=True))
 
 
+def client_of(request: Request) -> str:
+    """Whose share a request takes: its peer address (the one API key is shared by every client, so it names none)."""
+    return f"peer:{request.client.host if request.client else '-'}"
+
+
 def _duplicates(ranking) -> list[dict]:
     """Which documents repeated an earlier one's text (scored once, given its score): indices from 0."""
     return [{"index": d.index, "same_as": d.same_as} for d in ranking.duplicates]
@@ -269,34 +284,26 @@ def _error_handlers(api: FastAPI, service: Service) -> None:
         return error_response(service.refuse("http", request.url.path, error))
 
 
-async def body_cap(request: Request) -> None:
-    """Bodies sent without a Content-Length are measured too."""
-    limit = request.app.state.service.limits.max_body_bytes
-    if len(await request.body()) > limit:
-        raise TooLarge(f"request body is over the limit of {limit} bytes (RERANK_MAX_BODY_BYTES)")
-
-
 def _rerank_routes(api: FastAPI, service: Service) -> None:
-    guards = [Depends(body_cap)]
-
-    @api.post("/v2/rerank", dependencies=guards, response_model=CohereV2Response, tags=["rerank"])
+    @api.post("/v2/rerank", response_model=CohereV2Response, tags=["rerank"])
     async def cohere_v2(body: CohereV2Request, request: Request, response: Response) -> dict:
         """Cohere v2 rerank: relevance of each document, best first."""
         ranking = await service.rank_async(body.query, body.documents, face="http", route="/v2/rerank",
                                            model=body.model, max_tokens_per_doc=body.max_tokens_per_doc,
-                                           instruction=body.instruction, disconnected=request.is_disconnected)
+                                           instruction=body.instruction, disconnected=request.is_disconnected,
+                                           client=client_of(request))
         _headers(response, ranking)
         return {"id": str(uuid.uuid4()), "model": ranking.model.name,
                 "results": [{"index": r.index, "relevance_score": r.score} for r in ranking.with_duplicates()[: body.top_n]],
                 "meta": _meta(ranking, "2")}
 
-    @api.post("/v1/rerank", dependencies=guards, tags=["rerank"])
+    @api.post("/v1/rerank", tags=["rerank"])
     async def cohere_v1(body: CohereV1Request, request: Request, response: Response) -> dict:
         """Cohere v1 / Jina rerank: strings or objects, ``document`` returned only when asked."""
         texts = [_v1_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
         ranking = await service.rank_async(body.query, texts, face="http", route="/v1/rerank", model=body.model,
                                            max_tokens_per_doc=body.max_tokens_per_doc, instruction=body.instruction,
-                                           disconnected=request.is_disconnected)
+                                           disconnected=request.is_disconnected, client=client_of(request))
         _headers(response, ranking)
         results = []
         for r in ranking.with_duplicates()[: body.top_n]:
@@ -308,14 +315,15 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
         return {"id": str(uuid.uuid4()), "model": ranking.model.name, "results": results,
                 "usage": {"total_tokens": ranking.cost}, "meta": _meta(ranking, "1")}
 
-    @api.post("/rerank", dependencies=guards, response_model=list[TeiResult], response_model_exclude_none=True,
+    @api.post("/rerank", response_model=list[TeiResult], response_model_exclude_none=True,
               tags=["rerank"])
     async def tei(body: TeiRequest, request: Request, response: Response) -> list[dict]:
         """Hugging Face Text Embeddings Inference rerank: a bare list, best first."""
         ranking = await service.rank_async(body.query, body.texts, face="http", route="/rerank", raw=body.raw_scores,
                                            long_documents="truncate" if body.truncate else "chunk",
                                            truncate_left=body.truncation_direction.lower() == "left",
-                                           instruction=body.instruction, disconnected=request.is_disconnected)
+                                           instruction=body.instruction, disconnected=request.is_disconnected,
+                                           client=client_of(request))
         _headers(response, ranking)
         return [{"index": r.index, "score": r.score, **({"text": body.texts[r.index]} if body.return_text else {})}
                 for r in ranking.with_duplicates()]

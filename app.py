@@ -7,7 +7,9 @@ HTTP rerank APIs on ``GRADIO_SERVER_NAME``:``GRADIO_SERVER_PORT``. Every event g
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -87,6 +89,17 @@ def face_of(request: gr.Request | None) -> str:
     return "mcp" if request.headers.get("x-gradio-user") == "mcp" or "/mcp" in path else "gradio"
 
 
+def client_of(request: gr.Request | None) -> str | None:
+    """Whose turn an event takes (the per-client share): the browser session, else the peer address."""
+    if request is None:
+        return None
+    session = getattr(request, "session_hash", None)
+    if session:
+        return f"session:{session}"
+    host = getattr(getattr(request, "client", None), "host", None)
+    return f"peer:{host}" if host else None
+
+
 def _table_payload(frame: pd.DataFrame, ranking=None) -> dict:
     """A table in the Dataframe component's wire shape for API endpoints, with the dropped duplicates (rows from 0)."""
     clean = frame.astype(object).where(frame.notna(), None)
@@ -114,10 +127,11 @@ class Handlers:
         except ServiceError as exc:
             raise gr.Error(exc.message, print_exception=False) from None  # the service logged one line
 
-    async def _rank_table(self, query, documents, top_n, face: str, route: str, instruction: str | None = None):
+    async def _rank_table(self, query, documents, top_n, face: str, route: str, instruction: str | None = None,
+                          request: gr.Request | None = None):
         parse = lambda payload: documents_from_payload(payload, max_documents=self.service.limits.max_documents)  # noqa: E731
         return await self._run(self.service.rank_table, query, documents, top_n, face=face, route=route, parse=parse,
-                               instruction=instruction)
+                               instruction=instruction, client=client_of(request))
 
     async def rerank(self, query: str, documents: dict, top_n: int | None = None, instruction: str = "",
                      request: gr.Request = None) -> dict:
@@ -137,11 +151,11 @@ class Handlers:
             {"headers": [...input columns, "rank"], "data": rows best first, "dropped_duplicates": [{"row", "same_as"}],
             "instruction": {"text", "applied", "note"} or null}.
         """
-        result = await self._rank_table(query, documents, top_n, face_of(request), "/rerank", instruction)
+        result = await self._rank_table(query, documents, top_n, face_of(request), "/rerank", instruction, request)
         return _table_payload(result.table, result.ranking)
 
     async def rerank_ui(self, query: str, documents, top_n, instruction: str = "", request: gr.Request = None):
-        result = await self._rank_table(query, documents, _top_n(top_n), "gradio", "rerank_ui", instruction)
+        result = await self._rank_table(query, documents, _top_n(top_n), "gradio", "rerank_ui", instruction, request)
         return views.ranked_view(result), views.summary(result, len(documents))
 
     async def rerank_example(self, query: str, documents):
@@ -161,7 +175,7 @@ class Handlers:
             cosine distance; lexical: 1 / (1 + BM25); hybrid: 1 - fused score).
         """
         frame = await self._run(self.service.search, query, k, mode=mode, face=face_of(request),
-                                route="/similarity_search")
+                                route="/similarity_search", client=client_of(request))
         return _table_payload(frame)
 
     async def retrieve_and_rerank(self, query: str, k: int = 50, top_n: int = 5, mode: str = "",
@@ -178,22 +192,24 @@ class Handlers:
             "dropped_duplicates": [...]}; `move` is "12 -> 1" (retrieved position -> reranked position).
         """
         result = await self._run(self.service.retrieve_and_rank, query, k, top_n, mode=mode,
-                                 face=face_of(request), route="/retrieve_and_rerank")
+                                 face=face_of(request), route="/retrieve_and_rerank", client=client_of(request))
         return _table_payload(result.reranked, result.rerank.ranking)
 
     async def search_ui(self, query: str, k: int, mode: str | None, private, request: gr.Request):
         frame = await self._run(self.service.search, query, int(k), mode=mode, retriever=private, face="gradio",
-                                route="search_ui")
+                                route="search_ui", client=client_of(request))
         return frame, f"{len(frame)} passages retrieved (first stage only, not reranked)."
 
     async def pipeline_ui(self, query: str, k: int, top_n: int, mode: str | None, private, request: gr.Request = None,
                           progress=gr.Progress()):
         backend = private or self.service.retriever
-        while isinstance(backend, rc.BackgroundRetriever) and not backend.finished(timeout=0.5):
+        while isinstance(backend, rc.BackgroundRetriever) and not backend.finished(timeout=0):
             progress((backend.done, backend.total or None), desc="Building the index", unit="passages")
+            await asyncio.sleep(0.5)  # awaited: the loop serves every other route meanwhile
         progress(0.3, desc=f"Retrieving {int(k)} passages and reranking them")
         result = await self._run(self.service.retrieve_and_rank, query, int(k), int(top_n), mode=mode,
-                                 retriever=private, face="gradio", route="retrieve_and_rerank_ui")
+                                 retriever=private, face="gradio", route="retrieve_and_rerank_ui",
+                                 client=client_of(request))
         relevance = [r.model_score for r in result.rerank.ranking]  # the model's own score, before any fusion
         return views.moves_view(result.reranked), views.pictures(result.reranked, relevance), result.summary
 
@@ -207,7 +223,7 @@ class Handlers:
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Embedding passages", unit="passages")
 
-        corpus = await self._run(self.service.index_upload, file, progress=report)
+        corpus = await self._run(self.service.index_upload, file, progress=report, client=client_of(request))
         if private is not None:
             private.close()
         Path(file).unlink(missing_ok=True)  # the index holds what it needs; the upload is not kept
@@ -399,7 +415,44 @@ def build_server(settings: Settings, scorer: core.Scorer, retriever: rc.Retrieve
     server = gr.mount_gradio_app(api, demo, path="/", mcp_server=mcp_server, max_file_size=settings.max_upload_bytes)
     if mcp_server and settings.api_key:
         _mcp_loopback_with_key(demo, settings.api_key)
+    warm_up(server, settings.api_key)
     return server
+
+
+WARM_PATHS = ("/health", "/info", "/config", "/gradio_api/info")
+
+
+def warm_up(server, api_key: str | None = None) -> None:
+    """Do before the port opens what would otherwise stall every route later: FastAPI builds its routes' schemas when
+    a path is first matched and Gradio imports pyplot at its first event, both on the event loop; and a full garbage
+    collection walks every object the models and apps hold (~0.45 s with two models loaded), so what start-up built
+    is frozen out of the collector's scans (``gc.freeze``)."""
+    import gc
+
+    import matplotlib.pyplot  # noqa: F401  (Gradio's first event would import it on the loop)
+
+    key = [(b"authorization", f"Bearer {api_key}".encode())] if api_key else []
+
+    async def get(path: str) -> None:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(_message: dict) -> None:
+            return None
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                 "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+                 "headers": [(b"host", b"127.0.0.1"), *key], "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
+        await server(scope, receive, send)
+
+    async def all_paths() -> None:
+        for path in WARM_PATHS:
+            await get(path)
+
+    thread = threading.Thread(target=asyncio.run, args=(all_paths(),), name="warm-up")  # works inside a running loop too
+    thread.start()
+    thread.join()
+    gc.freeze()
 
 
 def _mcp_loopback_with_key(demo: gr.Blocks, api_key: str) -> None:

@@ -98,6 +98,7 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     max_queue: int = 64
+    max_in_flight_per_client: int = 16
     max_request_tokens: int = 262_144
     max_upload_bytes: int = 5 * 1024 * 1024
     max_upload_passages: int = 5000
@@ -130,6 +131,7 @@ class Settings:
             api_key=env.get("RERANK_API_KEY") or None,
             max_body_bytes=_int(env, "RERANK_MAX_BODY_BYTES", 10 * 1024 * 1024),
             max_queue=_int(env, "RERANK_MAX_QUEUE", 64),
+            max_in_flight_per_client=_int(env, "RERANK_MAX_IN_FLIGHT_PER_CLIENT", 16),
             max_request_tokens=_int(env, "RERANK_MAX_REQUEST_TOKENS", 262_144),
             max_upload_bytes=_int(env, "RERANK_MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
             max_upload_passages=_int(env, "RERANK_MAX_UPLOAD_PASSAGES", 5000),

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -43,6 +43,7 @@ class Limits:
     max_documents: int = 1000
     max_request_tokens: int = 262_144
     max_in_flight: int = 64
+    max_in_flight_per_client: int = 16
     max_body_bytes: int = 10 * 1024 * 1024
     max_upload_bytes: int = 5 * 1024 * 1024
     max_upload_passages: int = 5000
@@ -57,9 +58,9 @@ class CancelToken:
         self._tickets: list[Ticket] = []
         self._lock = threading.Lock()
 
-    def open(self, pool: WorkerPool, label: str) -> Ticket:
-        """A pool ticket that this token cancels."""
-        ticket = pool.ticket(label)
+    def open(self, pool: WorkerPool, label: str, client: str | None = None) -> Ticket:
+        """A pool ticket that this token cancels (``client``: whose turn it takes, see :class:`scoring.pool.Share`)."""
+        ticket = pool.ticket(label, client=client)
         with self._lock:
             self._tickets.append(ticket)
             if self.cancelled:
@@ -83,6 +84,7 @@ class Call:
     route: str
     id: str
     token: CancelToken
+    client: str | None = None
     documents: int = 0
 
 
@@ -106,6 +108,7 @@ class Service:
         self.metrics = ServiceMetrics(self.scorers)
         self._executor = ThreadPoolExecutor(max_workers=limits.max_in_flight + 8, thread_name_prefix="service")
         self._in_flight = 0
+        self._per_client: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def scorers(self) -> list:
@@ -114,21 +117,38 @@ class Service:
 
     # --- admission, metrics, logs ----------------------------------------------------------------
 
-    @contextmanager
-    def call(self, face: str, route: str, token: CancelToken | None = None) -> Iterator[Call]:
-        """Admit one request (or refuse it with 429), then count, time and log how it ended."""
-        call = Call(face, route, uuid.uuid4().hex[:12], token or CancelToken())
+    def _admit(self, client: str | None) -> Overloaded | None:
+        """Take a place for one request, or say why there is none: the service is full, or the client has its share."""
+        limits = self.limits
         with self._lock:
-            if self._in_flight >= self.limits.max_in_flight:
-                full = True
-            else:
-                full = False
-                self._in_flight += 1
-        if full:
-            error = Overloaded(f"the service is busy: {self.limits.max_in_flight} requests are in flight "
-                               "(RERANK_MAX_QUEUE); retry shortly")
-            self._record(call, error.status, 0.0, error)
-            raise error
+            if self._in_flight >= limits.max_in_flight:
+                return Overloaded(f"the service is busy: {limits.max_in_flight} requests are in flight "
+                                  "(RERANK_MAX_QUEUE); retry shortly")
+            if client is not None and self._per_client.get(client, 0) >= limits.max_in_flight_per_client:
+                return Overloaded(f"this client already has {limits.max_in_flight_per_client} requests in flight, its "
+                                  "share (RERANK_MAX_IN_FLIGHT_PER_CLIENT); wait for an answer before sending more")
+            self._in_flight += 1
+            if client is not None:
+                self._per_client[client] = self._per_client.get(client, 0) + 1
+        return None
+
+    def _release(self, client: str | None) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if client is not None:
+                left = self._per_client.pop(client) - 1
+                if left:
+                    self._per_client[client] = left
+
+    @contextmanager
+    def call(self, face: str, route: str, token: CancelToken | None = None, client: str | None = None) -> Iterator[Call]:
+        """Admit one request (or refuse it with 429: the service is full, or ``client`` has its share in flight), then
+        count, time and log how it ended."""
+        call = Call(face, route, uuid.uuid4().hex[:12], token or CancelToken(), client)
+        refusal = self._admit(client)
+        if refusal is not None:
+            self._record(call, refusal.status, 0.0, refusal)
+            raise refusal
         self.metrics.in_flight.inc()
         started = time.perf_counter()
         try:
@@ -153,8 +173,7 @@ class Service:
             self._record(call, 200, time.perf_counter() - started, None)
         finally:
             self.metrics.in_flight.dec()
-            with self._lock:
-                self._in_flight -= 1
+            self._release(client)
 
     def _record(self, call: Call, status: int, seconds: float, error: ServiceError | None) -> None:
         self.metrics.observe(call.face, call.route, status, seconds, call.documents)
@@ -190,13 +209,15 @@ class Service:
     # --- ranking ---------------------------------------------------------------------------------
 
     def _prepare(self, call: Call, query: str, documents: Sequence[object], *, model: str | None = None,
-                 **options) -> ranking.Prepared:
-        """Check and plan a request, and enforce the cost budget (no forward pass yet)."""
+                 ticket: Ticket | None = None, **options) -> ranking.Prepared:
+        """Check and plan a request within the cost budget (no forward pass yet): a request over it is refused as
+        soon as planning shows it, in time bounded by the budget rather than by the request."""
         scorer = self.models.pick(model)
         options.setdefault("policy", self.policy)
         if options.get("instruction") in (None, ""):
             options["instruction"] = self.instruction
-        prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents, **options)
+        prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents,
+                                   budget=self.limits.max_request_tokens, ticket=ticket, **options)
         call.documents = len(prepared.texts)
         if prepared.cost > self.limits.max_request_tokens:
             raise TooLarge(f"the request needs {prepared.cost:,} tokens ({prepared.plan.windows:,} windows of query "
@@ -204,35 +225,49 @@ class Service:
         self.metrics.cost.labels(call.face).observe(prepared.cost)
         return prepared
 
-    def _rank(self, call: Call, query: str, documents: Sequence[object], **options) -> Ranking:
-        """Check, plan, enforce the cost budget, then score under a fair, cancellable ticket."""
-        prepared = self._prepare(call, query, documents, **options)
-        with call.token.open(prepared.scorer.pool, call.id) as ticket:
+    def _rank(self, call: Call, query: str, documents: Sequence[object], *, model: str | None = None,
+              **options) -> Ranking:
+        """Plan within the cost budget, then score, all under one fair, cancellable ticket: a large request's
+        tokenizing takes turns with other requests' work as its forward passes do."""
+        scorer = self.models.pick(model)
+        with self._foreground(), call.token.open(scorer.pool, call.id, call.client) as ticket:
+            prepared = self._prepare(call, query, documents, model=model, ticket=ticket, **options)
             return ranking.complete(prepared, ticket=ticket)
 
+    @contextmanager
+    def _foreground(self) -> Iterator[None]:
+        """While a request plans and scores, every model's background work (an index build) waits."""
+        with ExitStack() as stack:
+            for pool in {id(s.pool): s.pool for s in self.scorers()}.values():
+                stack.enter_context(pool.foreground())
+            yield
+
     def rank(self, query: str, documents: Sequence[object], *, face: str = "python", route: str = "rank",
-             token: CancelToken | None = None, **options) -> Ranking:
-        """Rank texts for a query (see :func:`scoring.ranking.rank` for ``options``; ``model`` picks by name)."""
-        with self.call(face, route, token) as call:
+             token: CancelToken | None = None, client: str | None = None, **options) -> Ranking:
+        """Rank texts for a query (see :func:`scoring.ranking.rank` for ``options``; ``model`` picks by name;
+        ``client``: who asks, for the per-client share)."""
+        with self.call(face, route, token, client) as call:
             return self._rank(call, query, documents, **options)
 
     async def rank_async(self, query: str, documents: Sequence[object], *, face: str, route: str,
-                         disconnected: Callable[[], Awaitable[bool]] | None = None, **options) -> Ranking:
+                         disconnected: Callable[[], Awaitable[bool]] | None = None, client: str | None = None,
+                         **options) -> Ranking:
         """:meth:`rank` for the async faces. With a ``batcher`` (Ray Serve's ``@serve.batch``), requests are
         planned on the service's threads and handed to it, so concurrent requests share forward passes."""
         if self.batcher is None:
             return await self.run(self.rank, query, documents, face=face, route=route, disconnected=disconnected,
-                                  **options)
-        with self.call(face, route) as call:
+                                  client=client, **options)
+        with self.call(face, route, client=client) as call:
             prepared = await asyncio.get_running_loop().run_in_executor(
                 self._executor, partial(self._prepare, call, query, documents, **options))
             return await self.batcher(prepared)
 
     def rank_table(self, query: str, documents: object, top_n: int | None = None, *, face: str = "python",
                    route: str = "rank_table", token: CancelToken | None = None,
-                   parse: Callable[[object], pd.DataFrame] | None = None, instruction: str | None = None) -> RerankResult:
+                   parse: Callable[[object], pd.DataFrame] | None = None, instruction: str | None = None,
+                   client: str | None = None) -> RerankResult:
         """Rerank a table (``parse`` turns a face's wire shape into the DataFrame, inside the call)."""
-        with self.call(face, route, token) as call:
+        with self.call(face, route, token, client) as call:
             table = parse(documents) if parse else documents
             rank_fn = partial(self._rank, call, instruction=instruction)
             return rerank_table(query, table, top_n, rank_fn=rank_fn, policy=self.policy,
@@ -266,19 +301,20 @@ class Service:
             raise Unavailable(str(exc)) from None
 
     def search(self, query: str, k: object = 5, *, mode: object = None, retriever=None, face: str = "python",
-               route: str = "search", token: CancelToken | None = None) -> pd.DataFrame:
+               route: str = "search", token: CancelToken | None = None, client: str | None = None) -> pd.DataFrame:
         """The k passages closest to the query (the seed Space's table: url, text, distance); ``mode``: hybrid
         (the local index's default), dense or lexical."""
-        with self.call(face, route, token):
+        with self.call(face, route, token, client):
             return self._search(query, k, retriever, mode)
 
     def retrieve_and_rank(self, query: str, k: object = 50, top_n: object = 5, *, mode: object = None, retriever=None,
-                          face: str = "python", route: str = "retrieve_and_rank", token: CancelToken | None = None):
+                          face: str = "python", route: str = "retrieve_and_rank", token: CancelToken | None = None,
+                          client: str | None = None):
         """Retrieve k passages (``mode`` as :meth:`search`), rerank them, keep the best top_n (a
         :class:`pipeline.PipelineResult`)."""
         import pipeline
 
-        with self.call(face, route, token) as call:
+        with self.call(face, route, token, client) as call:
             top_n = ranking.validate_top_n(int(top_n) if isinstance(top_n, float) and top_n.is_integer() else top_n)
             mode = self._mode(mode)
             kind = getattr(retriever or self.retriever, "first_stage", None)  # a remote Space's is unknown
@@ -288,12 +324,12 @@ class Service:
                                                 max_documents=self.limits.max_documents)
 
     def index_upload(self, path: str, *, face: str = "gradio", route: str = "index_upload", progress=None,
-                     token: CancelToken | None = None):
+                     token: CancelToken | None = None, client: str | None = None):
         """Index one session's uploaded corpus in memory, within the upload limits (a :class:`PrivateCorpus`)."""
         from local_index import LocalIndexError
         from service.uploads import build_private_corpus
 
-        with self.call(face, route, token):
+        with self.call(face, route, token, client):
             if self.embedder is None:
                 raise Unavailable("no embedding model is configured for uploads")
             try:
@@ -316,7 +352,9 @@ class Service:
                 "max_input_length": info.max_length,
                 "max_client_batch_size": limits.max_documents,
                 "limits": {"max_documents": limits.max_documents, "max_request_tokens": limits.max_request_tokens,
-                           "max_in_flight": limits.max_in_flight, "max_body_bytes": limits.max_body_bytes,
+                           "max_in_flight": limits.max_in_flight,
+                           "max_in_flight_per_client": limits.max_in_flight_per_client,
+                           "max_body_bytes": limits.max_body_bytes,
                            "max_upload_bytes": limits.max_upload_bytes, "max_upload_passages": limits.max_upload_passages},
                 "auth": self.keys.required}
 
@@ -324,7 +362,8 @@ class Service:
 def from_settings(settings, scorer, retriever=None, extra_scorers=(), *, embedder=None) -> Service:
     """The service as configured (``config.Settings``): limits, key and fusion policy; every entry point builds it so."""
     limits = Limits(max_documents=settings.max_documents, max_request_tokens=settings.max_request_tokens,
-                    max_in_flight=settings.max_queue, max_body_bytes=settings.max_body_bytes,
+                    max_in_flight=settings.max_queue, max_in_flight_per_client=settings.max_in_flight_per_client,
+                    max_body_bytes=settings.max_body_bytes,
                     max_upload_bytes=settings.max_upload_bytes, max_upload_passages=settings.max_upload_passages,
                     upload_ttl_seconds=settings.upload_ttl)
     policy = ScoringPolicy(fusion=settings.fusion, weight=settings.fusion_weight, hybrid_weight=settings.hybrid_fusion_weight)

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from service.loop_lag import LoopLagMonitor
+
 
 class ScorerCollector(Collector):
     """The scorers' caches and worker pools, read at scrape time, by model."""
@@ -55,6 +57,7 @@ class ServiceMetrics:
         self.cost = Histogram("rerank_request_tokens", "tokens the model read for a request", ["face"],
                               registry=self.registry, buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576))
         self.in_flight = Gauge("rerank_in_flight", "requests being served now (all faces)", registry=self.registry)
+        self.loop_lag = LoopLagMonitor(self.registry)  # started by the web face, on its event loop
 
     def observe(self, face: str, route: str, status: int, seconds: float, documents: int = 0) -> None:
         """Count one answered request."""

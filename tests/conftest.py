@@ -149,8 +149,23 @@ class GatedScorer(core.Scorer):
         return super().score_plan(*args, **kwargs)
 
 
+LOOP_MONITORS: list = []  # the loop-lag monitor of every server the tests started (see loop_lag_guard)
+MAX_LOOP_LAG = 0.25
+
+
+@pytest.fixture(autouse=True)
+def loop_lag_guard(request):
+    """Fails the test during which any served event loop was blocked for more than 250 ms (every route waits then)."""
+    marks = {id(m): len(m.stalls) for m in LOOP_MONITORS}
+    yield
+    stalls = [lag for m in LOOP_MONITORS for _, lag in m.stalls[marks.get(id(m), 0):] if lag > MAX_LOOP_LAG]
+    if stalls:
+        pytest.fail(f"the server's event loop was blocked for {max(stalls) * 1000:.0f} ms during {request.node.name} "
+                    f"({len(stalls)} wake-up(s) over {MAX_LOOP_LAG * 1000:.0f} ms)", pytrace=False)
+
+
 def serve_in_thread(app, host: str = "127.0.0.1"):
-    """Run an ASGI app with uvicorn on a free loopback port; returns (base_url, server)."""
+    """Run an ASGI app with uvicorn on a free loopback port, its event-loop lag watched; returns (base_url, server)."""
     import socket
     import threading
 
@@ -166,6 +181,12 @@ def serve_in_thread(app, host: str = "127.0.0.1"):
         time.sleep(0.05)
     if not server.started:
         raise RuntimeError("test server did not start")
+    service = getattr(getattr(app, "state", None), "service", None)
+    if service is not None:
+        LOOP_MONITORS.append(service.metrics.loop_lag)
+        import httpx
+
+        httpx.get(f"http://{host}:{port}/health", timeout=10)  # the first request starts the monitor
     return f"http://{host}:{port}", server
 
 
