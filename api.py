@@ -10,6 +10,7 @@ Gradio app and its MCP endpoint included.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -49,6 +50,7 @@ class Guard:
 
     def __init__(self, app, service: Service) -> None:
         self.app, self.service = app, service
+        self.pause = Pause()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -56,6 +58,8 @@ class Guard:
         self.service.metrics.loop_lag.start()  # on the loop that serves this port
         request = Request(scope)
         path = request.url.path
+        if path in RERANK_ROUTES:
+            send = self.pause.wrap(send)
         refusal = self._refusal(request, path)
         streamed = "content-length" not in request.headers and not path.endswith("/upload")
         if refusal is None and request.method == "POST" and ("/mcp" in path or streamed):
@@ -91,6 +95,10 @@ class Guard:
             if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                 return RedirectResponse("/login", status_code=303)
             return error_response(self.service.refuse(face, path, Unauthorized()))
+        if request.method == "POST" and path in RERANK_ROUTES:
+            busy = self.service.full(client_of(request))
+            if busy is not None:
+                return error_response(self.service.refuse(face, path, busy))
         length = request.headers.get("content-length")
         if request.method == "POST" and length is not None and not path.endswith("/upload") and (
                 not length.isdigit() or int(length) > limits.max_body_bytes):
@@ -98,6 +106,32 @@ class Guard:
                 f"request body of {length} bytes is over the limit of {limits.max_body_bytes} bytes "
                 "(RERANK_MAX_BODY_BYTES)")))
         return None
+
+
+class Pause:
+    """Refusals a client earns by its own behaviour (429: over its share in flight; 413: over a size or cost limit) are
+    answered after a short pause, so a client that ignores them waits instead of turning refusals into load on the
+    cores everyone shares (two clients re-sending 8.5 MB over-budget bodies cost the others 5x their latency without
+    it). At most ``limit`` answers wait at once; past that, refusals go out at once."""
+
+    def __init__(self, seconds: dict[int, float] | None = None, limit: int = 256) -> None:
+        self.seconds = seconds or {413: 0.25, 429: 1.0}
+        self.limit = limit
+        self.waiting = 0
+
+    def wrap(self, send):
+        """``send`` that holds a refusal's first message for its pause."""
+        async def paused(message: dict) -> None:
+            pause = self.seconds.get(message.get("status", 0)) if message["type"] == "http.response.start" else None
+            if pause and self.waiting < self.limit:
+                self.waiting += 1
+                try:
+                    await asyncio.sleep(pause)
+                finally:
+                    self.waiting -= 1
+            await send(message)
+
+        return paused
 
 
 async def _read_body(receive, limit: int) -> bytes:

@@ -3,6 +3,7 @@
 ``python bench/load.py [--clients 8] [--seconds 60] [--docs 20] [--url URL --pid PID]``
 ``python bench/load.py --scenario cost-limit [--small 12]``: small requests' latency alone, then while one request
 at the cost limit (``RERANK_MAX_REQUEST_TOKENS``) runs: the fair scheduler's effect, as a ratio.
+``python bench/load.py --scenario hostile`` and ``--scenario soak [--seconds 600]``: see ``bench/hostile.py``.
 
 Without ``--url`` it starts ``python app.py`` on a free loopback port (a small corpus for the local
 index, so no long index build competes with the load) and stops it at the end. It prints requests,
@@ -177,17 +178,14 @@ def _small_latencies(client: httpx.Client, rng: random.Random, n: int, docs: int
     return out
 
 
-def _at_the_limit(client: httpx.Client, rng: random.Random) -> tuple[list[str], int]:
-    """Documents whose request costs just under the server's token limit (the server's 413 says the cost)."""
+def just_under_budget(client: httpx.Client, rng: random.Random, limit: int) -> list[str]:
+    """Documents of ~3,000 words whose request costs just under ``limit`` tokens (a few's cost read off ``usage``)."""
     doc = lambda: " ".join(rng.choice(WORDS) for _ in range(3000)) + f" #{rng.random():.6f}"  # noqa: E731
-    probe = [doc() for _ in range(200)]
-    over = client.post("/v2/rerank", json={"query": "q", "documents": probe})
-    if over.status_code != 413:
-        raise RuntimeError(f"expected the probe to exceed the cost limit, got {over.status_code}")
-    message = over.json()["message"]
-    cost = int(message.split("needs ")[1].split(" tokens")[0].replace(",", ""))
-    limit = int(message.split("the limit is ")[1].split(" ")[0].replace(",", ""))
-    return probe[: max(1, int(len(probe) * limit / cost * 0.97))], limit
+    sample = [doc() for _ in range(4)]
+    answer = client.post("/v1/rerank", json={"query": "q", "documents": sample})
+    answer.raise_for_status()
+    each = answer.json()["usage"]["total_tokens"] / len(sample)
+    return sample + [doc() for _ in range(max(1, int(limit * 0.95 / each)) - len(sample))]
 
 
 def cost_limit_scenario(url: str, *, small: int = 12, docs: int = 20) -> dict:
@@ -196,7 +194,8 @@ def cost_limit_scenario(url: str, *, small: int = 12, docs: int = 20) -> dict:
     with httpx.Client(base_url=url, timeout=600) as client:
         _small_latencies(client, rng, 3, docs)  # warm-up
         alone = _small_latencies(client, rng, small, docs)
-        big_docs, limit = _at_the_limit(client, rng)
+        limit = client.get("/info").json()["limits"]["max_request_tokens"]
+        big_docs = just_under_budget(client, rng, limit)
         big: dict = {}
 
         def run_big() -> None:
@@ -217,7 +216,7 @@ def cost_limit_scenario(url: str, *, small: int = 12, docs: int = 20) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=["mixed", "cost-limit"], default="mixed")
+    parser.add_argument("--scenario", choices=["mixed", "cost-limit", "hostile", "soak"], default="mixed")
     parser.add_argument("--small", type=int, default=12, help="cost-limit: small requests timed alone and during")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -227,6 +226,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.scenario == "cost-limit":
         return _cost_limit_main(args)
+    if args.scenario in ("hostile", "soak"):
+        return _hostile_main(args)
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
         if args.url:
@@ -272,6 +273,27 @@ def _cost_limit_main(args) -> int:
           f"({r['small_during_p50'] / r['small_alone_p50']:.2f}x; max {r['small_during_max'] * 1000:.0f} ms); "
           f"all {args.small} done while it ran: {r['all_small_done_while_big_ran']}")
     return 0
+
+
+def _hostile_main(args) -> int:
+    import hostile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = (None, args.url.rstrip("/")) if args.url else start_app(Path(tmp), RERANK_BACKEND="torch")
+        pid = args.pid or (proc.pid if proc else None)
+        try:
+            if args.scenario == "hostile":
+                hostile.print_hostile(hostile.hostile_scenario(url, small=args.small, docs=args.docs))
+                return 0
+            warm = run_load(url, clients=4, seconds=10, docs=args.docs, seed=1)
+            result = hostile.soak_scenario(url, pid, seconds=args.seconds, docs=args.docs)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+    print(f"({os.cpu_count()} CPUs; warm-up {warm.summary()['requests']} requests)")
+    hostile.print_soak(result, args.seconds)
+    return 1 if any(status >= 500 for status in result["statuses"]) else 0
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@ more work than every core inside one batch (2 workers x 1 thread did a 50-docume
 batches 1.34x faster than 1 worker x 2 threads on 2 cores). Each replica has its own tokenizer:
 fast tokenizers are not safe to share across threads.
 
-Fairness: each request holds a :class:`Ticket`; a free worker takes the next batch of the ticket
-that has been served the fewest tokens so far (a new ticket starts at the current virtual time, as
-in start-time fair queueing), so the batches of concurrent requests interleave and a small request
-is not stuck behind a large one. Background tickets (an index build) yield to every request.
-Cancelling a ticket drops its batches that have not started.
+Fairness: each request holds a :class:`Ticket`, and a client's tickets share one :class:`Share`; a
+free worker takes the next batch of the client that has been served the fewest tokens so far, as in
+start-time fair queueing, so the batches of concurrent requests interleave and a small request is
+not stuck behind a large one. A client with nothing in flight starts ``credit`` tokens ahead of the
+present (as a scheduler credits a task that slept): a small request from it runs on every worker
+at once, as it would alone, while a client that keeps requests in flight never gets that head start
+again. Background tickets (an index build) yield to every request. Cancelling a ticket drops its
+batches that have not started.
 
 Sharing: a batch given as :class:`Shared` may run in one forward pass with other requests' shared
 batches of the same kind, where the replica computes each pair independently of what shares its pass
@@ -93,7 +96,8 @@ class Ticket:
 class WorkerPool:
     """``workers`` threads that each own an engine replica; batches come from tickets, fairly interleaved."""
 
-    def __init__(self, engines: Sequence, tokenizer: TextTokenizer, choice: Choice, *, source=None) -> None:
+    def __init__(self, engines: Sequence, tokenizer: TextTokenizer, choice: Choice, *, source=None,
+                 credit: int = 4096) -> None:
         self.replicas = list(engines)
         self.workers = len(self.replicas)
         self.choice = choice
@@ -110,6 +114,7 @@ class WorkerPool:
         self._cv = threading.Condition()
         self._open: list[Ticket] = []
         self._shares: dict[str, Share] = {}
+        self.credit = credit
         self._foreground = 0
         self._running = 0
         self._clock = 0.0
@@ -134,12 +139,13 @@ class WorkerPool:
         """
         with self._cv:
             self._cv.wait_for(lambda: not self._swapping)
+            fresh = self._clock - self.credit  # a client with nothing in flight starts a little ahead of the present
             share = None
             if client is not None:
-                share = self._shares.setdefault(client, Share(self._clock))
-                share.served = max(share.served, self._clock)  # an idle client's turn restarts at the present
+                share = self._shares.setdefault(client, Share(fresh))
+                share.served = max(share.served, fresh)
                 share.tickets += 1
-            ticket = Ticket(self, label, self._clock, background, share, client)
+            ticket = Ticket(self, label, self._clock, background, share or Share(fresh), client)
             self._open.append(ticket)
             return ticket
 

@@ -9,7 +9,7 @@ A text longer than the model's window is scored by its best window of overlappin
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -154,8 +154,9 @@ class Scorer:
         encoded = self._encode_within(texts, floor, budget, ticket)
         if not fits:  # windows are scored from their text: a text cut into windows needs its spans now
             cut = [i for i, e in enumerate(encoded) if len(e) > min(window, max_tokens_per_doc or window)]
-            for i, again in zip(cut, self._pool.encode([texts[i] for i in cut]) if cut else [], strict=True):
-                encoded[i] = again
+            for start, stop, again in self._encode_slices([texts[i] for i in cut], ticket, spans=True):
+                for i, encoding in zip(cut[start:stop], again, strict=True):
+                    encoded[i] = encoding
         owners: list[int] = []
         pieces: list = []
         places: list[tuple[int, int | None]] = []  # (text, window number where the window is a cut of it)
@@ -196,17 +197,10 @@ class Scorer:
         then takes turns with other requests' forward passes instead of holding the cores.
         """
         floors = self._word_floors(texts, floor, budget) if budget is not None else None
-        slices = _slices(texts, SLICE_CHARS)
-        pooled = ticket is not None and len(slices) > 1
         encoded: list = []
         known, rest = 0, sum(floors) if floors else 0
-        for start, stop in slices:
-            part = texts[start:stop]
-            if pooled:
-                cost = sum(len(t) for t in part) // 4  # about a token per four characters, for fair turns
-                encoded.extend(self._pool.run(ticket, [(cost, lambda _replica, p=part: self._pool.encode(p, spans=False))])[0])
-            else:
-                encoded.extend(self._pool.encode(part, spans=False))
+        for start, stop, part in self._encode_slices(texts, ticket, spans=False):
+            encoded.extend(part)
             if floors is not None:
                 known += sum(floor(len(e)) for e in encoded[start:stop])
                 rest -= sum(floors[start:stop])
@@ -215,6 +209,20 @@ class Scorer:
                                         f"documents tokenized, the rest counted by their words); the limit is "
                                         f"{budget:,} (RERANK_MAX_REQUEST_TOKENS)")
         return encoded
+
+    def _encode_slices(self, texts: list[str], ticket: Ticket | None, *, spans: bool) -> Iterator[tuple[int, int, list]]:
+        """Texts tokenized a slice at a time, as (start, stop, encodings); with a ``ticket`` and more than one slice,
+        each slice is a pool task under it, so a large request's tokenizing takes turns with other requests."""
+        slices = _slices(texts, SLICE_CHARS)
+        pooled = ticket is not None and len(slices) > 1
+        for start, stop in slices:
+            part = texts[start:stop]
+            if not pooled:
+                yield start, stop, self._pool.encode(part, spans=spans)
+                continue
+            cost = sum(len(t) for t in part) // 4  # about a token per four characters, for fair turns
+            task = lambda _replica, p=part: self._pool.encode(p, spans=spans)  # noqa: E731
+            yield start, stop, self._pool.run(ticket, [(cost, task)])[0]
 
     def _word_floors(self, texts: list[str], floor: Callable[[int], int], budget: int) -> list[int]:
         """Each text's least cost from its word count; :class:`LimitExceeded` once their sum is over ``budget``."""

@@ -117,16 +117,24 @@ class Service:
 
     # --- admission, metrics, logs ----------------------------------------------------------------
 
-    def _admit(self, client: str | None) -> Overloaded | None:
-        """Take a place for one request, or say why there is none: the service is full, or the client has its share."""
+    def full(self, client: str | None) -> Overloaded | None:
+        """Why a request from ``client`` would be refused now (the service is full, or the client has its share in
+        flight), or None: the door asks before reading a body, so a flood of refusals costs next to nothing."""
         limits = self.limits
+        if self._in_flight >= limits.max_in_flight:
+            return Overloaded(f"the service is busy: {limits.max_in_flight} requests are in flight "
+                              "(RERANK_MAX_QUEUE); retry shortly")
+        if client is not None and self._per_client.get(client, 0) >= limits.max_in_flight_per_client:
+            return Overloaded(f"this client already has {limits.max_in_flight_per_client} requests in flight, its "
+                              "share (RERANK_MAX_IN_FLIGHT_PER_CLIENT); wait for an answer before sending more")
+        return None
+
+    def _admit(self, client: str | None) -> Overloaded | None:
+        """Take a place for one request, or say why there is none (see :meth:`full`)."""
         with self._lock:
-            if self._in_flight >= limits.max_in_flight:
-                return Overloaded(f"the service is busy: {limits.max_in_flight} requests are in flight "
-                                  "(RERANK_MAX_QUEUE); retry shortly")
-            if client is not None and self._per_client.get(client, 0) >= limits.max_in_flight_per_client:
-                return Overloaded(f"this client already has {limits.max_in_flight_per_client} requests in flight, its "
-                                  "share (RERANK_MAX_IN_FLIGHT_PER_CLIENT); wait for an answer before sending more")
+            refusal = self.full(client)
+            if refusal is not None:
+                return refusal
             self._in_flight += 1
             if client is not None:
                 self._per_client[client] = self._per_client.get(client, 0) + 1

@@ -74,8 +74,8 @@ def big_server(packaged_scorer):
 
 
 def test_a_body_far_over_the_budget_is_refused_without_tokenizing_it(big_server, tokenized):
-    words = " ".join(f"word{i}" for i in range(16_000))  # ~100 KB of words each
-    body = {"query": QUERY, "documents": [f"{n} {words}" for n in range(90)]}  # ~9 MB, ~1.4 M words
+    words = " ".join(f"word{i}" for i in range(10_500))  # ~94 KB of words each
+    body = {"query": QUERY, "documents": [f"{n} {words}" for n in range(90)]}  # ~8.5 MB, ~950,000 words
     answer = httpx.post(f"{big_server}/v2/rerank", json=body, timeout=60)
     assert answer.status_code == 413
     message = answer.json()["message"]
