@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 
 def batching_for(device: str) -> dict:
-    """Batch limits sized for the device: ~1k padded tokens a batch on a CPU core, 64k on a GPU (forward passes alone
-    measured 18,740 pairs/s at 64k-token batches against 14,270 at 16k on an H200, fp16)."""
-    return {"token_budget": 1024, "batch_size": 32} if device == "cpu" else {"token_budget": 65_536, "batch_size": 1024}
+    """Batch limits sized for the device: 512 padded tokens a batch on a CPU core, 64k on a GPU. On a CPU a batch
+    cannot be interrupted, so its length is how long another request may wait for a worker: 512 tokens halve that
+    wait at no cost in throughput (docs/performance.md, "Batch size on a CPU"); a GPU wants large passes."""
+    return {"token_budget": 512, "batch_size": 32} if device == "cpu" else {"token_budget": 65_536, "batch_size": 1024}
 
 
 def plan_batches(lengths: Sequence[int], token_budget: int, max_batch: int = 32) -> list[list[int]]:

@@ -81,7 +81,7 @@ class Scorer:
     """A loaded model that scores (query, document) pairs; thread-safe (batches run on the worker pool)."""
 
     def __init__(self, info: ModelInfo, model: WorkerPool | Scorer, *, batch_size: int = 32, cache_size: int | None = None,
-                 token_budget: int = 1024) -> None:
+                 token_budget: int = 512) -> None:
         self.info = info
         self._token_budget = token_budget
         self._batch_size = batch_size

@@ -164,6 +164,14 @@ def loop_lag_guard(request):
                     f"({len(stalls)} wake-up(s) over {MAX_LOOP_LAG * 1000:.0f} ms)", pytrace=False)
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The worst event-loop lag any served app saw over the run (the guard fails a test past 250 ms)."""
+    if LOOP_MONITORS:
+        worst = max(m.worst for m in LOOP_MONITORS)
+        terminalreporter.write_line(f"event-loop lag: worst {worst * 1000:.0f} ms over {len(LOOP_MONITORS)} served apps "
+                                    f"(limit {MAX_LOOP_LAG * 1000:.0f} ms)")
+
+
 def serve_in_thread(app, host: str = "127.0.0.1"):
     """Run an ASGI app with uvicorn on a free loopback port, its event-loop lag watched; returns (base_url, server)."""
     import socket

@@ -160,7 +160,7 @@ def test_device_sized_batching_spreads_a_request_over_the_workers():
     from scoring.loading import batching_for
     from scoring.scorer import spread_budget
 
-    assert batching_for("cpu")["token_budget"] == 1024 and batching_for("cuda:0")["token_budget"] == 65_536
+    assert batching_for("cpu")["token_budget"] == 512 and batching_for("cuda:0")["token_budget"] == 65_536
     lengths = [190] * 50  # a 50-document request of short passages
     assert spread_budget(lengths, 1024, 2) == 1024  # two cores: the usual batches
     sixteen = spread_budget(lengths, 1024, 16)
