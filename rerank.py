@@ -19,42 +19,24 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from scoring.checkpoint import PACKAGED_MODEL_NAME, Mode, ModelInfo, detect_mode, packaged_model_path, resolve_model_dir
-from scoring.errors import Cancelled, ModelLoadError, RerankError
-from scoring.loading import default_workers, get_scorer, load_scorer, packaged_scorer
-from scoring.ranking import (
-    DEFAULT_POLICY,
-    FIRST_STAGE_COLUMN,
-    Duplicate,
-    Fusion,
-    RankedDocument,
-    Ranking,
-    ScoringPolicy,
-    duplicate_positions,
-    fuse,
-    ranks_of,
-    validate_query,
-)
+from scoring.checkpoint import packaged_model_path
+from scoring.errors import ModelLoadError, RerankError
+from scoring.loading import get_scorer, load_scorer, packaged_scorer
+from scoring.ranking import Duplicate, RankedDocument, Ranking, ScoringPolicy
 from scoring.ranking import rank as rank_with
-from scoring.scorer import LongDocuments, Scorer, padding_waste, plan_batches
-from scoring.table import SCORE_COLUMN, TEXT_COLUMN, RerankResult, rerank_table, validate_documents
+from scoring.scorer import Scorer
+from scoring.table import RerankResult, rerank_table
+from service import assembly
+from service.settings import Settings
 
-__all__ = [
-    "DEFAULT_POLICY", "FIRST_STAGE_COLUMN", "PACKAGED_MODEL_NAME", "SCORE_COLUMN", "TEXT_COLUMN", "Cancelled", "Duplicate",
-    "Fusion", "LongDocuments", "Mode", "ModelInfo", "ModelLoadError", "RankedDocument", "Ranking", "RerankError",
-    "RerankResult", "Scorer", "ScoringPolicy", "default_scorer", "default_workers", "detect_mode", "duplicate_positions",
-    "fuse", "get_scorer", "load_scorer", "packaged_model_path", "packaged_scorer", "padding_waste", "plan_batches", "rank",
-    "rank_with", "ranks_of", "rerank", "rerank_table", "resolve_model_dir", "validate_documents", "validate_query",
-]
+__all__ = ["Duplicate", "ModelLoadError", "RankedDocument", "Ranking", "RerankError", "RerankResult", "Scorer",
+           "ScoringPolicy", "default_scorer", "get_scorer", "load_scorer", "packaged_model_path", "packaged_scorer", "rank",
+           "rerank", "rerank_table"]
 
 
 def default_scorer(model: str | None = None) -> Scorer:
-    """The configured model (``RERANK_MODEL`` and friends, read once by ``config.Settings``), loaded once."""
-    from config import Settings
-
-    settings = Settings.from_env()
-    return get_scorer(model or settings.model, trust_remote_code=settings.trust_remote_code, backend=settings.backend,
-                      cache_dir=str(settings.cache_dir), device=settings.device, max_tokens=settings.max_tokens)
+    """The configured model (``RERANK_MODEL`` and friends), loaded once by the assembly every entry point uses."""
+    return assembly.load_model(Settings.from_env(), model)
 
 
 def rank(query: str, documents: Sequence[str], top_n: int | None = None, *, model: str | None = None,
@@ -70,8 +52,6 @@ def rerank(query: str, documents: pd.DataFrame, top_n: int | None = None, *, mod
     The dropped duplicates' index labels are in ``result.attrs["duplicates"]``.
     """
     if max_documents is None:
-        from config import Settings
-
         max_documents = Settings.from_env().max_documents
     result = rerank_table(query, documents, top_n, scorer=scorer or default_scorer(model), max_documents=max_documents)
     table = result.table

@@ -20,23 +20,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+from latency import build_cross_encoder, make_requests
+from load import WORDS, make_documents
+
+import rerank
+from service import assembly
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from latency import build_cross_encoder, make_requests  # noqa: E402
-from load import WORDS, make_documents  # noqa: E402
-
-import rerank as core  # noqa: E402
-from config import Settings  # noqa: E402
-from service import from_settings  # noqa: E402
 
 QUERY = "How do I run a coroutine with a timeout and cancel it cleanly?"
 UNIQUE = itertools.count()
 
 
-def fifty(scorer: core.Scorer, requests: list[list[str]]) -> float:
+def fifty(scorer: rerank.Scorer, requests: list[list[str]]) -> float:
     """p50 of 50-document requests, each made fresh (no cache hits)."""
     times = []
     for docs in requests:
@@ -47,9 +44,9 @@ def fifty(scorer: core.Scorer, requests: list[list[str]]) -> float:
     return float(np.median(times[2:]))
 
 
-def small_during_large(scorer: core.Scorer, small: int = 12) -> tuple[float, float]:
+def small_during_large(scorer: rerank.Scorer, small: int = 12) -> tuple[float, float]:
     """Small requests' p50 idle and while a large request from another client keeps running."""
-    service = from_settings(Settings(), scorer)
+    service = assembly.build(Settings(), scorer=scorer)
     rng = random.Random(next(UNIQUE))  # fresh documents every run: nothing comes from the cache
 
     def smalls() -> float:
@@ -90,9 +87,9 @@ def main() -> int:
         cross = build_cross_encoder(Path(tmp) / "cross-encoder")
         print("| model | token budget | 50 documents p50 ms | small p50 idle ms | during a large request | ratio |")
         print("|---|---|---|---|---|---|")
-        for kind, path in (("all-MiniLM-L6-v2 (embedding)", str(core.packaged_model_path())),
+        for kind, path in (("all-MiniLM-L6-v2 (embedding)", str(rerank.packaged_model_path())),
                            ("MiniLM-L6 cross-encoder", str(cross))):
-            scorer = core.load_scorer(path, backend="torch", allow_fallback=False)
+            scorer = rerank.load_scorer(path, backend="torch", allow_fallback=False)
             requests = make_requests(10, 50, AutoTokenizer.from_pretrained(path), seed=0)
             fifty(scorer, requests[:3])  # warm-up
             for budget in args.budgets:

@@ -1,4 +1,4 @@
-"""A causal-LM reranker's request latency: the seed's way (``CrossEncoder.predict``) against this project's core.
+"""A causal-LM reranker's request latency: the seed's way (``CrossEncoder.predict``) against this project's rerank.
 
 ``python bench/causal.py [--shape 0.6b|tiny] [--documents 50] [--reps 2] [--device cpu|cuda] [--backend NAME]
 [--tokenizer DIR]`` builds a
@@ -21,14 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+import rerank
+from scoring.choice import spearman
+from scoring.synthetic import QWEN3_06B, TINY, build_causal_reranker
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from builders import QWEN3_06B, TINY, build_causal_reranker  # noqa: E402
-
-import rerank as core  # noqa: E402
-from scoring.choice import spearman  # noqa: E402
 
 WORDS = ("the boat sails across a calm bay while the crew trims the main sail and checks the single mast for wear "
          "before the race begins near the harbour where tomatoes grow in full sun and bread rises").split()
@@ -61,7 +58,7 @@ def main() -> int:
                                      words_from=args.tokenizer)
         seed_threads = torch.get_num_threads()  # the seed's process uses every core for one predict call
         seed_model = CrossEncoder(str(path), device=args.device)
-        ours = core.load_scorer(str(path), allow_fallback=False, device=args.device, backend=args.backend or "torch")
+        ours = rerank.load_scorer(str(path), allow_fallback=False, device=args.device, backend=args.backend or "torch")
         our_threads = torch.get_num_threads()  # ours: one thread per worker, each worker its own replica
         params = sum(p.numel() for p in seed_model.model.parameters())
         print(f"{args.shape}-shaped Qwen3ForCausalLM, {params / 1e6:.0f} M parameters, built and loaded in "
@@ -76,7 +73,7 @@ def main() -> int:
 
         warm = documents(4, 999)
         seed_predict(warm)
-        core.rank(QUERY, warm, scorer=ours)
+        rerank.rank(QUERY, warm, scorer=ours)
         seed_times, our_times, diffs, tokens = [], [], [], []
         for rep in range(args.reps):
             docs = documents(args.documents, rep)
@@ -84,7 +81,7 @@ def main() -> int:
             expected = seed_predict(docs)
             seed_times.append(time.perf_counter() - t)
             t = time.perf_counter()
-            ranking = core.rank(QUERY, docs, scorer=ours)
+            ranking = rerank.rank(QUERY, docs, scorer=ours)
             our_times.append(time.perf_counter() - t)
             diffs.append(float(np.abs(ranking.scores(len(docs)) - expected).max()))
             tokens.append(ranking.cost)

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from evaluation import end_to_end, harness
+from retrieval import hybrid
+from scoring.loading import packaged_scorer
+from service.settings import Settings
 
-import end_to_end  # noqa: E402
-import evaluate  # noqa: E402
-import hybrid  # noqa: E402
-from config import Settings  # noqa: E402
-from scoring.loading import packaged_scorer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EVAL_DIR = ROOT.parent / "shared" / "eval"
 SETS = ["scifact", "trec-dl-2019-passage", "cranfield"]
@@ -53,7 +51,7 @@ def main() -> int:
     embedder = packaged_scorer(cache_dir=settings.cache_dir)
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for name in SETS:
-        dataset = evaluate.load_dataset(EVAL_DIR / name)
+        dataset = harness.load_dataset(EVAL_DIR / name)
         index = end_to_end.open_collection_index(EVAL_DIR / name, dataset, embedder, settings.cache_dir)
         ids = [p.url for p in end_to_end.collection_passages(dataset)]
         qids = sorted(q for q in dataset.qrels if q in dataset.queries)[:args.limit]
@@ -66,7 +64,7 @@ def main() -> int:
         index.close()
         qrels = {q: dataset.qrels[q] for q in qids}
         for rule, run in runs.items():
-            means, _ = evaluate.measure(qrels, run, mrr_threshold=dataset.mrr_threshold, names=("ndcg@10", "recall@100"))
+            means, _ = harness.measure(qrels, run, mrr_threshold=dataset.mrr_threshold, names=("ndcg@10", "recall@100"))
             table.setdefault(rule, {})[name] = (means["ndcg@10"], means["recall@100"])
     print(f"{'rule':<16}" + "".join(f"{n[:14]:>16}" for n in SETS) + f"{'mean':>16}   (nDCG@10 / Recall@100)")
     for rule, row in table.items():

@@ -31,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import rerank
+from scoring import engines
+from scoring.choice import spearman
 
-import rerank as core  # noqa: E402
-from scoring import engines  # noqa: E402
-from scoring.choice import spearman  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 QUERIES = ["Which treatments reduce the risk of heart disease?", "How do bacteria become resistant to antibiotics?",
            "What causes inflammation in the brain?", "Does exercise change gene expression in muscle?",
@@ -75,7 +74,7 @@ def load_texts(path: str | None, minimum: int) -> list[str]:
         with open(path, encoding="utf-8") as handle:
             texts = [json.loads(line)["text"] for line in handle if line.strip()]
     else:
-        import corpus
+        from retrieval import corpus
 
         texts = [p.text for p in corpus.builtin_passages()]
     texts = [t for t in dict.fromkeys(texts) if len(t) > 200]
@@ -175,7 +174,7 @@ def main() -> int:
     from sentence_transformers import CrossEncoder
 
     device = engines.resolve_device(args.device)
-    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else core.packaged_model_path()
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else rerank.packaged_model_path()
     n_pairs = args.pairs // args.docs
     texts = load_texts(args.texts, args.docs * (args.reps + 1 + 2 * n_pairs + 2 * args.clients))
     gpu = torch.cuda.get_device_name(device) if device != "cpu" else "none"
@@ -236,7 +235,7 @@ def main() -> int:
             print(f"  {name} loaded in {time.perf_counter() - started:.1f} s", flush=True)
             for replica in scorer.pool.replicas if not graphs else []:
                 replica.graphs = None  # the packed pass launched kernel by kernel
-            fn = lambda q, d, s=scorer: core.rank(q, d, scorer=s, raw=True, long_documents="truncate").scores()  # noqa: E731
+            fn = lambda q, d, s=scorer: rerank.rank(q, d, scorer=s, raw=True, long_documents="truncate").scores()  # noqa: E731
             lat, scores = timed(fn, reqs, device)
             first = scorer.pool.replicas[0]
             how = ("padded" if type(first).__name__ != "PackedEngine" else
@@ -258,7 +257,7 @@ def main() -> int:
             p50 = float(np.median(lat))
             print(f"{name:<50}{p50 * 1000:>8.1f}{np.percentile(lat, 95) * 1000:>8.1f}{base / p50:>8.2f}{bulk_tp:>9.0f}"
                   f"{one_tp:>9.0f}{one_tp / rows[0][3]:>8.2f}{conc_tp:>11.0f}{rho:>10.4f}{diff:>10.4f}{mem:>9.2f}")
-        auto = core.load_scorer(str(ce_dir), allow_fallback=False, backend="auto", device=device,
+        auto = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend="auto", device=device,
                                 cache_dir=Path(tmp) / "cache")
         started = time.perf_counter()
         chosen = auto.tune(budget_s=120)
@@ -274,13 +273,13 @@ def main() -> int:
 def our_scorer(ce_dir: Path, name: str, device: str, cache: Path, *, packed: bool = True, workers: int = 1):
     """This project's scorer on one backend with no cache (every pair computed); ``packed=False`` swaps in padded
     replicas where the packed engine would serve."""
-    loaded = core.load_scorer(str(ce_dir), allow_fallback=False, backend=name, device=device, cache_dir=cache,
+    loaded = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend=name, device=device, cache_dir=cache,
                               workers=workers)
     if not packed:
         source = loaded.pool.source
         loaded.pool.swap(engines.replicas(name, source.path, source.layout, loaded.pool.tokenizer, cache_dir=cache,
                                           workers=workers, device=device, packed=False), loaded.backend)
-    return core.Scorer(loaded.info, loaded, cache_size=0, token_budget=loaded._token_budget,
+    return rerank.Scorer(loaded.info, loaded, cache_size=0, token_budget=loaded._token_budget,
                        batch_size=loaded._batch_size)
 
 
@@ -440,7 +439,7 @@ def breakdown(ce_dir: Path, reqs, device: str, cache: Path, workers: int = 1) ->
             t4 = clock()
             scorer.score_plan(plan, raw=True)
             t5 = clock()
-            core.rank(query, docs, scorer=scorer, raw=True, long_documents="truncate").scores()
+            rerank.rank(query, docs, scorer=scorer, raw=True, long_documents="truncate").scores()
             t6 = clock()
             if n >= len(reqs):  # the second round: every shape seen once
                 for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, begin.elapsed_time(end) / 1000, t5 - t4,
@@ -461,28 +460,28 @@ def cpu_rows(ce_dir: Path, reqs, cache: Path, *, measured: bool = False) -> None
     seed = CrossEncoder(str(ce_dir), device="cpu", max_length=512)
     seed_lat, _ = timed(lambda q, d, m=seed: m.predict([(q, x) for x in d], batch_size=32, show_progress_bar=False),
                         reqs, "cpu")
-    ours = core.load_scorer(str(ce_dir), allow_fallback=False, backend="torch", device="cpu", cache_dir=cache)
-    ours = core.Scorer(ours.info, ours, cache_size=0)
-    our_lat, _ = timed(lambda q, d: core.rank(q, d, scorer=ours, raw=True, long_documents="truncate").scores(), reqs, "cpu")
+    ours = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend="torch", device="cpu", cache_dir=cache)
+    ours = rerank.Scorer(ours.info, ours, cache_size=0)
+    our_lat, _ = timed(lambda q, d: rerank.rank(q, d, scorer=ours, raw=True, long_documents="truncate").scores(), reqs, "cpu")
     s, o = float(np.median(seed_lat)), float(np.median(our_lat))
     print(f"CPU only, {cores} cores, {len(reqs) - 1} requests of {len(reqs[0][1])} documents: seed p50 {s * 1000:.0f} ms "
           f"(torch, {cores} threads); ours (torch fp32, {ours.workers} workers x 1 thread) p50 {o * 1000:.0f} ms = "
           f"{s / o:.2f}x")
     if measured:
         started = time.perf_counter()
-        auto = core.load_scorer(str(ce_dir), allow_fallback=False, backend="auto", device="cpu", cache_dir=cache)
+        auto = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend="auto", device="cpu", cache_dir=cache)
         chosen = auto.tune(budget_s=150)
         print(f"  measured in {time.perf_counter() - started:.0f} s: {chosen.describe()}; shapes "
               + ", ".join(f"{r['shape']} {r['seconds']:.3f}s" if r["seconds"] else f"{r['shape']} ({r['note']})"
                           for r in chosen.shapes)
               + "; backends " + ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" for m in chosen.measurements
                                           if m.seconds is not None))
-        auto = core.Scorer(auto.info, auto, cache_size=0)
+        auto = rerank.Scorer(auto.info, auto, cache_size=0)
         torch.set_num_threads(cores)
         seed_lat, _ = timed(lambda q, d, m=seed: m.predict([(q, x) for x in d], batch_size=32,
                                                             show_progress_bar=False), reqs, "cpu")
         torch.set_num_threads(chosen.threads)
-        auto_lat, _ = timed(lambda q, d: core.rank(q, d, scorer=auto, raw=True, long_documents="truncate").scores(),
+        auto_lat, _ = timed(lambda q, d: rerank.rank(q, d, scorer=auto, raw=True, long_documents="truncate").scores(),
                             reqs, "cpu")
         s, a = float(np.median(seed_lat)), float(np.median(auto_lat))
         print(f"  seed p50 {s * 1000:.0f} ms; ours as measured ({chosen.backend}, {auto.workers} workers x "

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import rerank
+from retrieval import corpus
+from scoring import choice, engines
+from scoring.batching import padding_waste, plan_batches
+from service import assembly
+from service.settings import Settings
 
-import corpus  # noqa: E402
-import rerank as core  # noqa: E402
-from config import Settings  # noqa: E402
-from scoring import choice, engines  # noqa: E402
-from service import from_settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 QUERY = "How do I run a coroutine with a timeout and cancel it cleanly?"
 
@@ -57,7 +57,7 @@ def build_cross_encoder(target: Path) -> Path:
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     torch.manual_seed(0)
-    source = core.packaged_model_path()
+    source = rerank.packaged_model_path()
     model = BertForSequenceClassification.from_pretrained(str(source), num_labels=1)
     model.save_pretrained(str(target))
     tokenizer = AutoTokenizer.from_pretrained(str(source))
@@ -146,7 +146,7 @@ def main() -> int:
         floor_s = flop_per_request / (fp32 * 1e9)
 
         def seed_way(docs):
-            """The seed's call, with torch's default of one intra-op thread per core."""
+            """The seed's call, with torch's default of one intra-op thread per rerank."""
             threads = torch.get_num_threads()
             torch.set_num_threads(cores)
             try:
@@ -160,18 +160,18 @@ def main() -> int:
             if reason:
                 print(f"backend {name}: not measured ({reason})")
                 continue
-            loaded = core.load_scorer(str(ce_dir), allow_fallback=False, backend=name, cache_dir=cache)
+            loaded = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend=name, cache_dir=cache)
             if loaded.backend.backend == name:
-                scorers[name] = core.Scorer(loaded.info, loaded, cache_size=0)  # no cache hits
+                scorers[name] = rerank.Scorer(loaded.info, loaded, cache_size=0)  # no cache hits
         seed_name = "seed: CrossEncoder.predict bs=32"
-        services = {name: from_settings(Settings(), s) for name, s in scorers.items()}  # the front door every face uses
+        services = {name: assembly.build(Settings(), scorer=s) for name, s in scorers.items()}  # the front door every face uses
         variants = {seed_name: seed_way} | {f"ours: {name}": (lambda docs, s=s: s.rank(QUERY, docs, raw=True).scores())
                                             for name, s in services.items()}
         results = {name: time_variant(fn, requests) for name, fn in variants.items()}
         some = next(iter(scorers.values()))
         plans = [(some.plan(QUERY, r).lengths, r) for r in requests]
-        seed_waste = np.mean([core.padding_waste(lens, core.plan_batches(lens, 10**9, 32)) for lens, _ in plans])
-        our_waste = np.mean([core.padding_waste(lens, core.plan_batches(lens, 1024, 32)) for lens, _ in plans])
+        seed_waste = np.mean([padding_waste(lens, plan_batches(lens, 10**9, 32)) for lens, _ in plans])
+        our_waste = np.mean([padding_waste(lens, plan_batches(lens, 1024, 32)) for lens, _ in plans])
         reference = results[seed_name]
         base_p50 = float(np.median(reference[0]))
         print(f"\nmachine: {cores} cores, {some.workers} scoring workers, fp32 matmul {fp32:.0f} GFLOP/s (measured), "
@@ -203,8 +203,8 @@ def main() -> int:
               f"{our_tp / seed_tp:.2f}x; fp32 floor {fp32 * 1e9 / pair_flop:.1f} pairs/s "
               f"(ours at {our_tp * pair_flop / (fp32 * 1e9):.0%} of it)")
 
-        embedder = from_settings(Settings(), core.load_scorer(str(core.packaged_model_path()), allow_fallback=False,
-                                                              backend=best, cache_dir=cache))
+        embedder = assembly.build(Settings(), scorer=rerank.load_scorer(str(rerank.packaged_model_path()),
+                                                                      allow_fallback=False, backend=best, cache_dir=cache))
         cold = [d for r in requests for d in r][: args.docs]
         started = time.perf_counter()
         embedder.rank(QUERY, cold)
@@ -270,7 +270,6 @@ def _clients(url: str, batches: list[list[str]], clients: int) -> tuple[float, f
 
 def serve_benchmark(requests: list[list[str]], ce_dir: Path, backend: str, tmp: Path, clients: int = 8) -> None:
     """(c)-(e): the seed's app and ours on the same cross-encoder over HTTP; cold start of the embedded default."""
-    sys.path.insert(0, str(ROOT / "bench"))
     import load
 
     rng = np.random.default_rng(1)
@@ -283,7 +282,7 @@ def serve_benchmark(requests: list[list[str]], ce_dir: Path, backend: str, tmp: 
             (f"ours ({backend})", [sys.executable, str(ROOT / "app.py")],
              {"RERANK_MODEL": str(ce_dir), "RERANK_BACKEND": backend, "RAG_AUGMENT_CACHE": str(tmp / "cache"),
               "CORPUS_PATH": str(ROOT / "README.md")}, 1)):
-        port = load._free_port()
+        port = load.free_port()
         proc, cold = _start(command, {**env, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}, port, tmp)
         try:
             seq, conc = _clients(f"http://127.0.0.1:{port}/", batches[part * 2 * clients:(part + 1) * 2 * clients], clients)
@@ -301,12 +300,11 @@ def serve_benchmark(requests: list[list[str]], ce_dir: Path, backend: str, tmp: 
 
 def cold_start_rows(tmp: Path) -> None:
     """(d) ``python app.py`` on the embedded default: first start on an empty cache, then a restart keeping it."""
-    sys.path.insert(0, str(ROOT / "bench"))
     import load
 
     cache = tmp / "default-cache"
     for attempt in ("first start, empty cache", "restart, cache kept"):
-        port = load._free_port()
+        port = load.free_port()
         proc, cold = _start([sys.executable, str(ROOT / "app.py")],
                             {"RAG_AUGMENT_CACHE": str(cache), "CORPUS_PATH": str(ROOT / "README.md"),
                              "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}, port, tmp)
@@ -327,11 +325,9 @@ def first_minute(tmp: Path, seconds: float = 60.0) -> None:
     import subprocess
 
     import httpx
-
-    sys.path.insert(0, str(ROOT / "bench"))
     import load
 
-    port = load._free_port()
+    port = load.free_port()
     env = {**os.environ, "MALLOC_ARENA_MAX": "2", "RAG_AUGMENT_CACHE": str(tmp / "fresh-cache"),
            "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
     env.pop("CORPUS_PATH", None)

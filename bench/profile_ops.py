@@ -11,13 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import latency
+
+import rerank
+from scoring.batching import plan_batches
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import latency  # noqa: E402
-
-import rerank as core  # noqa: E402
 
 
 def main() -> int:
@@ -26,14 +25,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         ce_dir = latency.build_cross_encoder(Path(tmp) / "ce")
-        scorer = core.load_scorer(str(ce_dir), allow_fallback=False, backend="torch", workers=1)
+        scorer = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend="torch", workers=1)
         engine = scorer.pool.replicas[0]
         torch.set_num_threads(1)
         from transformers import AutoTokenizer
 
         docs = latency.make_requests(2, 50, AutoTokenizer.from_pretrained(str(ce_dir)))
         scorer.score(latency.QUERY, docs[0])
-        groups = core.plan_batches(scorer.plan(latency.QUERY, docs[1]).lengths, 1024, 32)
+        groups = plan_batches(scorer.plan(latency.QUERY, docs[1]).lengths, 1024, 32)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for group in groups:
                 engine.score_pairs(latency.QUERY, [docs[1][j] for j in group])

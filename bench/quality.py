@@ -12,23 +12,26 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import evaluate
+import rerank
+from evaluation import harness
+from scoring.ranking import (
+    DEFAULT_POLICY,
+    ScoringPolicy,
+)
 
-import evaluate  # noqa: E402
-import rerank as core  # noqa: E402
-from scoring.ranking import ScoringPolicy  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EVAL_DIR = ROOT.parent / "shared" / "eval"
 SETS = ["scifact", "trec-dl-2019-passage", "cranfield"]
-CONFIGS = [ScoringPolicy(fusion="none", name="rerank"), core.DEFAULT_POLICY,
+CONFIGS = [ScoringPolicy(fusion="none", name="rerank"), DEFAULT_POLICY,
            *(ScoringPolicy(fusion="rrf", weight=w, name=f"rrf w={w}") for w in (0.5, 0.6, 0.7, 0.8)),
            *(ScoringPolicy(fusion="interpolate", weight=a, name=f"interp a={a}") for a in (0.3, 0.5, 0.6, 0.7, 0.8))]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(core.packaged_model_path()))
+    parser.add_argument("--model", default=str(rerank.packaged_model_path()))
     parser.add_argument("--limit", type=int)
     parser.add_argument("--long", default="truncate,chunk")
     args = parser.parse_args()
@@ -39,16 +42,16 @@ def main() -> int:
     table: dict[tuple[str, str], float] = {}
     first: dict[str, float] = {}
     for name in SETS:
-        dataset = evaluate.load_dataset(EVAL_DIR / name)
-        pools = evaluate.read_run(EVAL_DIR / name / "candidates" / "bm25_top100.trec")
+        dataset = harness.load_dataset(EVAL_DIR / name)
+        pools = harness.read_run(EVAL_DIR / name / "candidates" / "bm25_top100.trec")
         for mode in args.long.split(","):
             started = time.perf_counter()
-            scored = evaluate.score_candidates(dataset, pools, service, long_documents=mode, limit=args.limit)
+            scored = harness.score_candidates(dataset, pools, service, long_documents=mode, limit=args.limit)
             qrels = {q: dataset.qrels[q] for q in scored}
             first_run = {q: list(zip(ids, f.tolist(), strict=True)) for q, (ids, f, _) in scored.items()}
-            first[name] = evaluate.measure(qrels, first_run, mrr_threshold=dataset.mrr_threshold)[0]["ndcg@10"]
+            first[name] = harness.measure(qrels, first_run, mrr_threshold=dataset.mrr_threshold)[0]["ndcg@10"]
             for config in CONFIGS:
-                means = evaluate.measure(qrels, evaluate.build_run(scored, config), mrr_threshold=dataset.mrr_threshold)[0]
+                means = harness.measure(qrels, harness.build_run(scored, config), mrr_threshold=dataset.mrr_threshold)[0]
                 table[(f"{config.name} [{mode}]", name)] = means["ndcg@10"]
             print(f"{name} [{mode}] scored in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     print(f"{'configuration':<28}" + "".join(f"{s:>22}" for s in SETS) + f"{'mean':>8}{'min gain':>10}")

@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import retrieval_client as rc
+from retrieval import corpus
+from retrieval.index import LocalIndex
+from scoring.loading import packaged_scorer
+from service import assembly
+from service.settings import Settings
 
-import corpus  # noqa: E402
-import retrieval_client as rc  # noqa: E402
-from config import Settings  # noqa: E402
-from local_index import LocalIndex  # noqa: E402
-from scoring.loading import packaged_scorer  # noqa: E402
-from service import from_settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 QUERIES = ["How do I parse JSON from a string?", "run a function in a background thread",
            "create a temporary directory that is removed automatically", "compress a file with gzip",
@@ -74,7 +73,7 @@ def builtin(queries: list[str], settings: Settings) -> None:
     """(a) the built-in corpus, as the app serves it."""
     model = packaged_scorer(cache_dir=settings.cache_dir)
     retriever = rc.LocalRetriever.build(corpus_path=None, cache_dir=settings.cache_dir, embedder=model)
-    service = from_settings(settings, model, retriever)
+    service = assembly.build(settings, scorer=model, retriever=retriever)
     print(f"(a) {retriever.description}; reranker {model.info.name} ({model.info.mode}, {model.backend.backend})")
     for mode in ("dense", "lexical", "hybrid"):
         p50, p90 = timed(lambda q, m=mode: retriever.search(q, 50, m), queries)

@@ -18,16 +18,13 @@ import time
 from pathlib import Path
 
 import httpx
+import latency
+import load
 import numpy as np
 
+from deploy import scale_out
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import latency  # noqa: E402
-import load  # noqa: E402
-
-import scale_out  # noqa: E402
 
 
 def drive(url: str, clients: int, seconds: float, docs: int) -> dict:
@@ -77,7 +74,7 @@ def main() -> int:
         for replicas, batch in ((1, 1), (1, 16), (2, 1), (2, 16)):
             port = scale_out._free_port()
             started = time.perf_counter()
-            scale_out.up(port, ROOT / "serve_config.yaml", cpus=os.cpu_count(), replicas=replicas, max_batch_size=batch)
+            scale_out.up(port, scale_out.CONFIG, cpus=os.cpu_count(), replicas=replicas, max_batch_size=batch)
             up_s = time.perf_counter() - started
             try:
                 url = f"http://127.0.0.1:{port}"

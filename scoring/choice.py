@@ -155,6 +155,7 @@ class Choice:
     workers: int | None = None  # None: one per core (the default shape)
     threads: int = 1
     shapes: list[dict] = field(default_factory=list)  # workers x threads measured on the chosen backend
+    provisional: bool = False  # the default, served until the backends have been measured on this machine
 
     @property
     def precision(self) -> str:

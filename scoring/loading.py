@@ -60,7 +60,7 @@ def _initial_choice(backend: str, source: ModelSource) -> choosing.Choice:
         return choosing.Choice(backend, "set by RERANK_BACKEND", device=device)
     remembered = (choosing.load_choice(source.path, source.layout, source.cache_dir, device=device)
                   if source.cache_dir else None)
-    return remembered or choosing.Choice(engines.backends_for(device)[0], UNMEASURED, device=device)
+    return remembered or choosing.Choice(engines.backends_for(device)[0], UNMEASURED, device=device, provisional=True)
 
 
 def _graph_pool(path: Path, layout, backend: str, cache_dir: Path | None, trust_remote_code: bool,
@@ -95,7 +95,7 @@ def _causal_pool(path: Path, backend: str, cache_dir: Path | None, trust_remote_
     if backend == "auto":
         remembered = choosing.load_choice(path, layout, cache_dir, device=device) if cache_dir else None
         choice = (remembered if remembered and remembered.backend in names
-                  else choosing.Choice(names[0], UNMEASURED, device=device))
+                  else choosing.Choice(names[0], UNMEASURED, device=device, provisional=True))
     elif backend in names:
         choice = choosing.Choice(backend, "set by RERANK_BACKEND", device=device)
     else:

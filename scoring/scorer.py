@@ -100,7 +100,7 @@ class Scorer:
     @property
     def engine(self) -> str:
         """How the forward pass runs (padded batches; packed pairs with flash attention and CUDA graphs on a GPU)."""
-        return getattr(self._pool.replicas[0], "how", "")
+        return self._pool.replicas[0].how
 
     @property
     def workers(self) -> int:
@@ -266,7 +266,7 @@ class Scorer:
             with self._pool.ticket() as own:
                 return self.score_plans(plans, raw=raw, ticket=own)
         shared = (self.info.mode == "cross-encoder" and all(p.encodings is not None for p in plans)
-                  and hasattr(self._pool.replicas[0], "score_encoded_pairs"))
+                  and self._pool.replicas[0].takes_tokens)
         if shared:
             flat = self._encoded_logits([(p, i) for p in plans for i in range(len(p.units))], ticket)
             per_plan, start = [], 0
@@ -392,7 +392,7 @@ class Scorer:
     def needs_tuning(self) -> bool:
         """True when the backend is ``auto`` and no measured choice exists yet for this model here."""
         source = self._pool.source
-        return bool(source and source.needs_tuning and self.backend.how == UNMEASURED)
+        return bool(source and source.needs_tuning and self.backend.provisional)
 
     def tune(self, budget_s: float | None = None) -> choosing.Choice:
         """Measure every backend here on the probe and, if another is the better choice, serve with it from now on

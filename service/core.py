@@ -95,7 +95,7 @@ class Service:
                  policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None,
                  batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None,
                  instruction: str | None = None) -> None:
-        from retrieval_client import NoRetriever
+        from retrieval.retrievers import NoRetriever
 
         self.models = models
         self.limits = limits
@@ -186,13 +186,13 @@ class Service:
     def _record(self, call: Call, status: int, seconds: float, error: ServiceError | None) -> None:
         self.metrics.observe(call.face, call.route, status, seconds, call.documents)
         if error is not None:
-            error.recorded = True  # type: ignore[attr-defined]
+            error.recorded = True
             if status < 500:
                 log.info("%s %s request %s: %d %s", call.face, call.route, call.id, status, error.message)
 
     def refuse(self, face: str, route: str, error: ServiceError) -> ServiceError:
         """Count and log a refusal made by a face before the service was called (key, body size, schema)."""
-        if not getattr(error, "recorded", False):
+        if not error.recorded:
             self._record(Call(face, route, "-", CancelToken()), error.status, 0.0, error)
         return error
 
@@ -286,7 +286,7 @@ class Service:
     @staticmethod
     def _mode(mode: object) -> str | None:
         """A retrieval mode as given (None: the retriever's own), checked; an unknown one is the caller's error."""
-        import hybrid
+        from retrieval import hybrid
 
         try:
             return None if mode is None or mode == "" else hybrid.check_mode(mode)
@@ -294,7 +294,7 @@ class Service:
             raise InvalidInput(str(exc)) from None
 
     def _search(self, query: str, k: object, retriever, mode: object = None) -> pd.DataFrame:
-        import retrieval_client as rc
+        from retrieval import retrievers as rc
 
         query = ranking.validate_query(query)
         try:
@@ -320,13 +320,12 @@ class Service:
                           client: str | None = None):
         """Retrieve k passages (``mode`` as :meth:`search`), rerank them, keep the best top_n (a
         :class:`pipeline.PipelineResult`)."""
-        import pipeline
+        from service import pipeline
 
         with self.call(face, route, token, client) as call:
             top_n = ranking.validate_top_n(int(top_n) if isinstance(top_n, float) and top_n.is_integer() else top_n)
             mode = self._mode(mode)
-            kind = getattr(retriever or self.retriever, "first_stage", None)  # a remote Space's is unknown
-            policy = self.policy.for_first_stage(kind(mode) if kind else None)
+            policy = self.policy.for_first_stage((retriever or self.retriever).first_stage(mode))
             return pipeline.retrieve_and_rerank(query, search=lambda q, n: self._search(q, n, retriever, mode), k=k,
                                                 top_n=top_n, rank_fn=partial(self._rank, call), policy=policy,
                                                 max_documents=self.limits.max_documents)
@@ -334,7 +333,7 @@ class Service:
     def index_upload(self, path: str, *, face: str = "gradio", route: str = "index_upload", progress=None,
                      token: CancelToken | None = None, client: str | None = None):
         """Index one session's uploaded corpus in memory, within the upload limits (a :class:`PrivateCorpus`)."""
-        from local_index import LocalIndexError
+        from retrieval.index import LocalIndexError
         from service.uploads import build_private_corpus
 
         with self.call(face, route, token, client):
@@ -365,16 +364,3 @@ class Service:
                            "max_body_bytes": limits.max_body_bytes,
                            "max_upload_bytes": limits.max_upload_bytes, "max_upload_passages": limits.max_upload_passages},
                 "auth": self.keys.required}
-
-
-def from_settings(settings, scorer, retriever=None, extra_scorers=(), *, embedder=None) -> Service:
-    """The service as configured (``config.Settings``): limits, key and fusion policy; every entry point builds it so."""
-    limits = Limits(max_documents=settings.max_documents, max_request_tokens=settings.max_request_tokens,
-                    max_in_flight=settings.max_queue, max_in_flight_per_client=settings.max_in_flight_per_client,
-                    max_body_bytes=settings.max_body_bytes,
-                    max_upload_bytes=settings.max_upload_bytes, max_upload_passages=settings.max_upload_passages,
-                    upload_ttl_seconds=settings.upload_ttl)
-    policy = ScoringPolicy(fusion=settings.fusion, weight=settings.fusion_weight, hybrid_weight=settings.hybrid_fusion_weight)
-    embedder = embedder or (scorer if scorer.info.mode == "embedding" else None)
-    return Service(Models(scorer, list(extra_scorers)), limits=limits, api_key=settings.api_key, policy=policy,
-                   retriever=retriever, embedder=embedder, instruction=settings.instruction)

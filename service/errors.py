@@ -16,6 +16,7 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.recorded = False  # counted and logged once, by whichever layer saw it first
 
 
 class InvalidInput(ServiceError):

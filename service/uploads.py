@@ -12,13 +12,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval import corpus
+from retrieval.index import LocalIndex
+from retrieval.retrievers import LocalRetriever, Retriever
 from service.errors import InvalidInput, TooLarge
 
 log = logging.getLogger("rag_augment.uploads")
 
 
 @dataclass
-class PrivateCorpus:
+class PrivateCorpus(Retriever):
     """One session's uploaded corpus and its in-memory index."""
 
     name: str
@@ -47,10 +50,6 @@ class PrivateCorpus:
 
 def build_private_corpus(path: str | Path, *, embedder, max_bytes: int, max_passages: int, progress=None) -> PrivateCorpus:
     """Index an uploaded file in memory, within the size and passage limits."""
-    import corpus
-    import retrieval_client as rc
-    from local_index import LocalIndex
-
     path = Path(path)
     try:
         size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -66,4 +65,4 @@ def build_private_corpus(path: str | Path, *, embedder, max_bytes: int, max_pass
         raise TooLarge(f"the upload splits into {len(passages):,} passages; the limit is {max_passages:,} "
                        "(RERANK_MAX_UPLOAD_PASSAGES)")
     index = LocalIndex.open(passages, embedder, path=None, name=path.name, progress=progress)
-    return PrivateCorpus(path.name, rc.LocalRetriever(index), len(passages))
+    return PrivateCorpus(path.name, LocalRetriever(index), len(passages))

@@ -1,46 +1,33 @@
-"""Shared fixtures: real models (loaded once per session), a live app, a stand-in retrieval Space."""
+"""Shared fixtures: real models (loaded once per session), stand-in retrieval Spaces, the event-loop guard, and the
+tiers (unit, integration, e2e) marked by folder. Helpers that are not fixtures live in ``tests.support``."""
 
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 
-import gradio as gr
-import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import rerank
+from scoring.synthetic import build_tiny_cross_encoder
+from tests.support import EVAL_DIR, LOOP_MONITORS, MAX_LOOP_LAG, stand_in_space
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-import rerank as core  # noqa: E402
-
-EVAL_DIR = ROOT.parent / "shared" / "eval"
+TIERS = ("unit", "integration", "e2e")
 
 
-def build_tiny_cross_encoder(target: Path, *, seed: int = 0) -> Path:
-    """Save a small BERT cross-encoder (one-logit head) with the packaged model's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(str(core.packaged_model_path()))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
-                        num_labels=1)
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
-    model.save_pretrained(str(target))
-    tokenizer.model_max_length = 512
-    tokenizer.save_pretrained(str(target))
-    return target
+def pytest_collection_modifyitems(items) -> None:
+    """Each test is marked with its tier, the folder it lives in (``make test-fast`` runs the unit tier)."""
+    for item in items:
+        tier = next((t for t in TIERS if f"/tests/{t}/" in str(item.path)), None)
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")
-def packaged_scorer() -> core.Scorer:
+def packaged_scorer() -> rerank.Scorer:
     """The packaged all-MiniLM-L6-v2, the offline default, in embedding mode."""
-    return core.packaged_scorer()
+    return rerank.packaged_scorer()
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +37,9 @@ def tiny_cross_encoder_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_scorer(tiny_cross_encoder_dir) -> core.Scorer:
+def tiny_scorer(tiny_cross_encoder_dir) -> rerank.Scorer:
     """The tiny cross-encoder loaded through the same path as a hub model."""
-    return core.get_scorer(str(tiny_cross_encoder_dir), allow_fallback=False)
+    return rerank.get_scorer(str(tiny_cross_encoder_dir), allow_fallback=False)
 
 
 @pytest.fixture(scope="session")
@@ -63,37 +50,12 @@ def eval_dir() -> Path:
     return EVAL_DIR
 
 
-PASSAGES = pd.DataFrame({
-    "url": ["https://e.org/ai", "https://e.org/bread", "https://e.org/ml"],
-    "text": ["AI will change the future of work.", "Bread needs yeast.", "Machine learning models learn from data."],
-    "distance": [0.2, 0.8, 0.4],
-})
-
-
-def _space(behaviour: str) -> gr.Blocks:
-    """A real Gradio app with the retrieval Space's endpoint; ``behaviour`` picks how it answers."""
-
-    def similarity_search(query: str, k: int) -> pd.DataFrame:
-        if behaviour == "slow":
-            time.sleep(5)
-        if behaviour == "wrong-columns":
-            return pd.DataFrame({"link": ["x"], "content": ["y"]})
-        return PASSAGES.sort_values("distance").head(int(k))
-
-    with gr.Blocks() as demo:
-        q = gr.Textbox(label="query")
-        k = gr.Number(label="k", value=5, precision=0)
-        out = gr.Dataframe()
-        gr.Button().click(similarity_search, [q, k], out, api_name="similarity_search")
-    return demo
-
-
 @pytest.fixture(scope="session")
 def spaces():
     """Stand-in retrieval Spaces on loopback: good, slow and wrong-columns."""
     urls, demos = {}, []
     for behaviour in ["good", "slow", "wrong-columns"]:
-        demo = _space(behaviour)
+        demo = stand_in_space(behaviour)
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
         urls[behaviour] = url
         demos.append(demo)
@@ -102,24 +64,10 @@ def spaces():
         demo.close()
 
 
-class CountingEmbedder:
-    """Wraps an embedder and counts document-embedding calls (to prove an index is reused)."""
-
-    def __init__(self, inner, fingerprint: str | None = None) -> None:
-        self.inner = inner
-        self.fingerprint = fingerprint or inner.fingerprint
-        self.document_texts = 0
-
-    def embed(self, texts, *, query: bool = False, background: bool = False):
-        if not query:
-            self.document_texts += len(texts)
-        return self.inner.embed(texts, query=query, background=background)
-
-
 @pytest.fixture(scope="session")
 def small_corpus():
     """A few stdlib modules' docs: the built-in corpus in miniature."""
-    import corpus
+    from retrieval import corpus
 
     return corpus.builtin_passages(modules={"json", "tempfile", "threading", "zipfile"})
 
@@ -127,30 +75,10 @@ def small_corpus():
 @pytest.fixture(scope="session")
 def local_retriever(packaged_scorer, small_corpus):
     """The small corpus indexed in memory with the packaged model."""
-    import retrieval_client as rc
-    from local_index import LocalIndex
+    from retrieval.index import LocalIndex
+    from retrieval.retrievers import LocalRetriever
 
-    return rc.LocalRetriever(LocalIndex.open(small_corpus, packaged_scorer, path=None, name="small corpus"))
-
-
-class GatedScorer(core.Scorer):
-    """The real model, held at a gate so a test can keep requests in flight (open the gate to let them through)."""
-
-    def __init__(self, base: core.Scorer) -> None:
-        import threading
-
-        super().__init__(base.info, base)
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def score_plan(self, *args, **kwargs):
-        self.entered.set()
-        self.gate.wait(60)
-        return super().score_plan(*args, **kwargs)
-
-
-LOOP_MONITORS: list = []  # the loop-lag monitor of every server the tests started (see loop_lag_guard)
-MAX_LOOP_LAG = 0.25
+    return LocalRetriever(LocalIndex.open(small_corpus, packaged_scorer, path=None, name="small corpus"))
 
 
 @pytest.fixture(autouse=True)
@@ -170,32 +98,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         worst = max(m.worst for m in LOOP_MONITORS)
         terminalreporter.write_line(f"event-loop lag: worst {worst * 1000:.0f} ms over {len(LOOP_MONITORS)} served apps "
                                     f"(limit {MAX_LOOP_LAG * 1000:.0f} ms)")
-
-
-def serve_in_thread(app, host: str = "127.0.0.1"):
-    """Run an ASGI app with uvicorn on a free loopback port, its event-loop lag watched; returns (base_url, server)."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not server.started:
-        raise RuntimeError("test server did not start")
-    service = getattr(getattr(app, "state", None), "service", None)
-    if service is not None:
-        LOOP_MONITORS.append(service.metrics.loop_lag)
-        import httpx
-
-        httpx.get(f"http://{host}:{port}/health", timeout=10)  # the first request starts the monitor
-    return f"http://{host}:{port}", server
 
 
 def _hypothesis_profile() -> None:

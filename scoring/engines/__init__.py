@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 
 from scoring.checkpoint import Layout
+from scoring.engines.base import Engine  # noqa: F401  (the interface every engine implements)
 from scoring.errors import BackendError
 from scoring.tokenizer import TextTokenizer
 
@@ -30,18 +27,6 @@ NATIVE_BF16 = ("torch-bf16", "openvino-bf16")
 PRECISION = {"torch": "fp32", "torch-bf16": "bf16", "onnxruntime": "fp32", "openvino": "fp32",
              "openvino-bf16": "bf16", "onnxruntime-int8": "int8 (dynamic)", "cuda-fp32": "fp32", "cuda-fp16": "fp16",
              "cuda-bf16": "bf16"}
-
-
-class Engine(Protocol):
-    """One replica of a model on one runtime; used by one thread at a time."""
-
-    name: str
-
-    def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
-        """Raw ranking logits of (query, document) pairs (cross-encoders)."""
-
-    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
-        """Unit-length embeddings, one row per text (embedding models)."""
 
 
 def cpu_has_native_bf16() -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from scoring.checkpoint import Layout
+from scoring.engines.base import Engine
 from scoring.tokenizer import TextTokenizer
 
 
@@ -25,11 +26,13 @@ def pool(hidden: np.ndarray, mask: np.ndarray, layout: Layout) -> np.ndarray:
     return out
 
 
-class GraphEngine:
+class GraphEngine(Engine):
     """Tokenize, run a forward function, pool: shared by the torch, ONNX Runtime and OpenVINO engines.
 
     One replica is used by one thread at a time (its tokenizer is not thread-safe).
     """
+
+    takes_tokens = True
 
     def __init__(self, name: str, tokenizer: TextTokenizer, layout: Layout, forward: Callable[[dict], np.ndarray],
                  inputs: Sequence[str], *, model=None, device: str = "cpu", pad_to_multiple_of: int | None = None) -> None:
@@ -37,7 +40,6 @@ class GraphEngine:
         self.model = model  # the torch module behind a torch engine (copied for more CPU replicas, shared on a GPU)
         self.device = device
         self._multiple = pad_to_multiple_of
-        self.how = "padded batches"  # how the pass runs, for /info and the page
 
     def _run(self, items) -> tuple[np.ndarray, np.ndarray]:
         batch = self.tokenizer.batch(items, self.layout.max_length, pad_to_multiple_of=self._multiple)

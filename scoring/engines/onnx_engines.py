@@ -131,6 +131,6 @@ def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, thr
 
 def remove_stale_exports(cache_dir: Path) -> list[Path]:
     """Delete half-written exports left by processes that are gone (their pid is in the name)."""
-    from stale_files import remove_if_owner_gone
+    from scoring.stale_files import remove_if_owner_gone
 
     return remove_if_owner_gone(Path(cache_dir).glob(f"backends/*/*{PARTIAL}"), lambda p: p.name.split(".")[-3])

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from scoring.checkpoint import Layout
+from scoring.engines.base import Engine
 from scoring.tokenizer import TextTokenizer, pack_flat
 
 log = logging.getLogger("rag_augment.engines")
@@ -206,14 +207,16 @@ def _model_lock(model) -> threading.Lock:
     return model.graph_lock
 
 
-class PackedEngine:
+class PackedEngine(Engine):
     """A cross-encoder replica that scores pairs packed end to end on a GPU (same interface as the padded engines)."""
+
+    takes_tokens = True
+    merges = True  # a pair's score does not depend on what shares its batch: requests may share one
 
     def __init__(self, name: str, tokenizer: TextTokenizer, layout: Layout, model, *, device: str,
                  attention: Attention) -> None:
         self.name, self.tokenizer, self.layout, self.model, self.device = name, tokenizer, layout, model, device
         self.encoder = PackedEncoder(model, attention)
-        self.merges = True  # a pair's score does not depend on what shares its batch: requests may share one
         self.graphs: GraphCache | None = None  # see use_graphs
 
     def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
@@ -230,9 +233,6 @@ class PackedEngine:
     def how(self) -> str:
         """How the pass runs, for /info and the page."""
         return "pairs packed end to end, variable-length flash attention" + (", CUDA graphs" if self.graphs else "")
-
-    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
-        raise NotImplementedError("the packed engine scores cross-encoder pairs; embedding models run padded")
 
     def use_graphs(self, on: bool = True) -> str | None:
         """Replay the pass as CUDA graphs (on a GPU): checked on a short batch against the plain pass; returns why

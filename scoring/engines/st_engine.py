@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from scoring.checkpoint import Layout, Mode
+from scoring.engines.base import Engine
 from scoring.errors import BackendError
 from scoring.tokenizer import TextTokenizer
 
@@ -26,12 +27,13 @@ def causal_backends(device: str) -> tuple[str, ...]:
     return CAUSAL_BACKENDS["cpu" if device == "cpu" else "cuda"]
 
 
-class SentenceTransformersEngine:
+class SentenceTransformersEngine(Engine):
     """One sentence-transformers model replica; scores and embeddings as the library computes them."""
+
+    how = "sentence-transformers"
 
     def __init__(self, model, layout: Layout, name: str = ST_BACKEND) -> None:
         self.model, self.layout, self.name = model, layout, name
-        self.how = "sentence-transformers"  # how the pass runs, for /info and the page
 
     def score_pairs(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
         """Raw ranking logits of (query, document) pairs; ``instruction`` is the prompt sentence-transformers gives the

@@ -1,0 +1,92 @@
+"""Checkpoints built here from the packaged model's files, nothing downloaded: what the tests and benchmarks score
+(a tiny BERT cross-encoder, Qwen3-shaped causal-LM rerankers, tiny or at the real 0.6B shape).
+
+A Qwen3-shaped causal-LM reranker gets a word-level tokenizer made from the packaged model's
+vocabulary (with or without the "yes"/"no" tokens) and a Qwen3-Reranker-style chat template that
+renders a (query, document) pair and takes the instruction as its system message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scoring.checkpoint import packaged_model_path
+
+QWEN3_RERANKER_TEMPLATE = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    "provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n<Instruct>: "
+    "{%- set ns = namespace(instruction='Given a web search query, retrieve relevant passages that answer the query') -%}"
+    "{%- for m in messages if m.role == 'system' -%}{%- set ns.instruction = m.content -%}{%- endfor -%}"
+    " {{ ns.instruction }}\n<Query>: {{ (messages | selectattr('role', 'eq', 'query') | first).content }}\n"
+    "<Document>: {{ (messages | selectattr('role', 'eq', 'document') | first).content }}<|im_end|>\n"
+    "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+
+# the shape of Qwen/Qwen3-Reranker-0.6B (its vocabulary is smaller here: the word-level one built below)
+QWEN3_06B = {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+             "head_dim": 128, "intermediate_size": 3072}
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+        "intermediate_size": 64}
+
+
+def word_tokenizer(*, yes_no: bool = True, chat_template: str | None = QWEN3_RERANKER_TEMPLATE,
+                   words_from: Path | None = None):
+    """A fast word-level tokenizer over a WordPiece vocabulary's whole words (``words_from``: a folder with its
+    tokenizer.json; default the packaged model's), left padding as causal rerankers use."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    source = Path(words_from) if words_from else packaged_model_path()
+    bert = json.loads((source / "tokenizer.json").read_text())["model"]["vocab"]
+    words = [w for w in bert if w.isalpha() and (yes_no or w not in ("yes", "no"))]
+    vocab = {t: i for i, t in enumerate(SPECIALS + list(":<>\"'.,?!()/-") + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.add_special_tokens(SPECIALS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>", model_max_length=32768, padding_side="left")
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def build_causal_reranker(target: Path, *, yes_no: bool = True, layout: str = "plain", shape: dict | None = None,
+                          seed: int = 0, words_from: Path | None = None) -> Path:
+    """A Qwen3ForCausalLM with random weights saved as a plain checkpoint (``layout="plain"``) or as a
+    sentence-transformers CrossEncoder module chain (``"st"``: Transformer + LogitScore)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = word_tokenizer(yes_no=yes_no, words_from=words_from)
+    config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=32768, tie_word_embeddings=True,
+                         pad_token_id=0, eos_token_id=2, **(shape or TINY))
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).eval()
+    target = Path(target)
+    plain = target if layout == "plain" else target.with_name(target.name + "-plain")
+    model.save_pretrained(str(plain))
+    tokenizer.save_pretrained(str(plain))
+    if layout == "st":
+        from sentence_transformers import CrossEncoder
+
+        CrossEncoder(str(plain), device="cpu").save_pretrained(str(target))
+    return target
+
+
+def build_tiny_cross_encoder(target: Path, *, seed: int = 0) -> Path:
+    """Save a small BERT cross-encoder (one-logit head, random weights) with the packaged model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+                        num_labels=1)
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(str(target))
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(str(target))
+    return target
