@@ -171,11 +171,13 @@ def soak_scenario(url: str, pid: int, *, seconds: float = 600.0, clients: int = 
             n = 0
             while time.monotonic() < deadline:
                 n += 1
+                hostile = n % 10 == k % 10
+                route = f"hostile-{n // 10 % 4}" if hostile else ("gradio", "v2", "v1", "tei")[n % 4]
                 try:
-                    if n % 10 == k % 10:
+                    if hostile:
                         status = _hostile_request(client, url, n // 10 % 4, rng)
                     else:
-                        wrong = one_request(client, gradio, ("gradio", "v2", "v1", "tei")[n % 4], make_documents(rng, docs))
+                        wrong = one_request(client, gradio, route, make_documents(rng, docs))
                         status = 200
                         with lock:
                             lost[0] += wrong
@@ -183,7 +185,7 @@ def soak_scenario(url: str, pid: int, *, seconds: float = 600.0, clients: int = 
                     status = exc.response.status_code
                 except Exception as exc:  # a client-side failure: counted, the soak goes on
                     with lock:
-                        errors.append(f"{type(exc).__name__}: {str(exc)[:100]}")
+                        errors.append(f"{route}: {type(exc).__name__}: {str(exc)[:100]}")
                     continue
                 with lock:
                     statuses[status] = statuses.get(status, 0) + 1

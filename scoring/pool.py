@@ -219,8 +219,11 @@ class WorkerPool:
         return [t for t in self._open if t.pending]
 
     def _take(self, ticket: Ticket) -> Job:
+        """A ticket's next batch; the present (virtual time) moves on by the batch's fair share of the pool, never back,
+        so a client's credited start is bounded and a stream of new clients cannot starve an older request."""
+        waiting = len({id(t.share) for t in self._open if t.pending})
         cost, fn, future = ticket.pending.popleft()
-        self._clock = ticket.share.served
+        self._clock = max(self._clock, ticket.share.served) + cost / max(1, waiting)
         ticket.served += cost
         ticket.share.served += cost
         return ticket, cost, fn, future

@@ -247,3 +247,25 @@ def test_background_work_waits_while_a_request_is_in_the_service_even_between_it
     assert done.wait(5) and [label for label, _ in log] == ["bg0", "bg1"]
     worker.join(5)
     build.__exit__(None, None, None)
+
+
+def test_a_stream_of_new_clients_never_starves_an_older_request():
+    log: list = []
+    pool = _pool(1, log, seconds=0.002)
+    old = pool.ticket("old", client="old")
+    waiting = threading.Thread(target=pool.run, args=(old, [(1000, _task(f"old{i}")) for i in range(5)]))
+    waiting.start()
+
+    def stream(k: int) -> None:
+        for n in range(40):
+            with pool.ticket(f"new{k}-{n}", client=f"new{k}-{n}") as new:  # each request a client with nothing in flight
+                pool.run(new, [(1000, _task(f"new{k}-{n}"))])
+
+    streams = [threading.Thread(target=stream, args=(k,)) for k in range(3)]
+    for thread in streams:
+        thread.start()
+    for thread in [waiting, *streams]:
+        thread.join(30)
+    old.__exit__(None, None, None)
+    labels = [label for label, _ in log]
+    assert len(labels) == 125 and labels.index("old4") < 0.6 * len(labels)  # served while the streams still ran
