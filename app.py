@@ -20,6 +20,7 @@ from service.settings import Settings
 from web import views
 from web.gradio_io import documented_api
 from web.handlers import Handlers
+from web.http import create_api
 from web.server import mcp_loopback_with_key, warm_up
 
 log = logging.getLogger("rag_augment.app")
@@ -151,8 +152,6 @@ def build_server(settings: Settings, scorer: Scorer, retriever: rc.Retriever | N
                  extra_scorers: list[Scorer] | None = None, *, mcp_server: bool = True,
                  embedder: Scorer | None = None, service: Service | None = None):
     """The FastAPI app with the rerank HTTP APIs and the Gradio app mounted at /, behind one service and one key."""
-    from web.http import create_api
-
     service = service or assembly.build(settings, scorer=scorer, extra=extra_scorers or (), embedder=embedder,
                                         retriever=retriever)
     api = create_api(service)

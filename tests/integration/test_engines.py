@@ -158,8 +158,8 @@ def test_settings_read_rerank_device():
 
 
 def test_device_sized_batching_spreads_a_request_over_the_workers():
+    from scoring.batching import spread_budget
     from scoring.loading import batching_for
-    from scoring.scorer import spread_budget
 
     assert batching_for("cpu")["token_budget"] == 512 and batching_for("cuda:0")["token_budget"] == 65_536
     lengths = [190] * 50  # a 50-document request of short passages
