@@ -71,58 +71,9 @@ def build_demo(settings: Settings, scorer: Scorer, retriever: rc.Retriever | Non
         with gr.Accordion("Details: scoring rule, inference backend", open=False):
             details = gr.Markdown(views.details_text(service, scorer), elem_id="inference")
         with gr.Tab("Rerank"):
-            query = gr.Textbox(label="Query", placeholder="Enter your question here...", lines=2, elem_id="query")
-            documents = gr.Dataframe(label="Documents (a text column; other columns are kept)", value=EXAMPLE_DOCUMENTS,
-                                     headers=list(EXAMPLE_DOCUMENTS.columns), wrap=True, interactive=True,
-                                     type="pandas", elem_id="documents")
-            instruction = gr.Textbox(label="Instruction (instruction-following rerankers only)", elem_id="instruction",
-                                     placeholder=service.instruction or "e.g. Given a web search query, retrieve "
-                                                 "relevant passages that answer the query",
-                                     info=None if scorer.info.takes_instruction else
-                                     f"{scorer.info.name} takes no instruction: it would be ignored")
-            with gr.Row():
-                top_n = gr.Number(label="Keep the best N (0: all)", precision=0, minimum=0, value=0, scale=1,
-                                  elem_id="top-n")
-                submit = gr.Button("Rerank", variant="primary", elem_id="submit", scale=3)
-            status = gr.Markdown(elem_id="status")
-            reranked = gr.Dataframe(label="Reranked: best first (# = new position, row = input row)", wrap=True,
-                                    interactive=False, elem_id="reranked", column_widths=RERANK_WIDTHS,
-                                    headers=["#", "score", "row", "text"])
-            gr.Examples(examples=EXAMPLES, inputs=[query, documents], outputs=[reranked, status],
-                        fn=handlers.rerank_example, run_on_click=True, cache_examples=True, cache_mode="lazy",
-                        label="Examples (click to run)", elem_id="rerank-examples")
+            _rerank_tab(service, scorer, handlers)
         with gr.Tab("Retrieve & rerank"):
-            backend = gr.Markdown(views.index_status(service)[0], elem_id="backend")
-            with gr.Row():
-                p_query = gr.Textbox(label="Question", placeholder="e.g. How do I parse JSON from a string?",
-                                     scale=3, elem_id="pipeline-query")
-                p_k = gr.Slider(1, 200, value=50, step=1, label="Retrieve k")
-                p_top = gr.Slider(1, 50, value=5, step=1, label="Keep top_n")
-                remote = isinstance(service.retriever, rc.RemoteRetriever)  # a Space retrieves its own way
-                p_mode = gr.Radio(list(MODES), value=None if remote else DEFAULT_MODE, label="First stage",
-                                  elem_id="pipeline-mode", visible=not remote,
-                                  info="hybrid: words (BM25) and embeddings fused")
-            with gr.Row():
-                run = gr.Button("Retrieve & rerank", variant="primary", elem_id="pipeline-run")
-                search = gr.Button("Search only", elem_id="search-only")
-            p_status = gr.Markdown(elem_id="pipeline-status")
-            moves = gr.Dataframe(label="Reranked passages and how they moved (was = retrieved position)", wrap=True,
-                                 interactive=False, elem_id="pipeline-reranked", column_widths=MOVES_WIDTHS,
-                                 headers=["#", "was", "move", "score", "text", "url"])
-            picture = gr.Plot(label="Relevance scores and rank shift", elem_id="pictures")
-            gr.Examples(examples=[["How do I parse JSON from a string?"],
-                                  ["How can I run a function in a background thread?"],
-                                  ["create a temporary directory that is removed automatically"]],
-                        inputs=[p_query], outputs=[moves, picture, p_status], fn=handlers.pipeline_example,
-                        run_on_click=True, cache_examples=False, label="Examples (click to run)")
-            with gr.Accordion("Index your own documents (private to this browser session)", open=False):
-                upload = gr.File(label=f"JSONL, CSV or Parquet with a text column, or .txt / .md (at most "
-                                       f"{service.limits.max_upload_bytes // 1024:,} KiB, "
-                                       f"{service.limits.max_upload_passages:,} passages)",
-                                 file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"], elem_id="upload")
-                with gr.Row():
-                    index_btn = gr.Button("Index this file", elem_id="index-upload")
-                    forget_btn = gr.Button("Back to the shared index", elem_id="forget-upload")
+            backend = _pipeline_tab(service, handlers, private)
         refresh = gr.Timer(2.0, active=views.index_status(service)[1])
 
         def status_tick(state):
@@ -130,22 +81,78 @@ def build_demo(settings: Settings, scorer: Scorer, retriever: rc.Retriever | Non
             return line, gr.Timer(active=building)
 
         refresh.tick(status_tick, inputs=[private], outputs=[backend, refresh], api_visibility="private")
-        ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n, instruction], outputs=[reranked, status],
-                              api_visibility="private", concurrency_limit=None)
-        ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
         demo.load(lambda state: (views.header_line(service, scorer), views.details_text(service, scorer), *status_tick(state)),
                   inputs=[private], outputs=[header, details, backend, refresh], api_visibility="private")
-        search.click(handlers.search_ui, inputs=[p_query, p_k, p_mode, private], outputs=[moves, p_status],
-                     api_visibility="private", concurrency_limit=None)
-        run.click(handlers.pipeline_ui, inputs=[p_query, p_k, p_top, p_mode, private], outputs=[moves, picture, p_status],
-                  api_visibility="private", concurrency_limit=None)
-        index_btn.click(handlers.index_upload, inputs=[upload, private], outputs=[private, backend],
-                        api_visibility="private")
-        forget_btn.click(handlers.forget_upload, inputs=[private], outputs=[private, backend], api_visibility="private")
         for fn, name in ((handlers.rerank, "rerank"), (handlers.similarity_search, "similarity_search"),
                          (handlers.retrieve_and_rerank, "retrieve_and_rerank")):
             documented_api(demo, fn, name)
     return demo
+
+
+def _rerank_tab(service: Service, scorer: Scorer, handlers: Handlers) -> None:
+    """The query, the documents table, the instruction and top N; the reranked table; examples that run on click."""
+    query = gr.Textbox(label="Query", placeholder="Enter your question here...", lines=2, elem_id="query")
+    documents = gr.Dataframe(label="Documents (a text column; other columns are kept)", value=EXAMPLE_DOCUMENTS,
+                             headers=list(EXAMPLE_DOCUMENTS.columns), wrap=True, interactive=True,
+                             type="pandas", elem_id="documents")
+    instruction = gr.Textbox(label="Instruction (instruction-following rerankers only)", elem_id="instruction",
+                             placeholder=service.instruction or "e.g. Given a web search query, retrieve "
+                                         "relevant passages that answer the query",
+                             info=None if scorer.info.takes_instruction else
+                             f"{scorer.info.name} takes no instruction: it would be ignored")
+    with gr.Row():
+        top_n = gr.Number(label="Keep the best N (0: all)", precision=0, minimum=0, value=0, scale=1, elem_id="top-n")
+        submit = gr.Button("Rerank", variant="primary", elem_id="submit", scale=3)
+    status = gr.Markdown(elem_id="status")
+    reranked = gr.Dataframe(label="Reranked: best first (# = new position, row = input row)", wrap=True,
+                            interactive=False, elem_id="reranked", column_widths=RERANK_WIDTHS,
+                            headers=["#", "score", "row", "text"])
+    gr.Examples(examples=EXAMPLES, inputs=[query, documents], outputs=[reranked, status],
+                fn=handlers.rerank_example, run_on_click=True, cache_examples=True, cache_mode="lazy",
+                label="Examples (click to run)", elem_id="rerank-examples")
+    ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n, instruction], outputs=[reranked, status],
+                          api_visibility="private", concurrency_limit=None)
+    ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
+
+
+def _pipeline_tab(service: Service, handlers: Handlers, private: gr.State) -> gr.Markdown:
+    """Retrieve, rerank and show the moves and pictures; search only; a private upload. Returns the index status line."""
+    backend = gr.Markdown(views.index_status(service)[0], elem_id="backend")
+    with gr.Row():
+        query = gr.Textbox(label="Question", placeholder="e.g. How do I parse JSON from a string?", scale=3,
+                           elem_id="pipeline-query")
+        k = gr.Slider(1, 200, value=50, step=1, label="Retrieve k")
+        top = gr.Slider(1, 50, value=5, step=1, label="Keep top_n")
+        remote = isinstance(service.retriever, rc.RemoteRetriever)  # a Space retrieves its own way
+        mode = gr.Radio(list(MODES), value=None if remote else DEFAULT_MODE, label="First stage", elem_id="pipeline-mode",
+                        visible=not remote, info="hybrid: words (BM25) and embeddings fused")
+    with gr.Row():
+        run = gr.Button("Retrieve & rerank", variant="primary", elem_id="pipeline-run")
+        search = gr.Button("Search only", elem_id="search-only")
+    status = gr.Markdown(elem_id="pipeline-status")
+    moves = gr.Dataframe(label="Reranked passages and how they moved (was = retrieved position)", wrap=True,
+                         interactive=False, elem_id="pipeline-reranked", column_widths=MOVES_WIDTHS,
+                         headers=["#", "was", "move", "score", "text", "url"])
+    picture = gr.Plot(label="Relevance scores and rank shift", elem_id="pictures")
+    gr.Examples(examples=[["How do I parse JSON from a string?"], ["How can I run a function in a background thread?"],
+                          ["create a temporary directory that is removed automatically"]],
+                inputs=[query], outputs=[moves, picture, status], fn=handlers.pipeline_example,
+                run_on_click=True, cache_examples=False, label="Examples (click to run)")
+    with gr.Accordion("Index your own documents (private to this browser session)", open=False):
+        upload = gr.File(label=f"JSONL, CSV or Parquet with a text column, or .txt / .md (at most "
+                               f"{service.limits.max_upload_bytes // 1024:,} KiB, "
+                               f"{service.limits.max_upload_passages:,} passages)",
+                         file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt", ".md"], elem_id="upload")
+        with gr.Row():
+            index_btn = gr.Button("Index this file", elem_id="index-upload")
+            forget_btn = gr.Button("Back to the shared index", elem_id="forget-upload")
+    search.click(handlers.search_ui, inputs=[query, k, mode, private], outputs=[moves, status],
+                 api_visibility="private", concurrency_limit=None)
+    run.click(handlers.pipeline_ui, inputs=[query, k, top, mode, private], outputs=[moves, picture, status],
+              api_visibility="private", concurrency_limit=None)
+    index_btn.click(handlers.index_upload, inputs=[upload, private], outputs=[private, backend], api_visibility="private")
+    forget_btn.click(handlers.forget_upload, inputs=[private], outputs=[private, backend], api_visibility="private")
+    return backend
 
 
 def build_server(settings: Settings, scorer: Scorer, retriever: rc.Retriever | None = None,
