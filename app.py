@@ -14,6 +14,8 @@ import pandas as pd
 
 import retrieval_client as rc
 from retrieval.hybrid import DEFAULT_MODE, MODES
+from retrieval.index import remove_stale_builds
+from scoring.engines.onnx_engines import remove_stale_exports
 from scoring.scorer import Scorer
 from service import Service, assembly
 from service.settings import Settings
@@ -172,10 +174,8 @@ def build_server(settings: Settings, scorer: Scorer, retriever: rc.Retriever | N
 
 def main() -> None:
     """Load the configured models once and serve the UI, the Gradio API, MCP and the HTTP APIs on one port."""
-    import uvicorn
+    import uvicorn  # lazy: uvicorn loads only on this path
 
-    from retrieval.index import remove_stale_builds
-    from scoring.engines.onnx_engines import remove_stale_exports
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()

@@ -20,7 +20,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from evaluation import end_to_end
 from evaluation.harness import METRIC_NAMES, SCORINGS, evaluate, plot, write_run
+from scoring.loading import packaged_scorer
 from service import Service, assembly
 from service.settings import Settings
 
@@ -52,9 +54,6 @@ def _json(summary: dict) -> str:
 
 def _main_end_to_end(args, service: Service) -> int:
     """``--end-to-end``: the stages' table (or JSON), and the plot."""
-    from evaluation import end_to_end
-    from scoring.loading import packaged_scorer
-    from service.settings import Settings
 
     settings = Settings.from_env()
     embedder = service.embedder or packaged_scorer(cache_dir=settings.cache_dir, device=settings.device)

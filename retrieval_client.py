@@ -24,6 +24,7 @@ from retrieval.retrievers import (
     terminal_progress,
     validate_search_args,
 )
+from service.settings import Settings
 
 __all__ = ["MAX_K", "RESULT_COLUMNS", "BackgroundRetriever", "LocalRetriever", "NoRetriever", "RemoteRetriever",
            "RetrievalError", "Retriever", "index_path", "main", "make_retriever", "similarity_search", "terminal_progress",
@@ -37,7 +38,6 @@ def similarity_search(query: str, k: int = 5, *, url: str | None = None, timeout
     ``url`` defaults to ``RETRIEVAL_URL``; with neither, the local index answers (built on first use), in
     ``mode`` (hybrid by default, dense or lexical).
     """
-    from service.settings import Settings
 
     settings = Settings.from_env()
     retriever = make_retriever(retrieval_url=url or settings.retrieval_url, timeout=timeout or settings.retrieval_timeout,
@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> None:
     import logging
     import time
 
-    from service.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="retrieval_client.py", description=main.__doc__)

@@ -21,7 +21,7 @@ log = logging.getLogger("rag_augment.serve")
 
 def assigned_cpus() -> int:
     """The CPUs Ray gave this replica (``ray_actor_options.num_cpus``): one scoring worker each."""
-    import ray
+    import ray  # lazy: ray loads only on this path
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") or 1
     return max(1, int(cpus))

@@ -82,7 +82,7 @@ def config_for(port: int, config: Path, replicas: int | None = None, max_batch_s
 
 def _wait_ready(port: int, replicas: int, timeout: float) -> None:
     """Until /health answers and every replica has answered at least once (each names itself in a header)."""
-    import httpx
+    import httpx  # lazy: httpx loads only on this path
 
     deadline, seen = time.monotonic() + timeout, set()
     while time.monotonic() < deadline:
@@ -131,7 +131,7 @@ def up(port: int, config: Path, *, cpus: int | None = None, replicas: int | None
 
 def _deploy_when_dashboard_answers(config: Path, dashboard: str, timeout: float = 120) -> None:
     """``serve deploy`` once the head's dashboard (which takes the config) answers."""
-    import httpx
+    import httpx  # lazy: httpx loads only on this path
 
     deadline = time.monotonic() + timeout
     while True:

@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from evaluation.harness import Dataset, Run, load_dataset, measure
+from evaluation.harness import Dataset, Run, grouped_bars, load_dataset, measure
+from retrieval import retrievers as rc
 from retrieval.corpus import Passage
+from retrieval.index import LocalIndex
 from scoring.ranking import ScoringPolicy
 from service import Service
 
@@ -30,8 +32,6 @@ def collection_passages(dataset: Dataset) -> list[Passage]:
 
 def open_collection_index(dataset_dir: Path, dataset: Dataset, embedder, cache_dir: Path, progress=None):
     """The collection's local index (built once, then reused from ``cache_dir``)."""
-    from retrieval import retrievers as rc
-    from retrieval.index import LocalIndex
 
     passages = collection_passages(dataset)
     if not passages:
@@ -48,7 +48,6 @@ def _stage_run(table) -> list[tuple[str, float]]:
 def run_stages(dataset: Dataset, index, service: Service, *, depth: int = DEPTH, limit: int | None = None,
                progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Run], dict]:
     """Each judged query through every stage: {stage: run}, and the rankings (for re-ranking under other policies)."""
-    from retrieval import retrievers as rc
 
     retriever = rc.LocalRetriever(index)
     qids = sorted((q for q in dataset.qrels if q in dataset.queries), key=lambda q: (len(q), q))
@@ -121,12 +120,11 @@ def print_report(report: dict) -> None:
 
 def plot_report(report: dict, path: str | Path) -> None:
     """The stages' metrics as grouped bars, as a PNG."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only on this path
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads only on this path
 
-    from evaluation.harness import grouped_bars
 
     fig, axis = plt.subplots(figsize=(8, 4))
     grouped_bars(axis, {stage: [report[stage][m] for m in E2E_METRICS] for stage in STAGES}, E2E_METRICS)

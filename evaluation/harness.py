@@ -76,7 +76,7 @@ def load_dataset(folder: str | Path) -> Dataset:
 
 def read_run(path: str | Path) -> dict[str, list[tuple[str, float]]]:
     """A TREC run (``qid Q0 docid rank score tag``) as each query's (docid, score), best first (ir-measures' reader)."""
-    import ir_measures
+    import ir_measures  # lazy: ir-measures loads only on this path
 
     run: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for doc in ir_measures.read_trec_run(str(path)):
@@ -95,8 +95,8 @@ def write_run(run: dict[str, list[tuple[str, float]]], path: str | Path, tag: st
 def measure(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], *,
             mrr_threshold: int = 1, names: Iterable[str] = METRIC_NAMES) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Mean and per-query metrics (``names``: ndcg@K, mrr@K, recall@K) over the judged queries (ir-measures / trec_eval)."""
-    import ir_measures
-    from ir_measures import RR, R, nDCG
+    import ir_measures  # lazy: ir-measures loads only on this path
+    from ir_measures import RR, R, nDCG  # lazy: ir-measures loads only on this path
 
     builders = {"ndcg": lambda k: nDCG @ k, "mrr": lambda k: RR(rel=mrr_threshold) @ k, "recall": lambda k: R @ k}
     measures = {name: builders[name.split("@")[0]](int(name.split("@")[1])) for name in names}
@@ -181,10 +181,10 @@ def evaluate(dataset_dir: str | Path, *, service: Service, candidates: str | Pat
 
 def plot(report: dict, path: str | Path) -> None:
     """Per-query nDCG@10 change (sorted) and the summary bars, as a PNG."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only on this path
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads only on this path
 
     first, second = report["_runs"]["first_per_query"], report["_runs"]["rerank_per_query"]
     deltas = sorted(second[q]["ndcg@10"] - first[q]["ndcg@10"] for q in first)

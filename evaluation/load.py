@@ -82,7 +82,7 @@ def one_request(client: httpx.Client, gradio, route: str, docs: list[str]) -> in
 def run_load(url: str, *, clients: int = 8, seconds: float = 60.0, docs: int = 20, seed: int = 0,
              headers: dict[str, str] | None = None, requests_per_client: int | None = None) -> LoadReport:
     """Run ``clients`` threads against ``url`` for ``seconds`` (or ``requests_per_client`` requests each); loopback only."""
-    from gradio_client import Client
+    from gradio_client import Client  # lazy: gradio_client loads only on this path
 
     report = LoadReport()
     lock = threading.Lock()

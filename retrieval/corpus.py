@@ -139,7 +139,7 @@ def builtin_passages(*, stdlib_dir: Path | None = None, modules: set[str] | None
 
 def _read_table(path: Path, text_column: str) -> list[Passage]:
     """Rows of a JSONL, CSV or Parquet file (read by DuckDB); other columns become metadata."""
-    import duckdb
+    import duckdb  # lazy: duckdb loads only on this path
 
     suffix = path.suffix.lower()
     reader = {".csv": "read_csv_auto", ".parquet": "read_parquet"}.get(suffix, "read_json_auto")

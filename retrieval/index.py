@@ -27,6 +27,7 @@ import pandas as pd
 from retrieval import hybrid
 from retrieval.corpus import Passage
 from retrieval.lexical import LexicalIndex
+from scoring.stale_files import remove_if_owner_gone
 
 log = logging.getLogger("rag_augment.index")
 Progress = Callable[[int, int], None]
@@ -76,7 +77,7 @@ def corpus_hash(passages: Sequence[Passage], fingerprint: str) -> str:
 
 def _stored_hash(path: Path) -> str | None:
     """The content hash recorded in an index file, or None when it is absent or unreadable."""
-    import duckdb
+    import duckdb  # lazy: duckdb loads only on this path
 
     if not path.is_file():
         return None
@@ -132,7 +133,6 @@ def _remove_partial(tmp: Path) -> None:
 
 def remove_stale_builds(cache_dir: Path) -> list[Path]:
     """Delete the temporary files of index builds whose process is gone (``index-*.duckdb.<pid>.tmp[.wal]``)."""
-    from scoring.stale_files import remove_if_owner_gone
 
     files = [*Path(cache_dir).glob("index-*.duckdb.*.tmp"), *Path(cache_dir).glob("index-*.duckdb.*.tmp.wal")]
     return remove_if_owner_gone(files, lambda p: p.name.removesuffix(".wal").removesuffix(".tmp").rsplit(".", 1)[-1])
@@ -173,7 +173,7 @@ class LocalIndex:
 
         ``path=None``, or a folder that cannot be written, builds in memory (with a warning).
         """
-        import duckdb
+        import duckdb  # lazy: duckdb loads only on this path
 
         if not passages:
             raise LocalIndexError(f"{name} holds no passages to index")
@@ -197,7 +197,7 @@ class LocalIndex:
     @classmethod
     def _reuse(cls, path: Path, embedder: Embedder, name: str, passages: int, started: float) -> LocalIndex:
         """The index stored at ``path`` (its hash already matched)."""
-        import duckdb
+        import duckdb  # lazy: duckdb loads only on this path
 
         con = duckdb.connect(str(path), read_only=True)
         try:
@@ -214,7 +214,7 @@ class LocalIndex:
     def _build(cls, passages: Sequence[Passage], embedder: Embedder, *, path: Path | None, name: str, content_hash: str,
                batch_size: int, progress: Progress | None, started: float) -> LocalIndex:
         """Embed and index the passages into a temporary file moved to ``path`` once whole (or into memory)."""
-        import duckdb
+        import duckdb  # lazy: duckdb loads only on this path
 
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp") if path is not None else None
         if path is not None:

@@ -22,7 +22,7 @@ LANGUAGE = "english"
 @lru_cache(maxsize=1)
 def _stemmer():
     """The Snowball stemmer (one per process; PyStemmer objects are cheap to share for reads)."""
-    import Stemmer
+    import Stemmer  # lazy: PyStemmer loads only on this path
 
     return Stemmer.Stemmer(LANGUAGE)
 

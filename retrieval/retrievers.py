@@ -103,7 +103,7 @@ class RemoteRetriever(Retriever):
         """Open the gradio_client connection once, with the timeout on every HTTP call."""
         with self._lock:
             if self._client is None:
-                from gradio_client import Client
+                from gradio_client import Client  # lazy: gradio_client loads only on this path
 
                 try:
                     self._client = Client(self.url, verbose=False, httpx_kwargs={"timeout": self.timeout},
@@ -242,7 +242,7 @@ class BackgroundRetriever(Retriever):
 @contextmanager
 def terminal_progress(also=None):
     """A tqdm bar as an index-build progress callback; ``also(done, total)`` is told too."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: tqdm loads only on this path
 
     with tqdm(unit="passages", desc="Indexing") as bar:
         def report(done: int, total: int) -> None:

@@ -111,7 +111,7 @@ def resolve_model_dir(spec: str) -> Path:
         return path
     if path.exists() or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"model path {spec!r} is not a folder with model files")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: huggingface_hub loads only on this path
 
     try:
         return Path(snapshot_download(spec, local_files_only=True, ignore_patterns=_HUB_IGNORE))
@@ -138,7 +138,7 @@ def _weight_keys(model_dir: Path) -> set[str] | None:
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         return None
-    from safetensors import safe_open
+    from safetensors import safe_open  # lazy: safetensors loads only on this path
 
     keys: set[str] = set()
     for file in files:
@@ -174,12 +174,12 @@ def missing_tokens(model_dir: Path, tokens: Sequence[str]) -> list[str]:
     """Which of ``tokens`` are not whole tokens of the checkpoint's vocabulary (the unknown token never counts);
     the tokenizer is read once for all of them."""
     if (model_dir / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # lazy: tokenizers loads only on this path
 
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         return [t for t in tokens if tokenizer.token_to_id(t) is None]
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: transformers loads only on this path
 
         vocab = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True).get_vocab()
     except Exception:

@@ -108,7 +108,7 @@ def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], d
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Rank correlation of two score lists (0 where it is undefined, e.g. a constant list)."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: scipy loads only on this path
 
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
@@ -329,7 +329,7 @@ def machine_key(device: str = "cpu") -> str:
         cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     gpu = ""
     if device != "cpu":
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         gpu = f"{torch.cuda.get_device_name(device)}|{torch.version.cuda}"
     return digest(cpu, os.cpu_count(), versions, gpu)

@@ -34,8 +34,8 @@ def word_tokenizer(*, yes_no: bool = True, chat_template: str | None = QWEN3_RER
                    words_from: Path | None = None):
     """A fast word-level tokenizer over a WordPiece vocabulary's whole words (``words_from``: a folder with its
     tokenizer.json; default the packaged model's), left padding as causal rerankers use."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers  # lazy: tokenizers loads only on this path
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers loads only on this path
 
     source = Path(words_from) if words_from else packaged_model_path()
     bert = json.loads((source / "tokenizer.json").read_text())["model"]["vocab"]
@@ -56,8 +56,8 @@ def build_causal_reranker(target: Path, *, yes_no: bool = True, layout: str = "p
                           seed: int = 0, words_from: Path | None = None) -> Path:
     """A Qwen3ForCausalLM with random weights saved as a plain checkpoint (``layout="plain"``) or as a
     sentence-transformers CrossEncoder module chain (``"st"``: Transformer + LogitScore)."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    import torch  # lazy: torch loads only on this path
+    from transformers import Qwen3Config, Qwen3ForCausalLM  # lazy: transformers loads only on this path
 
     tokenizer = word_tokenizer(yes_no=yes_no, words_from=words_from)
     config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=32768, tie_word_embeddings=True,
@@ -69,7 +69,7 @@ def build_causal_reranker(target: Path, *, yes_no: bool = True, layout: str = "p
     model.save_pretrained(str(plain))
     tokenizer.save_pretrained(str(plain))
     if layout == "st":
-        from sentence_transformers import CrossEncoder
+        from sentence_transformers import CrossEncoder  # lazy: sentence-transformers loads only on this path
 
         CrossEncoder(str(plain), device="cpu").save_pretrained(str(target))
     return target
@@ -77,8 +77,12 @@ def build_causal_reranker(target: Path, *, yes_no: bool = True, layout: str = "p
 
 def build_tiny_cross_encoder(target: Path, *, seed: int = 0) -> Path:
     """Save a small BERT cross-encoder (one-logit head, random weights) with the packaged model's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    import torch  # lazy: torch loads only on this path
+    from transformers import (  # lazy: transformers loads only on this path
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_path()))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,

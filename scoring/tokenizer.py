@@ -43,7 +43,7 @@ class TextTokenizer:
     @classmethod
     def from_dir(cls, model_dir: Path) -> TextTokenizer:
         """Read ``tokenizer.json`` (or convert a slow tokenizer once through transformers)."""
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # lazy: tokenizers loads only on this path
 
         config = read_json(model_dir / "tokenizer_config.json")
         special = read_json(model_dir / "special_tokens_map.json")
@@ -51,7 +51,7 @@ class TextTokenizer:
         pad = pad.get("content") if isinstance(pad, dict) else pad
         if (model_dir / "tokenizer.json").is_file():
             return cls(Tokenizer.from_file(str(model_dir / "tokenizer.json")), pad)
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: transformers loads only on this path
 
         hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         if not getattr(hf, "is_fast", False):
@@ -60,7 +60,7 @@ class TextTokenizer:
 
     def copy(self) -> TextTokenizer:
         """An independent tokenizer with the same vocabulary and rules."""
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # lazy: tokenizers loads only on this path
 
         return TextTokenizer(Tokenizer.from_str(self._tok.to_str()), self._pad[1], pair_overhead=self._pair_overhead)
 

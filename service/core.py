@@ -23,15 +23,21 @@ from functools import partial
 
 import pandas as pd
 
+from retrieval import hybrid
+from retrieval import retrievers as rc
+from retrieval.index import LocalIndexError
+from retrieval.retrievers import NoRetriever
 from scoring import ranking
 from scoring.errors import Cancelled, LimitExceeded, RerankError
 from scoring.pool import Ticket, WorkerPool
 from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy
 from scoring.table import RerankResult, rerank_table
+from service import pipeline
 from service.auth import KeyCheck
 from service.errors import ClientGone, InvalidInput, Overloaded, ServiceError, TooLarge, Unavailable
 from service.metrics import ServiceMetrics
 from service.models import Models
+from service.uploads import build_private_corpus
 
 log = logging.getLogger("rag_augment.service")
 
@@ -95,7 +101,6 @@ class Service:
                  policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None,
                  batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None,
                  instruction: str | None = None) -> None:
-        from retrieval.retrievers import NoRetriever
 
         self.models = models
         self.limits = limits
@@ -286,7 +291,6 @@ class Service:
     @staticmethod
     def _mode(mode: object) -> str | None:
         """A retrieval mode as given (None: the retriever's own), checked; an unknown one is the caller's error."""
-        from retrieval import hybrid
 
         try:
             return None if mode is None or mode == "" else hybrid.check_mode(mode)
@@ -294,7 +298,6 @@ class Service:
             raise InvalidInput(str(exc)) from None
 
     def _search(self, query: str, k: object, retriever, mode: object = None) -> pd.DataFrame:
-        from retrieval import retrievers as rc
 
         query = ranking.validate_query(query)
         try:
@@ -320,7 +323,6 @@ class Service:
                           client: str | None = None):
         """Retrieve k passages (``mode`` as :meth:`search`), rerank them, keep the best top_n (a
         :class:`pipeline.PipelineResult`)."""
-        from service import pipeline
 
         with self.call(face, route, token, client) as call:
             top_n = ranking.validate_top_n(int(top_n) if isinstance(top_n, float) and top_n.is_integer() else top_n)
@@ -333,8 +335,6 @@ class Service:
     def index_upload(self, path: str, *, face: str = "gradio", route: str = "index_upload", progress=None,
                      token: CancelToken | None = None, client: str | None = None):
         """Index one session's uploaded corpus in memory, within the upload limits (a :class:`PrivateCorpus`)."""
-        from retrieval.index import LocalIndexError
-        from service.uploads import build_private_corpus
 
         with self.call(face, route, token, client):
             if self.embedder is None:

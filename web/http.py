@@ -130,7 +130,7 @@ def _headers(response: Response, ranking) -> None:
 
 def create_api(service: Service) -> FastAPI:
     """The FastAPI app with the rerank routes behind the :class:`Guard`; ``app.py`` mounts Gradio beside them."""
-    from fastapi_offline import FastAPIOffline
+    from fastapi_offline import FastAPIOffline  # lazy: fastapi-offline loads only on this path
 
     # the docs page's Swagger UI is served from the fastapi-offline package: /docs works without internet
     api = FastAPIOffline(title="rag-augment rerank API", version=VERSION,

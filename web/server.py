@@ -60,8 +60,8 @@ def mcp_loopback_with_key(demo: gr.Blocks, api_key: str) -> None:
 
     def create_client():
         if mcp._client_instance is None:
-            from gradio import route_utils
-            from gradio_client import Client
+            from gradio import route_utils  # lazy: gradio loads only on this path
+            from gradio_client import Client  # lazy: gradio_client loads only on this path
 
             request = mcp.mcp_server.request_context.request
             root = route_utils.get_root_url(request=request, route_path=mcp.get_route_path(request),

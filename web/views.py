@@ -69,10 +69,10 @@ def _label(text: str, chars: int = 38) -> str:
 def pictures(reranked: pd.DataFrame, relevance: list[float] | None = None):
     """Two figures side by side: the model's own relevance scores on a 0-1 axis (not rescaled per query, so
     queries compare), and each document's shift from its retrieved position to its reranked one (up is better)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only on this path
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads only on this path
 
     labels = [_label(t) for t in reranked[TEXT_COLUMN]]
     scores = [float(v) for v in relevance] if relevance is not None else reranked[SCORE_COLUMN].astype(float).tolist()

@@ -42,7 +42,7 @@ def cuda_devices() -> int:
     """How many CUDA devices torch sees (0 without torch or without a GPU)."""
     if importlib.util.find_spec("torch") is None:
         return 0
-    import torch
+    import torch  # lazy: torch loads only on this path
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -118,7 +118,7 @@ def unavailable(name: str, device: str = "cpu") -> str | None:
     if name in CUDA_BACKENDS:
         if device == "cpu" or cuda_devices() == 0:
             return "no CUDA device here (RERANK_DEVICE is cpu, or torch sees no GPU)"
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         if name == "cuda-bf16" and not torch.cuda.is_bf16_supported():
             return f"{torch.cuda.get_device_name(device)} has no bf16 arithmetic"
@@ -174,7 +174,7 @@ def replicas(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenize
     if name in ("torch", "torch-bf16"):
         import copy
 
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         if workers > 1 or threads > 1:
             torch.set_num_threads(threads)  # workers x threads cores

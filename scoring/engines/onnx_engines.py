@@ -18,6 +18,7 @@ import numpy as np
 from scoring.checkpoint import Layout, digest, file_list
 from scoring.engines.graph import GraphEngine
 from scoring.engines.torch_engine import model_inputs, output_name, torch_model
+from scoring.stale_files import remove_if_owner_gone
 from scoring.tokenizer import TextTokenizer
 
 log = logging.getLogger("rag_augment.engines")
@@ -43,7 +44,7 @@ def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, int8: bool = 
         partial = folder / f"{target.stem}.{os.getpid()}{PARTIAL}"  # processes sharing the cache never clobber
         try:
             if int8:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
+                from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: onnxruntime loads only on this path
 
                 fp32 = onnx_path(model_dir, layout, cache_dir, trust_remote_code=trust_remote_code)
                 logging.disable(logging.INFO)  # the quantizer logs a line per tensor
@@ -62,7 +63,7 @@ def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, int8: bool = 
 
 def _export(model_dir: Path, layout: Layout, target: Path, trust_remote_code: bool) -> None:
     """torch.onnx export with batch and sequence as dynamic axes."""
-    import torch
+    import torch  # lazy: torch loads only on this path
 
     model = torch_model(model_dir, layout, trust_remote_code)
     names = model_inputs(model)
@@ -90,7 +91,7 @@ def _export(model_dir: Path, layout: Layout, target: Path, trust_remote_code: bo
 
 def onnxruntime_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1) -> GraphEngine:
     """An ONNX Runtime session on the CPU with ``threads`` intra-op threads."""
-    import onnxruntime
+    import onnxruntime  # lazy: onnxruntime loads only on this path
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -105,7 +106,7 @@ def onnxruntime_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, 
 def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1,
                     bf16: bool = False) -> GraphEngine:
     """An OpenVINO compiled model on the CPU: fp32 on every CPU unless ``bf16`` (precision is always explicit)."""
-    import openvino
+    import openvino  # lazy: openvino loads only on this path
 
     core = openvino.Core()
     model = core.read_model(str(path))
@@ -131,6 +132,5 @@ def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, thr
 
 def remove_stale_exports(cache_dir: Path) -> list[Path]:
     """Delete half-written exports left by processes that are gone (their pid is in the name)."""
-    from scoring.stale_files import remove_if_owner_gone
 
     return remove_if_owner_gone(Path(cache_dir).glob(f"backends/*/*{PARTIAL}"), lambda p: p.name.split(".")[-3])

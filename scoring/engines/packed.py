@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from scoring.batching import batching_for
 from scoring.checkpoint import Layout
 from scoring.engines.base import Engine
-from scoring.tokenizer import TextTokenizer, pack_flat
+from scoring.tokenizer import TextTokenizer, pack_flat, pack_rows
 
 log = logging.getLogger("rag_augment.engines")
 # Architecture -> how its classifier reads the first token: through the pooler (BERT) or on its own (RoBERTa's head).
@@ -33,7 +34,7 @@ Attention = Callable  # (q, k, v: (tokens, heads, dim), starts: (pairs + 1,) int
 def varlen_attention():
     """PyTorch's variable-length flash attention, or None where this torch has none (before 2.10)."""
     try:
-        from torch.nn.attention.varlen import varlen_attn
+        from torch.nn.attention.varlen import varlen_attn  # lazy: torch loads only on this path
     except ImportError:
         return None
     return lambda q, k, v, starts, longest: varlen_attn(q, k, v, starts, starts, longest, longest)
@@ -42,8 +43,8 @@ def varlen_attention():
 def span_attention(q, k, v, starts, longest: int):
     """Each pair's attention on its own span, one call per pair: the reference the flash kernel is checked against
     (any device, any precision)."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: torch loads only on this path
+    import torch.nn.functional as F  # lazy: torch loads only on this path
 
     bounds = starts.tolist()
     out = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1)[None] for t in (q, k, v)))[0].transpose(0, 1)
@@ -129,7 +130,7 @@ class GraphCache:
     """
 
     def __init__(self, encoder: PackedEncoder, device: str, window: int, *, step: int = 2048, size: int = 128) -> None:
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         self.encoder, self.device, self.window, self.step, self.size = encoder, device, window, step, size
         self.graphs: OrderedDict = OrderedDict()
@@ -138,7 +139,7 @@ class GraphCache:
 
     def run(self, packed: dict[str, np.ndarray]) -> np.ndarray:
         """Logits of a packed batch, replayed on its bucket's graph (captured now if it is the first of its shape)."""
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         grown, real = bucketed(packed, step=self.step, window=self.window)
         rows = torch.from_numpy(np.stack([grown["input_ids"], grown["token_type_ids"], grown["position_ids"]]))
@@ -160,7 +161,7 @@ class GraphCache:
     def prepare(self, max_pairs: int, max_tokens: int) -> int:
         """Capture ahead the shapes a request of up to ``max_pairs`` pairs (a batch of up to ``max_tokens``) takes, so
         no such request waits for a capture (a capture is a few passes); returns how many were captured."""
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         captured, pairs = 0, 16
         while pairs <= max_pairs:
@@ -174,7 +175,7 @@ class GraphCache:
 
     def _capture(self, key: tuple[int, int]) -> tuple:
         """A graph for one bucket shape (call under the lock); the least recently used one goes beyond ``size``."""
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         tokens, bounds = key
         static_rows = torch.zeros((3, tokens), dtype=torch.int64, device=self.device)
@@ -240,7 +241,6 @@ class PackedEngine(Engine):
         self.graphs = None
         if not on or self.device == "cpu":
             return None if not on else "CUDA graphs need a GPU"
-        from scoring.tokenizer import pack_rows
 
         probe = pack_rows([[1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7]], [[0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 1]])
         try:
@@ -250,7 +250,6 @@ class PackedEngine(Engine):
             return f"CUDA graphs failed here: {str(exc).splitlines()[0][:200]}"
         if not np.allclose(replayed, plain, atol=1e-2):
             return f"CUDA graphs gave other scores ({replayed} against {plain})"
-        from scoring.batching import batching_for
 
         started = time.perf_counter()
         try:
@@ -264,7 +263,6 @@ class PackedEngine(Engine):
     def failure(self) -> str | None:
         """Why the packed pass does not run here (a kernel missing from this build of torch, say), from two short
         pairs, or None when it runs."""
-        from scoring.tokenizer import pack_rows
 
         try:
             out = self._forward(pack_rows([[1, 2, 3], [1, 2, 3, 4, 5]], [[0, 0, 0], [0, 0, 0, 1, 1]]))
@@ -274,7 +272,7 @@ class PackedEngine(Engine):
 
     def _forward(self, packed: dict[str, np.ndarray]) -> np.ndarray:
         """One pass over a packed batch: its token rows go to the GPU in one copy, the logits come back in one."""
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         if self.graphs is not None:
             return self.graphs.run(packed)

@@ -38,7 +38,7 @@ class SentenceTransformersEngine(Engine):
     def score_pairs(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
         """Raw ranking logits of (query, document) pairs; ``instruction`` is the prompt sentence-transformers gives the
         model (a chat template's system message, else text before the query); None: the checkpoint's default prompt."""
-        import torch
+        import torch  # lazy: torch loads only on this path
 
         return np.asarray(self.model.predict([(query, d) for d in documents], batch_size=max(1, len(documents)),
                                              prompt=instruction or None, show_progress_bar=False,
@@ -69,9 +69,9 @@ def st_replicas(path: Path, mode: Mode, trust_remote_code: bool, workers: int, *
     """``workers`` replicas of a sentence-transformers checkpoint (one shared model on a GPU), its tokenizer, and the
     window the model declares (it serves at most ``max_tokens`` of it). ``backend``: one of :data:`CAUSAL_BACKENDS`,
     which sets the weights' precision (None: the checkpoint as sentence-transformers loads it)."""
-    import torch
-    from sentence_transformers import CrossEncoder, SentenceTransformer
-    from tokenizers import Tokenizer
+    import torch  # lazy: torch loads only on this path
+    from sentence_transformers import CrossEncoder, SentenceTransformer  # lazy: sentence-transformers loads only on this path
+    from tokenizers import Tokenizer  # lazy: tokenizers loads only on this path
 
     from scoring.engines import unavailable
 

@@ -28,9 +28,9 @@ def model_inputs(model) -> list[str]:
 def torch_model(model_dir: Path, layout: Layout, trust_remote_code: bool, *, device: str = "cpu",
                 precision: str = "fp32"):
     """The transformers model behind a checkpoint, in eval mode, on ``device`` in ``precision``."""
-    import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
+    import torch  # lazy: torch loads only on this path
+    from transformers import AutoModel, AutoModelForSequenceClassification  # lazy: transformers loads only on this path
+    from transformers.utils import logging as hf_logging  # lazy: transformers loads only on this path
 
     hf_logging.disable_progress_bar()
     cls = AutoModelForSequenceClassification if layout.mode == "cross-encoder" else AutoModel
@@ -62,7 +62,7 @@ def torch_engine(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, b
                  packed: bool = True):
     """One torch replica. CPU: fp32, or bf16 autocast with ``bf16``. CUDA: weights in ``precision``; a cross-encoder
     the packed path supports runs packed (``packed=False``: padded, as transformers runs it)."""
-    import torch
+    import torch  # lazy: torch loads only on this path
 
     on_gpu = device != "cpu"
     if model is None:
@@ -82,7 +82,7 @@ def torch_engine(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, b
                 return engine
         log.info("cuda-%s runs padded batches: %s", precision, why)
     if on_gpu:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention import SDPBackend, sdpa_kernel  # lazy: torch loads only on this path
 
         # PyTorch's own attention kernels, not cuDNN's: measured on an H200 (bench/gpu.py), cuDNN attention's
         # per-shape plans put fp16 at p50 21.8 / p95 55.0 ms for 50 documents against 19.4 / 22.5 ms without it.
