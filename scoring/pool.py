@@ -219,11 +219,15 @@ class WorkerPool:
         return [t for t in self._open if t.pending]
 
     def _take(self, ticket: Ticket) -> Job:
-        """A ticket's next batch; the present (virtual time) moves on by the batch's fair share of the pool, never back,
-        so a client's credited start is bounded and a stream of new clients cannot starve an older request."""
+        """A ticket's next batch. The present (virtual time) is the served client's own progress while it is alone;
+        with others waiting it moves on by the batch's fair share of the pool, never back, so a client's credited start
+        is bounded and a stream of new clients cannot starve an older request."""
         waiting = len({id(t.share) for t in self._open if t.pending})
         cost, fn, future = ticket.pending.popleft()
-        self._clock = max(self._clock, ticket.share.served) + cost / max(1, waiting)
+        if waiting <= 1:
+            self._clock = ticket.share.served + cost
+        else:
+            self._clock = max(self._clock, ticket.share.served) + cost / waiting
         ticket.served += cost
         ticket.share.served += cost
         return ticket, cost, fn, future

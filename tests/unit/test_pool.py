@@ -270,3 +270,19 @@ def test_a_stream_of_new_clients_never_starves_an_older_request():
     old.__exit__(None, None, None)
     labels = [label for label, _ in log]
     assert len(labels) == 125 and labels.index("old4") < 0.6 * len(labels)  # served while the streams still ran
+
+
+def test_a_new_clients_small_request_goes_ahead_of_a_large_one_that_started_alone():
+    log: list = []
+    pool = _pool(1, log, seconds=0.01)
+    large = pool.ticket("large", client="large")  # arrives alone: nothing else waits
+    worker = threading.Thread(target=pool.run, args=(large, [(512, _task(f"large{i}")) for i in range(40)]))
+    worker.start()
+    time.sleep(0.1)  # the large request is well under way
+    with pool.ticket("small", client="small") as small:
+        arrived = len(log)
+        pool.run(small, [(512, _task("small0")), (512, _task("small1"))])
+    labels = [label for label, _ in log]
+    assert labels.index("small1") <= arrived + 2  # both small batches next, after at most the batch in progress
+    worker.join(10)
+    large.__exit__(None, None, None)
