@@ -1,6 +1,6 @@
 """Retrieval speed and cost of the local index, per mode, and the app's retrieve-then-rerank latency.
 
-``python bench/retrieval.py [--passages 100000] [--queries 40]`` prints:
+``python bench/index_speed.py [--passages 100000] [--queries 40]`` prints:
 
 (a) on the built-in corpus (the Python docs, the index the app serves by default): p50/p90 of
     ``search`` per mode (k=50) and of the app's pipeline (hybrid retrieval of k=50, then rerank,
