@@ -31,6 +31,7 @@ from scoring import ranking
 from scoring.errors import Cancelled, LimitExceeded, RerankError
 from scoring.pool import Ticket, WorkerPool
 from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy
+from scoring.scorer import Scorer
 from scoring.table import RerankResult, rerank_table
 from service import pipeline
 from service.auth import KeyCheck
@@ -221,11 +222,10 @@ class Service:
 
     # --- ranking ---------------------------------------------------------------------------------
 
-    def _prepare(self, call: Call, query: str, documents: Sequence[object], *, model: str | None = None,
+    def _prepare(self, call: Call, query: str, documents: Sequence[object], *, scorer: Scorer,
                  ticket: Ticket | None = None, **options) -> ranking.Prepared:
         """Check and plan a request within the cost budget (no forward pass yet): a request over it is refused as
         soon as planning shows it, in time bounded by the budget rather than by the request."""
-        scorer = self.models.pick(model)
         options.setdefault("policy", self.policy)
         if options.get("instruction") in (None, ""):
             options["instruction"] = self.instruction
@@ -244,7 +244,7 @@ class Service:
         tokenizing takes turns with other requests' work as its forward passes do."""
         scorer = self.models.pick(model)
         with self._foreground(), call.token.open(scorer.pool, call.id, call.client) as ticket:
-            prepared = self._prepare(call, query, documents, model=model, ticket=ticket, **options)
+            prepared = self._prepare(call, query, documents, scorer=scorer, ticket=ticket, **options)
             return ranking.complete(prepared, ticket=ticket)
 
     @contextmanager
@@ -272,7 +272,8 @@ class Service:
                                   client=client, **options)
         with self.call(face, route, client=client) as call:
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._executor, partial(self._prepare, call, query, documents, **options))
+                self._executor, partial(self._prepare, call, query, documents,
+                                        scorer=self.models.pick(options.pop("model", None)), **options))
             return await self.batcher(prepared)
 
     def rank_table(self, query: str, documents: object, top_n: int | None = None, *, face: str = "python",
