@@ -69,13 +69,13 @@ class Share:
 class Ticket:
     """One request's share of the pool: its pending batches, how much it has been served, whether it was cancelled."""
 
-    def __init__(self, pool: WorkerPool, label: str, start: float, background: bool = False,
-                 share: Share | None = None, client: str | None = None) -> None:
+    def __init__(self, pool: WorkerPool, label: str, start: float, share: Share, *, background: bool = False,
+                 client: str | None = None) -> None:
         self.label = label
         self.client = client
         self.background = background
         self.served = start
-        self.share = share or Share(start)
+        self.share = share
         self.pending: deque[tuple[int, Callable, Future]] = deque()
         self.cancelled = False
         self.batches_run = 0
@@ -145,7 +145,7 @@ class WorkerPool:
                 share = self._shares.setdefault(client, Share(fresh))
                 share.served = max(share.served, fresh)
                 share.tickets += 1
-            ticket = Ticket(self, label, self._clock, background, share or Share(fresh), client)
+            ticket = Ticket(self, label, self._clock, share or Share(fresh), background=background, client=client)
             self._open.append(ticket)
             return ticket
 

@@ -125,7 +125,8 @@ class Service:
 
     def full(self, client: str | None) -> Overloaded | None:
         """Why a request from ``client`` would be refused now (the service is full, or the client has its share in
-        flight), or None: the door asks before reading a body, so a flood of refusals costs next to nothing."""
+        flight), or None: the door asks before reading a body, so a flood of refusals costs next to nothing. Read
+        without the lock: a stale answer only moves a refusal to :meth:`_admit`, which decides under it."""
         limits = self.limits
         if self._in_flight >= limits.max_in_flight:
             return Overloaded(f"the service is busy: {limits.max_in_flight} requests are in flight "
