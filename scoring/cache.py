@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from cachetools import LRUCache
+
+from scoring.tokenizer import Tokens
 
 
 def cache_key(*parts: str) -> bytes:
@@ -62,6 +64,46 @@ class ScoreCache:
         """Forget every entry (the counters stay)."""
         with self._lock:
             self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class TokenCache:
+    """A thread-safe LRU of documents' token ids by (tokenizer, text), bounded by the tokens it holds: a passage
+    reranked again for another query (the usual RAG case: the same candidates, a new question) is not tokenized again.
+    Holds ids only (4 bytes a token; a tokenizer's full encoding takes ~250), which is all a plan reads of a text that
+    is not cut into windows."""
+
+    def __init__(self, tokens: int) -> None:
+        self.capacity = tokens
+        self._data: LRUCache = LRUCache(maxsize=max(1, tokens), getsizeof=lambda t: len(t) + 1)
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def encode(self, tokenizer: str, texts: Sequence[str], encode: Callable[[list[str]], list]) -> list:
+        """Each text's tokens (:class:`Tokens` where cached, else the encoding ``encode`` makes, which is then cached);
+        ``tokenizer`` names the tokenizer (its fingerprint), so models with other vocabularies never share an entry."""
+        keys = [cache_key(tokenizer, text) for text in texts]
+        with self._lock:
+            out = [self._data.get(k) for k in keys] if self.capacity > 0 else [None] * len(keys)
+        missing = [i for i, found in enumerate(out) if found is None]
+        for i, encoding in zip(missing, encode([texts[i] for i in missing]) if missing else [], strict=True):
+            out[i] = encoding
+        with self._lock:
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
+            if self.capacity > 0:
+                for i in missing:
+                    if len(out[i]) < self.capacity:
+                        self._data[keys[i]] = Tokens(np.asarray(out[i].ids, dtype=np.int32))
+        return out
+
+    def held(self) -> int:
+        """Tokens held now."""
+        with self._lock:
+            return int(self._data.currsize)
 
     def __len__(self) -> int:
         return len(self._data)

@@ -17,7 +17,7 @@ import numpy as np
 from scoring.checkpoint import ModelInfo
 from scoring.errors import LimitExceeded, RerankError
 from scoring.pool import Ticket, WorkerPool
-from scoring.tokenizer import word_count
+from scoring.tokenizer import Tokens, word_count
 
 LongDocuments = Literal["truncate", "chunk"]
 
@@ -86,11 +86,13 @@ class Planner:
                    "from_end": truncate_left}
         floor = partial(self._cost_floor, cutting=cutting, room=query_tokens + specials)
         encoded = self._encode_within(texts, floor, budget, ticket)
-        if not fits:  # windows are scored from their text: a text cut into windows needs its spans now
-            cut = [i for i, e in enumerate(encoded) if len(e) > min(window, max_tokens_per_doc or window)]
-            for start, stop, again in self._encode_slices([texts[i] for i in cut], ticket, spans=True):
-                for i, encoding in zip(cut[start:stop], again, strict=True):
-                    encoded[i] = encoding
+        # a text cut into windows is tokenized again: for its spans (windows scored from their text), or because the
+        # token cache holds only its ids
+        limit = min(window, max_tokens_per_doc or window)
+        cut = [i for i, e in enumerate(encoded) if len(e) > limit and (not fits or isinstance(e, Tokens))]
+        for start, stop, again in self._encode_slices([texts[i] for i in cut], ticket, spans=not fits):
+            for i, encoding in zip(cut[start:stop], again, strict=True):
+                encoded[i] = encoding
         owners: list[int] = []
         pieces: list = []
         places: list[tuple[int, int | None]] = []  # (text, window number where the window is a cut of it)
@@ -133,7 +135,7 @@ class Planner:
         floors = self._word_floors(texts, floor, budget) if budget is not None else None
         encoded: list = []
         known, rest = 0, sum(floors) if floors else 0
-        for start, stop, part in self._encode_slices(texts, ticket, spans=False):
+        for start, stop, part in self._encode_slices(texts, ticket, spans=False, cached=True):
             encoded.extend(part)
             if floors is not None:
                 known += sum(floor(len(e)) for e in encoded[start:stop])
@@ -144,18 +146,20 @@ class Planner:
                                         f"{budget:,} (RERANK_MAX_REQUEST_TOKENS)")
         return encoded
 
-    def _encode_slices(self, texts: list[str], ticket: Ticket | None, *, spans: bool) -> Iterator[tuple[int, int, list]]:
+    def _encode_slices(self, texts: list[str], ticket: Ticket | None, *, spans: bool,
+                       cached: bool = False) -> Iterator[tuple[int, int, list]]:
         """Texts tokenized a slice at a time, as (start, stop, encodings); with a ``ticket`` and more than one slice,
-        each slice is a pool task under it, so a large request's tokenizing takes turns with other requests."""
+        each slice is a pool task under it, so a large request's tokenizing takes turns with other requests
+        (``cached``: through the token cache)."""
         slices = _slices(texts, SLICE_CHARS)
         pooled = ticket is not None and len(slices) > 1
         for start, stop in slices:
             part = texts[start:stop]
             if not pooled:
-                yield start, stop, self._pool.encode(part, spans=spans)
+                yield start, stop, self._pool.encode(part, spans=spans, cached=cached)
                 continue
             cost = sum(len(t) for t in part) // 4  # about a token per four characters, for fair turns
-            task = lambda _replica, p=part: self._pool.encode(p, spans=spans)  # noqa: E731
+            task = lambda _replica, p=part: self._pool.encode(p, spans=spans, cached=cached)  # noqa: E731
             yield start, stop, self._pool.run(ticket, [(cost, task)])[0]
 
     def _word_floors(self, texts: list[str], floor: Callable[[int], int], budget: int) -> list[int]:

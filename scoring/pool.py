@@ -32,6 +32,7 @@ from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from scoring.cache import TokenCache
 from scoring.choice import Choice
 from scoring.errors import Cancelled
 from scoring.tokenizer import TextTokenizer
@@ -48,8 +49,11 @@ class Shared:
     run: Callable
     budget: int
     max_items: int
+    filled: dict | None = None  # the items as a packed batch, filled on the request's thread (engines that ``fills``)
 
     def __call__(self, replica):
+        if self.filled is not None and replica.fills:
+            return replica.score_packed([self.filled])
         return self.run(replica, self.items)
 
 
@@ -97,16 +101,18 @@ class WorkerPool:
     """``workers`` threads that each own an engine replica; batches come from tickets, fairly interleaved."""
 
     def __init__(self, engines: Sequence, tokenizer: TextTokenizer, choice: Choice, *, source=None,
-                 credit: int = 4096) -> None:
+                 credit: int = 4096, token_cache: int = 1_000_000) -> None:
         self.replicas = list(engines)
         self.workers = len(self.replicas)
         self.choice = choice
         self.source = source
         self.tokenizer = tokenizer.copy()  # for counting tokens on request threads
         self.tokenizer_lock = threading.Lock()
-        self._planners: queue.SimpleQueue = queue.SimpleQueue()  # a few tokenizer copies: requests plan side by side
-        for _ in range(max(1, min(4, os.cpu_count() or 1))):
+        self._planners: queue.SimpleQueue = queue.SimpleQueue()  # a tokenizer copy a core: requests plan side by side
+        for _ in range(max(1, os.cpu_count() or 1)):
             self._planners.put(tokenizer.copy())
+        self.tokens = TokenCache(token_cache)  # see encode
+        self._templated: bool | None = None
         self.batches_run = 0
         self.batches_dropped = 0
         self.batches_shared = 0  # batches that ran in a pass with another batch
@@ -324,15 +330,39 @@ class WorkerPool:
         with self.tokenizer_lock:
             return self.tokenizer.count(texts)
 
-    def encode(self, texts: Sequence[str], *, spans: bool = True) -> list:
+    def encode(self, texts: Sequence[str], *, spans: bool = True, cached: bool = False) -> list:
         """Each text's tokens (with character spans unless ``spans=False``; no special tokens), one pass; concurrent
         requests tokenize on separate copies (fast tokenizers are not safe to share), so one request's planning never
-        waits for another's."""
+        waits for another's. ``cached`` (without spans): texts seen before come from the token cache as
+        :class:`~scoring.tokenizer.Tokens` (where pairs are filled from a template, so ids are all they need)."""
+        if cached and not spans and self.tokens.capacity > 0 and self._uses_template():
+            return self.tokens.encode(self.tokenizer.fingerprint, texts, lambda rest: self._tokenize(rest, spans=False))
+        return self._tokenize(texts, spans=spans)
+
+    def _tokenize(self, texts: Sequence[str], *, spans: bool) -> list:
+        """Texts through one of the planners' tokenizers (each used by one thread at a time)."""
         tokenizer = self._planners.get()
         try:
             return tokenizer.encode_plain(texts, spans=spans)
         finally:
             self._planners.put(tokenizer)
+
+
+    def fill(self, pairs: Sequence[tuple]) -> dict:
+        """Tokenized pairs as one packed batch, filled on the calling (request) thread with a tokenizer of its own: the
+        worker that runs the pass only lays filled batches end to end, so filling overlaps other passes."""
+        tokenizer = self._planners.get()
+        try:
+            return tokenizer.packed_pairs(pairs)
+        finally:
+            self._planners.put(tokenizer)
+
+    def _uses_template(self) -> bool:
+        """Whether pairs are filled from the tokenizer's template (checked once): else cached ids would not do."""
+        if self._templated is None:
+            with self.tokenizer_lock:
+                self._templated = self.tokenizer.templated()
+        return self._templated
 
 
 def _turn(ticket: Ticket) -> tuple[float, float]:
@@ -351,7 +381,10 @@ def _run_shared(jobs: list[Job], replica) -> None:
     """Several requests' shared batches in one pass; each request gets its own items' outputs (or the error)."""
     batches = [job[2] for job in jobs]
     try:
-        outputs = batches[0].run(replica, [item for b in batches for item in b.items])
+        if replica.fills and all(b.filled is not None for b in batches):
+            outputs = replica.score_packed([b.filled for b in batches])
+        else:
+            outputs = batches[0].run(replica, [item for b in batches for item in b.items])
     except BaseException as exc:
         for job in jobs:
             job[3].set_exception(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,19 @@ def word_count(text: str) -> int:
     return len(_WORD.findall(text))
 
 
+class Tokens:
+    """A text's token ids as the token cache holds them: its length and ids, which is all a plan reads of a text that
+    is not cut into windows (one that is cut is tokenized again, for its spans and overflow)."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class TextTokenizer:
     """The checkpoint's fast tokenizer, producing model inputs as numpy arrays.
 
@@ -31,8 +45,10 @@ class TextTokenizer:
     engine and each request-side counter holds its own :meth:`copy`.
     """
 
-    def __init__(self, tokenizer, pad_token: str | None, *, pair_overhead: int | None = None) -> None:
+    def __init__(self, tokenizer, pad_token: str | None, *, pair_overhead: int | None = None,
+                 fingerprint: str | None = None) -> None:
         self._tok = tokenizer
+        self._fingerprint = fingerprint
         self._pair_overhead = pair_overhead
         self._words_hold: bool | None = None
         self._tok.no_truncation()
@@ -62,7 +78,20 @@ class TextTokenizer:
         """An independent tokenizer with the same vocabulary and rules."""
         from tokenizers import Tokenizer  # lazy: tokenizers loads only on this path
 
-        return TextTokenizer(Tokenizer.from_str(self._tok.to_str()), self._pad[1], pair_overhead=self._pair_overhead)
+        return TextTokenizer(Tokenizer.from_str(self._tok.to_str()), self._pad[1], pair_overhead=self._pair_overhead,
+                             fingerprint=self.fingerprint)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the vocabulary and rules: what names this tokenizer's output in a cache."""
+        if self._fingerprint is None:
+            self._fingerprint = hashlib.blake2b(self._tok.to_str().encode(), digest_size=16).hexdigest()
+        return self._fingerprint
+
+    def templated(self) -> bool:
+        """Whether pairs are built by filling the checkpoint's template around a document's ids (then a document's
+        ids are all a pair needs of it; else every pair goes through the tokenizer's post-processor)."""
+        return self._pair_template(self._tok.encode("probe query", add_special_tokens=False)) is not None
 
     def encode_plain(self, texts: Sequence[str], *, spans: bool = True) -> list:
         """Each text's tokens (no special tokens, no truncation): one pass over a request, from which its lengths,
@@ -221,3 +250,16 @@ def pack_flat(ids: Sequence[int], types: Sequence[int], lengths: Sequence[int]) 
     positions = np.arange(int(starts[-1]), dtype=np.int64) - np.repeat(starts[:-1].astype(np.int64), sizes)
     return {"input_ids": np.asarray(ids, dtype=np.int64), "token_type_ids": np.asarray(types, dtype=np.int64),
             "position_ids": positions, "starts": starts, "longest": np.int64(sizes.max() if len(sizes) else 0)}
+
+
+def merge_packed(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Packed batches laid end to end as one (each batch's pairs in order): how batches filled on request threads
+    share one pass without their pairs being filled again."""
+    if len(batches) == 1:
+        return batches[0]
+    merged = {k: np.concatenate([b[k] for b in batches]) for k in ("input_ids", "token_type_ids", "position_ids")}
+    ends = np.cumsum([0] + [int(b["starts"][-1]) for b in batches[:-1]])
+    merged["starts"] = np.concatenate([batches[0]["starts"][:1]] + [b["starts"][1:] + end for b, end in
+                                                                     zip(batches, ends, strict=True)]).astype(np.int32)
+    merged["longest"] = np.int64(max(int(b["longest"]) for b in batches))
+    return merged

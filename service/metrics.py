@@ -25,6 +25,9 @@ class ScorerCollector(Collector):
         dropped = CounterMetricFamily("rerank_batches_dropped", "batches dropped because their request was cancelled",
                                       labels=["model"])
         tokens = CounterMetricFamily("rerank_tokens", "padded token positions computed", labels=["model"])
+        token_hits = CounterMetricFamily("rerank_token_cache_hits", "documents whose token ids came from the token cache",
+                                         labels=["model"])
+        token_held = GaugeMetricFamily("rerank_token_cache_tokens", "token ids held in the token cache", labels=["model"])
         seen_caches, seen_pools = set(), set()
         for scorer in self.scorers():
             name = [scorer.info.name]
@@ -38,7 +41,9 @@ class ScorerCollector(Collector):
                 batches.add_metric(name, scorer.pool.batches_run)
                 dropped.add_metric(name, scorer.pool.batches_dropped)
                 tokens.add_metric(name, scorer.pool.tokens_run)
-        yield from (hits, misses, entries, batches, dropped, tokens)
+                token_hits.add_metric(name, scorer.pool.tokens.hits)
+                token_held.add_metric(name, scorer.pool.tokens.held())
+        yield from (hits, misses, entries, batches, dropped, tokens, token_hits, token_held)
 
 
 class ServiceMetrics:

@@ -151,6 +151,8 @@ def test_health_info_metrics_docs(server):
     assert "rerank_batches_total{model=" in text and "rerank_request_tokens_bucket" in text
     assert "rerank_request_duration_seconds_bucket" in text
     assert "rerank_cache_hits_total{model=" in text and "rerank_cache_entries{model=" in text
+    held = re.search(r"rerank_token_cache_tokens\{model=[^}]*\} (\d+)", text)
+    assert held and float(held.group(1)) > 0 and "rerank_token_cache_hits_total{model=" in text
     docs = httpx.get(f"{server}/docs")
     assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # served offline
     script = re.search(r'src="([^"]*swagger-ui-bundle\.js)"', docs.text).group(1)
