@@ -149,9 +149,12 @@ class Scorer:
         engine = self.backend.backend
         keys = [cache_key(engine, p.query, p.name(i)) for p, i in items]
 
+        fills = self._pool.replicas[0].fills
+
         def batch(positions: list[int]) -> Shared:  # may share a forward pass with other requests' batches
             pairs = [(items[m][0].query_encoding, items[m][0].encodings[items[m][1]]) for m in positions]
-            return Shared("encoded-pairs", pairs, _score_encoded, self._token_budget, self._batch_size)
+            return Shared("encoded-pairs", pairs, _score_encoded, self._token_budget, self._batch_size,
+                          self._pool.fill(pairs) if fills else None)
 
         return self._cached_logits(keys, [p.lengths[i] for p, i in items], batch, ticket)
 
@@ -181,8 +184,14 @@ class Scorer:
             return cosine if raw else (cosine + 1.0) / 2.0
         told = {"instruction": plan.instruction} if plan.instruction else {}
         keys = [cache_key(self.backend.backend, *told.values(), plan.query, u) for u in plan.units]
-        logits = self._cached_logits(keys, plan.lengths, lambda positions: lambda replica: replica.score_pairs(
-            plan.query, [plan.units[m] for m in positions], **told), ticket)
+        if self._pool.replicas[0].merges:  # the batches may share a pass with other requests' (packed engines)
+            def batch(positions: list[int]) -> Callable:
+                triples = [(plan.instruction, plan.query, plan.units[m]) for m in positions]
+                return Shared("text-triples", triples, _score_triples, self._token_budget, self._batch_size)
+        else:
+            def batch(positions: list[int]) -> Callable:
+                return lambda replica: replica.score_pairs(plan.query, [plan.units[m] for m in positions], **told)
+        logits = self._cached_logits(keys, plan.lengths, batch, ticket)
         return logits if raw else (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
     def embed(self, texts: Sequence[str], *, query: bool = False, ticket: Ticket | None = None,
@@ -291,6 +300,11 @@ class Scorer:
                  choice.describe(), ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" if m.seconds is not None
                                               else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
         return choice
+
+
+def _score_triples(replica, triples: list) -> np.ndarray:
+    """Logits of (instruction, query, text) triples on one replica (a :class:`Shared` batch's run)."""
+    return replica.score_triples(triples)
 
 
 def _score_encoded(replica, pairs: list) -> np.ndarray:

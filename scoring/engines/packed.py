@@ -22,7 +22,7 @@ import numpy as np
 from scoring.batching import batching_for
 from scoring.checkpoint import Layout
 from scoring.engines.base import Engine
-from scoring.tokenizer import TextTokenizer, pack_flat, pack_rows
+from scoring.tokenizer import TextTokenizer, merge_packed, pack_flat, pack_rows
 
 log = logging.getLogger("rag_augment.engines")
 # Architecture -> how its classifier reads the first token: through the pooler (BERT) or on its own (RoBERTa's head).
@@ -213,6 +213,7 @@ class PackedEngine(Engine):
 
     takes_tokens = True
     merges = True  # a pair's score does not depend on what shares its batch: requests may share one
+    fills = True  # requests fill their batches on their own threads (see WorkerPool.fill)
 
     def __init__(self, name: str, tokenizer: TextTokenizer, layout: Layout, model, *, device: str,
                  attention: Attention) -> None:
@@ -230,6 +231,10 @@ class PackedEngine(Engine):
         """Raw ranking logits of (query, document) pairs already tokenized by the request's plan."""
         return self._forward(self.tokenizer.packed_pairs(pairs))
 
+    def score_packed(self, batches: Sequence[dict]) -> np.ndarray:
+        """Raw ranking logits of batches filled on the requests' threads, in one pass."""
+        return self._forward(merge_packed(batches))
+
     @property
     def how(self) -> str:
         """How the pass runs, for /info and the page."""
@@ -239,26 +244,8 @@ class PackedEngine(Engine):
         """Replay the pass as CUDA graphs (on a GPU): checked on a short batch against the plain pass; returns why
         not where they do not run here (then the plain pass serves)."""
         self.graphs = None
-        if not on or self.device == "cpu":
-            return None if not on else "CUDA graphs need a GPU"
-
-        probe = pack_rows([[1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7]], [[0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 1]])
-        try:
-            graphs = GraphCache(self.encoder, self.device, self.layout.max_length)
-            replayed, plain = graphs.run(probe), self._forward(probe)
-        except Exception as exc:  # noqa: BLE001 - any failure means: the plain pass serves, saying why
-            return f"CUDA graphs failed here: {str(exc).splitlines()[0][:200]}"
-        if not np.allclose(replayed, plain, atol=1e-2):
-            return f"CUDA graphs gave other scores ({replayed} against {plain})"
-
-        started = time.perf_counter()
-        try:
-            count = graphs.prepare(128, min(32_768, batching_for(self.device)["token_budget"]))
-            log.info("%s: %d CUDA graphs captured ahead in %.1f s", self.name, count, time.perf_counter() - started)
-        except Exception as exc:  # noqa: BLE001 - the shapes not captured yet are captured when first seen
-            log.warning("%s: capturing CUDA graphs ahead stopped: %s", self.name, str(exc).splitlines()[0][:200])
-        self.graphs = graphs
-        return None
+        self.graphs, why = capture_graphs(self, on)
+        return why
 
     def failure(self) -> str | None:
         """Why the packed pass does not run here (a kernel missing from this build of torch, say), from two short
@@ -271,15 +258,42 @@ class PackedEngine(Engine):
         return None if out.shape == (2,) and np.isfinite(out).all() else "the packed pass gave no finite scores"
 
     def _forward(self, packed: dict[str, np.ndarray]) -> np.ndarray:
-        """One pass over a packed batch: its token rows go to the GPU in one copy, the logits come back in one."""
-        import torch  # lazy: torch loads only on this path
+        return forward_packed(self, packed)
 
-        if self.graphs is not None:
-            return self.graphs.run(packed)
 
-        rows = torch.from_numpy(np.stack([packed["input_ids"], packed["token_type_ids"], packed["position_ids"]]))
-        rows = rows.pin_memory().to(self.device, non_blocking=True) if self.device != "cpu" else rows
-        starts = torch.from_numpy(packed["starts"]).to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            logits = self.encoder.logits(rows[0], rows[1], rows[2], starts, int(packed["longest"]))
-            return logits[:, 0].float().cpu().numpy()
+def capture_graphs(engine, on: bool = True) -> tuple[GraphCache | None, str | None]:
+    """CUDA graphs of a packed engine's pass (``engine.encoder`` with its ``graphs`` off), checked on a short batch
+    against the plain pass, the usual shapes captured ahead: (the graphs, None), or (None, why not) where they do not
+    run here (then the plain pass serves)."""
+    if not on or engine.device == "cpu":
+        return None, None if not on else "CUDA graphs need a GPU"
+    probe = pack_rows([[1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7]], [[0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 1]])
+    try:
+        graphs = GraphCache(engine.encoder, engine.device, engine.layout.max_length)
+        replayed, plain = graphs.run(probe), forward_packed(engine, probe)
+    except Exception as exc:  # noqa: BLE001 - any failure means: the plain pass serves, saying why
+        return None, f"CUDA graphs failed here: {str(exc).splitlines()[0][:200]}"
+    if not np.allclose(replayed, plain, atol=1e-2):
+        return None, f"CUDA graphs gave other scores ({replayed} against {plain})"
+    started = time.perf_counter()
+    try:
+        count = graphs.prepare(128, min(32_768, batching_for(engine.device)["token_budget"]))
+        log.info("%s: %d CUDA graphs captured ahead in %.1f s", engine.name, count, time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 - the shapes not captured yet are captured when first seen
+        log.warning("%s: capturing CUDA graphs ahead stopped: %s", engine.name, str(exc).splitlines()[0][:200])
+    return graphs, None
+
+
+def forward_packed(engine, packed: dict[str, np.ndarray]) -> np.ndarray:
+    """One pass of a packed engine over a packed batch (on its graphs where it has them): the token rows go to the
+    device in one copy, one logit a pair comes back in one."""
+    import torch  # lazy: torch loads only on this path
+
+    if engine.graphs is not None:
+        return engine.graphs.run(packed)
+    rows = torch.from_numpy(np.stack([packed["input_ids"], packed["token_type_ids"], packed["position_ids"]]))
+    rows = rows.pin_memory().to(engine.device, non_blocking=True) if engine.device != "cpu" else rows
+    starts = torch.from_numpy(packed["starts"]).to(engine.device, non_blocking=True)
+    with torch.inference_mode():
+        logits = engine.encoder.logits(rows[0], rows[1], rows[2], starts, int(packed["longest"]))
+        return logits[:, 0].float().cpu().numpy()

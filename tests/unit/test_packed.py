@@ -139,6 +139,9 @@ def test_concurrent_requests_share_packed_passes_and_score_as_alone(tiny_scorer,
     import threading
 
     scorer = _packed_scorer(tiny_scorer, tiny_cross_encoder_dir)
+    worker_fills = []  # the worker lays filled batches end to end; filling is the requests' threads' work
+    replica = scorer.pool.replicas[0]
+    replica.tokenizer.packed_pairs = lambda pairs: worker_fills.append(len(pairs))
     requests = [(f"question {k} about rerankers", [f"document {k}.{j} " + "words " * (3 * j + k) for j in range(6)])
                 for k in range(4)]
     alone = [tiny_scorer.score(q, d, raw=True) for q, d in requests]
@@ -161,6 +164,7 @@ def test_concurrent_requests_share_packed_passes_and_score_as_alone(tiny_scorer,
     for k, expected in enumerate(alone):
         np.testing.assert_allclose(results[k], expected, atol=2e-5)
     assert scorer.pool.batches_shared == len(requests)
+    assert worker_fills == []
 
 
 def test_a_packed_pass_that_fails_here_is_found_before_serving(tiny_cross_encoder_dir):
@@ -228,3 +232,15 @@ def test_long_documents_score_packed_as_padded_in_both_modes(tiny_scorer, tiny_c
                                                or "max_tokens_per_doc" in options)
         np.testing.assert_allclose(scorer.score("what is a reranker", docs, raw=True, **options),
                                    tiny_scorer.score("what is a reranker", docs, raw=True, **options), atol=2e-5)
+
+
+def test_batches_filled_apart_merge_as_if_filled_together():
+    from scoring.tokenizer import merge_packed
+
+    rows = [[5, 6, 7], [8, 9], [1, 2, 3, 4, 5, 6], [7]]
+    types = [[0, 0, 1], [0, 1], [0, 0, 0, 1, 1, 1], [0]]
+    together = pack_rows(rows, types)
+    merged = merge_packed([pack_rows(rows[:1], types[:1]), pack_rows(rows[1:3], types[1:3]), pack_rows(rows[3:], types[3:])])
+    for key in ("input_ids", "token_type_ids", "position_ids", "starts", "longest"):
+        np.testing.assert_array_equal(merged[key], together[key])
+    assert merged["starts"].dtype == np.int32
