@@ -1,7 +1,7 @@
 """Reranking on a CUDA GPU (and the same machine's CPU cores): the seed's way against ours, in one run.
 
 ``python bench/gpu.py [--device cuda] [--tokenizer DIR] [--texts FILE.jsonl] [--weights DIR] [--reps 20] [--cpu-reps 3]
-[--cpu-only]``
+[--cpu-only] [--causal [--shape 0.6b|tiny]]`` (``--causal``: a causal-LM reranker, see ``bench/gpu_causal.py``)
 
 Runs where a GPU machine has only torch, transformers, sentence-transformers, numpy, pandas and
 onnxruntime (no gradio, fastapi or duckdb): it imports the scoring core alone. It builds a
@@ -169,7 +169,16 @@ def main() -> int:
                                                                   "tokenizer's threads, Python threads, processes")
     parser.add_argument("--cpu-only", action="store_true", help="only the CPU rows (with RERANK_BACKEND=auto's measured "
                                                                  "backend and workers x threads)")
+    parser.add_argument("--causal", action="store_true", help="a Qwen3-Reranker-shaped causal LM instead: padded "
+                                                               "CrossEncoder.predict against the packed pass, with MFU "
+                                                               "(bench/gpu_causal.py)")
+    parser.add_argument("--shape", choices=["0.6b", "tiny"], default="0.6b", help="with --causal: the model's shape")
     args = parser.parse_args()
+    if args.causal:
+        import gpu_causal
+
+        args.device = engines.resolve_device(args.device)
+        return gpu_causal.run(args)
     import torch
     from sentence_transformers import CrossEncoder
 

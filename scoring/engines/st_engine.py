@@ -18,6 +18,7 @@ from scoring.tokenizer import TextTokenizer
 ST_BACKEND = "torch (sentence-transformers)"
 # causal-LM rerankers: sentence-transformers in each precision; the first of a device is its fp32 reference
 CAUSAL_BACKENDS = {"cpu": ("torch", "torch-bf16"), "cuda": ("cuda-fp32", "cuda-fp16", "cuda-bf16")}
+PRECISION = {"torch": "fp32", "torch-bf16": "bf16", "cuda-fp32": "fp32", "cuda-fp16": "fp16", "cuda-bf16": "bf16"}
 _DTYPES = {"torch": "float32", "torch-bf16": "bfloat16", "cuda-fp32": "float32", "cuda-fp16": "float16",
            "cuda-bf16": "bfloat16"}
 
@@ -93,6 +94,10 @@ def st_replicas(path: Path, mode: Mode, trust_remote_code: bool, workers: int, *
     engines = [SentenceTransformersEngine(model, layout, name)] + [
         SentenceTransformersEngine(copy.deepcopy(model) if device == "cpu" else model, layout, name)
         for _ in range(workers - 1)]
+    if backend is not None and mode == "cross-encoder" and device != "cpu":  # a causal-LM reranker on a GPU: packed
+        from scoring.engines.causal import packed_or_padded
+
+        engines, _ = packed_or_padded(engines, model, PRECISION[backend], device)
     overhead = pair_overhead(model) if mode == "cross-encoder" else None
     tokenizer = TextTokenizer(Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str()), model.tokenizer.pad_token,
                               pair_overhead=overhead)
