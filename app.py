@@ -104,7 +104,8 @@ def _rerank_tab(service: Service, scorer: Scorer, handlers: Handlers) -> None:
                              f"{scorer.info.name} takes no instruction: it would be ignored")
     with gr.Row():
         top_n = gr.Number(label="Keep the best N (0: all)", precision=0, minimum=0, value=0, scale=1, elem_id="top-n")
-        submit = gr.Button("Rerank", variant="primary", elem_id="submit", scale=3)
+        min_score = gr.Number(label="Drop scores below (empty: none)", value=None, scale=1, elem_id="min-score")
+        submit = gr.Button("Rerank", variant="primary", elem_id="submit", scale=2)
     status = gr.Markdown(elem_id="status")
     reranked = gr.Dataframe(label="Reranked: best first (# = new position, row = input row)", wrap=True,
                             interactive=False, elem_id="reranked", column_widths=RERANK_WIDTHS,
@@ -112,7 +113,8 @@ def _rerank_tab(service: Service, scorer: Scorer, handlers: Handlers) -> None:
     gr.Examples(examples=EXAMPLES, inputs=[query, documents], outputs=[reranked, status],
                 fn=handlers.rerank_example, run_on_click=True, cache_examples=True, cache_mode="lazy",
                 label="Examples (click to run)", elem_id="rerank-examples")
-    ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n, instruction], outputs=[reranked, status],
+    ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n, instruction, min_score],
+                          outputs=[reranked, status],
                           api_visibility="private", concurrency_limit=None)
     ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
 

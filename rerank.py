@@ -46,14 +46,18 @@ def rank(query: str, documents: Sequence[str], top_n: int | None = None, *, mode
 
 
 def rerank(query: str, documents: pd.DataFrame, top_n: int | None = None, *, model: str | None = None,
-           scorer: Scorer | None = None, max_documents: int | None = None) -> pd.DataFrame:
+           scorer: Scorer | None = None, max_documents: int | None = None, min_score: float | None = None) -> pd.DataFrame:
     """Rerank ``documents`` (a DataFrame with a ``text`` column) for ``query``; see :func:`rerank_table`.
 
-    The dropped duplicates' index labels are in ``result.attrs["duplicates"]``.
+    The dropped duplicates' index labels are in ``result.attrs["duplicates"]``; with ``min_score``, how many rows
+    scored below it in ``result.attrs["below_min_score"]`` (dropped before ``top_n``).
     """
     if max_documents is None:
         max_documents = Settings.from_env().max_documents
-    result = rerank_table(query, documents, top_n, scorer=scorer or default_scorer(model), max_documents=max_documents)
+    result = rerank_table(query, documents, top_n, scorer=scorer or default_scorer(model), max_documents=max_documents,
+                          min_score=min_score)
     table = result.table
     table.attrs["duplicates"] = result.duplicates
+    if result.ranking.threshold is not None:
+        table.attrs["below_min_score"] = result.ranking.threshold.dropped
     return table

@@ -122,6 +122,29 @@ def validate_top_n(top_n: object) -> int | None:
     return None if top_n is None else int(top_n)
 
 
+def validate_min_score(min_score: object) -> float | None:
+    """``min_score`` as a finite number, or None (no threshold)."""
+    if min_score is None:
+        return None
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(min_score):
+        raise RerankError(f"min_score must be a finite number or None, got {min_score!r}")
+    return float(min_score)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """What a request's ``min_score`` dropped: documents whose score fell below it (duplicates counted as the rows they
+    are), before ``top_n`` kept the best of the rest."""
+
+    min_score: float
+    dropped: int
+
+    def as_dict(self) -> dict:
+        """The response metadata's form."""
+        return {"min_score": self.min_score, "dropped": self.dropped}
+
+
 def duplicate_positions(texts: Sequence[str]) -> list[int]:
     """Positions of texts that repeat an earlier text exactly (the first occurrence is kept)."""
     seen: set[str] = set()
@@ -257,6 +280,7 @@ class Ranking:
     cost: int = 0
     first_stage: dict[int, float] = field(default_factory=dict, repr=False)
     instruction: InstructionUse | None = None
+    threshold: Threshold | None = None
 
     def __iter__(self) -> Iterator[RankedDocument]:
         return iter(self.results)
@@ -300,7 +324,7 @@ class Ranking:
                    for i in order]
         fused = first is not None and policy.method_for(self.model.mode) != "none"
         return Ranking(results, self.duplicates, self.model, self.backend, fused, self.cost, self.first_stage,
-                       self.instruction)
+                       self.instruction, self.threshold)
 
 
 @dataclass(frozen=True)
@@ -317,6 +341,7 @@ class Prepared:
     policy: ScoringPolicy
     raw: bool
     instruction: InstructionUse | None = None
+    min_score: float | None = None
 
     @property
     def cost(self) -> int:
@@ -328,12 +353,15 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
             first_stage: Sequence[float] | None = None, policy: ScoringPolicy = DEFAULT_POLICY,
             long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None,
             truncate_left: bool = False, raw: bool = False, max_documents: int | None = None,
-            instruction: str | None = None, budget: int | None = None, ticket: Ticket | None = None) -> Prepared:
+            instruction: str | None = None, budget: int | None = None, ticket: Ticket | None = None,
+            min_score: float | None = None) -> Prepared:
     """Check the inputs, drop duplicates and plan the windows (no model call yet); ``instruction`` reaches models
     that take one (causal-LM rerankers) and is reported as ignored by the others. ``budget``: the most tokens the
     request may cost, refused (:class:`LimitExceeded`) as soon as planning shows it is over; ``ticket``: a large
-    request tokenizes in turns with other requests' work (see :meth:`Scorer.plan`)."""
+    request tokenizes in turns with other requests' work (see :meth:`Scorer.plan`). ``min_score``: documents scoring
+    below it are dropped and counted (:class:`Threshold`), before ``top_n``."""
     query = validate_query(query)
+    min_score = validate_min_score(min_score)
     use = instruction_use(scorer.info, validate_instruction(instruction))
     texts = validate_texts(documents, max_documents=max_documents)
     top_n = validate_top_n(top_n)
@@ -354,7 +382,7 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
     plan = scorer.plan(query, [texts[i] for i in unique], long_documents=long_documents,
                        max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left,
                        instruction=use.text if use and use.applied else None, budget=budget, ticket=ticket)
-    return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw, use)
+    return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw, use, min_score)
 
 
 def complete(prepared: Prepared, *, ticket: Ticket | None = None) -> Ranking:
@@ -384,6 +412,13 @@ def _ranked(prepared: Prepared, model_scores: np.ndarray) -> Ranking:
     mode = p.scorer.info.mode
     scores = p.policy.combine(mode, model_scores, p.first_stage)
     order = np.argsort(-scores, kind="stable")
+    threshold = None
+    if p.min_score is not None:
+        below = scores[order] < p.min_score
+        slot = {doc: k for k, doc in enumerate(p.unique)}
+        copies = np.bincount([slot[d.same_as] for d in p.duplicates], minlength=len(p.unique)).astype(np.int64)
+        threshold = Threshold(p.min_score, int(below.sum() + copies[order[below]].sum()))
+        order = order[~below]
     if p.top_n is not None:
         order = order[: p.top_n]
     results = [RankedDocument(p.unique[i], float(scores[i]), float(model_scores[i]), p.texts[p.unique[i]]) for i in order]
@@ -393,15 +428,16 @@ def _ranked(prepared: Prepared, model_scores: np.ndarray) -> Ranking:
         kept = {r.index for r in results}
         stage = {i: v for i, v in stage.items() if i in kept}
     return Ranking(results, list(p.duplicates), p.scorer.info, p.scorer.backend.backend, fused, p.cost, stage,
-                   p.instruction)
+                   p.instruction, threshold)
 
 
 def rank(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int | None = None,
          first_stage: Sequence[float] | None = None, policy: ScoringPolicy = DEFAULT_POLICY,
          long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None, truncate_left: bool = False,
          raw: bool = False, max_documents: int | None = None, ticket: Ticket | None = None,
-         instruction: str | None = None) -> Ranking:
-    """Rank ``documents`` for ``query``: the best first, duplicates reported, cut to ``top_n``.
+         instruction: str | None = None, min_score: float | None = None) -> Ranking:
+    """Rank ``documents`` for ``query``: the best first, duplicates reported, those below ``min_score`` dropped and
+    counted (``Ranking.threshold``), cut to ``top_n``.
 
     ``first_stage``: the retriever's scores, higher is better, one per document (fused in as ``policy``
     says). ``raw``: the model's logit or cosine rather than the normalised [0, 1] score. ``instruction``: a task
@@ -414,4 +450,4 @@ def rank(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int 
     return complete(prepare(scorer, query, documents, top_n=top_n, first_stage=first_stage, policy=policy,
                             long_documents=long_documents, max_tokens_per_doc=max_tokens_per_doc,
                             truncate_left=truncate_left, raw=raw, max_documents=max_documents,
-                            instruction=instruction), ticket=ticket)
+                            instruction=instruction, min_score=min_score), ticket=ticket)

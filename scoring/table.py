@@ -83,13 +83,16 @@ class RerankResult:
         n = len(self.duplicates)
         dup = f"; {n} duplicate text{'s' if n != 1 else ''} dropped (rows {', '.join(map(str, self.duplicates[:20]))}" \
               f"{' …' if n > 20 else ''})" if n else "; no duplicates"
-        return f"{len(self.table)} documents returned{dup}"
+        cut = self.ranking.threshold if self.ranking is not None else None
+        below = f"; {cut.dropped} below min_score {cut.min_score:g} dropped" if cut is not None else ""
+        return f"{len(self.table)} documents returned{dup}{below}"
 
 
 def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, *, scorer: Scorer | None = None,
                  rank_fn: RankFn | None = None, max_documents: int = 1000, long_documents: LongDocuments = "chunk",
-                 policy: ScoringPolicy = DEFAULT_POLICY) -> RerankResult:
-    """Rerank a documents table and report what was dropped (see the module docstring).
+                 policy: ScoringPolicy = DEFAULT_POLICY, min_score: float | None = None) -> RerankResult:
+    """Rerank a documents table and report what was dropped (see the module docstring; ``min_score``: rows scoring
+    below it are dropped and counted, before ``top_n``).
 
     The ranking itself is :func:`scoring.ranking.rank` on ``scorer``, or ``rank_fn`` (the service's,
     which adds the key, admission and limits) with the same keyword arguments.
@@ -101,8 +104,9 @@ def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, 
         if scorer is None:
             raise ValueError("rerank_table needs a scorer or a rank_fn")
         rank_fn = lambda q, texts, **kw: rank(scorer, q, texts, **kw)  # noqa: E731
+    threshold = {"min_score": min_score} if min_score is not None else {}
     ranking = rank_fn(query, documents[TEXT_COLUMN].tolist(), top_n=top_n, policy=policy, long_documents=long_documents,
-                      first_stage=first_stage_scores(documents, policy.first_stage_column))
+                      first_stage=first_stage_scores(documents, policy.first_stage_column), **threshold)
     table = documents.iloc[[r.index for r in ranking]].copy()
     if SCORE_COLUMN in table.columns:
         table = table.drop(columns=SCORE_COLUMN)

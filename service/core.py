@@ -280,13 +280,14 @@ class Service:
     def rank_table(self, query: str, documents: object, top_n: int | None = None, *, face: str = "python",
                    route: str = "rank_table", token: CancelToken | None = None,
                    parse: Callable[[object], pd.DataFrame] | None = None, instruction: str | None = None,
-                   client: str | None = None) -> RerankResult:
-        """Rerank a table (``parse`` turns a face's wire shape into the DataFrame, inside the call)."""
+                   client: str | None = None, min_score: object = None) -> RerankResult:
+        """Rerank a table (``parse`` turns a face's wire shape into the DataFrame, inside the call; ``min_score``: rows
+        below it dropped and counted)."""
         with self.call(face, route, token, client) as call:
             table = parse(documents) if parse else documents
             rank_fn = partial(self._rank, call, instruction=instruction)
             return rerank_table(query, table, top_n, rank_fn=rank_fn, policy=self.policy,
-                                max_documents=self.limits.max_documents)
+                                max_documents=self.limits.max_documents, min_score=_threshold(min_score))
 
     # --- retrieval -------------------------------------------------------------------------------
 
@@ -322,7 +323,7 @@ class Service:
 
     def retrieve_and_rank(self, query: str, k: object = 50, top_n: object = 5, *, mode: object = None, retriever=None,
                           face: str = "python", route: str = "retrieve_and_rank", token: CancelToken | None = None,
-                          client: str | None = None):
+                          client: str | None = None, min_score: object = None):
         """Retrieve k passages (``mode`` as :meth:`search`), rerank them, keep the best top_n (a
         :class:`pipeline.PipelineResult`)."""
 
@@ -332,7 +333,8 @@ class Service:
             policy = self.policy.for_first_stage((retriever or self.retriever).first_stage(mode))
             return pipeline.retrieve_and_rerank(query, search=lambda q, n: self._search(q, n, retriever, mode), k=k,
                                                 top_n=top_n, rank_fn=partial(self._rank, call), policy=policy,
-                                                max_documents=self.limits.max_documents)
+                                                max_documents=self.limits.max_documents,
+                                                min_score=_threshold(min_score))
 
     def index_upload(self, path: str, *, face: str = "gradio", route: str = "index_upload", progress=None,
                      token: CancelToken | None = None, client: str | None = None):
@@ -366,3 +368,8 @@ class Service:
                            "max_body_bytes": limits.max_body_bytes,
                            "max_upload_bytes": limits.max_upload_bytes, "max_upload_passages": limits.max_upload_passages},
                 "auth": self.keys.required}
+
+
+def _threshold(min_score: object) -> float | None:
+    """A face's ``min_score`` (a number; None or an empty box: no threshold), checked where the call can report it."""
+    return ranking.validate_min_score(None if min_score == "" else min_score)

@@ -34,15 +34,17 @@ class PipelineResult:
 
 def retrieve_and_rerank(query: str, *, search: Callable[[str, object], pd.DataFrame], rank_fn: RankFn, k: object = 50,
                         top_n: int | None = 5, max_documents: int = 1000,
-                        policy: ScoringPolicy = DEFAULT_POLICY) -> PipelineResult:
+                        policy: ScoringPolicy = DEFAULT_POLICY, min_score: float | None = None) -> PipelineResult:
     """Fetch the k closest passages, rerank them, keep the best ``top_n``.
 
     The reranked table has the retrieval columns, ``rank``, the 1-based ``retrieved_position``
-    and ``move`` ("12 -> 1"). Duplicate passages from retrieval are dropped by the reranker.
+    and ``move`` ("12 -> 1"). Duplicate passages from retrieval are dropped by the reranker, and those scoring below
+    ``min_score`` (counted, before ``top_n``).
     """
     retrieved = search(query, k).reset_index(drop=True)
     retrieved.insert(0, POSITION_COLUMN, range(1, len(retrieved) + 1))
-    result = rerank_table(query, retrieved, top_n, rank_fn=rank_fn, max_documents=max_documents, policy=policy)
+    result = rerank_table(query, retrieved, top_n, rank_fn=rank_fn, max_documents=max_documents, policy=policy,
+                          min_score=min_score)
     reranked = result.table.reset_index(drop=True)
     reranked[MOVE_COLUMN] = [f"{before} -> {after}" for after, before in enumerate(reranked[POSITION_COLUMN], start=1)]
     return PipelineResult(retrieved=retrieved, reranked=reranked, rerank=result)

@@ -63,6 +63,7 @@ def table_payload(frame: pd.DataFrame, ranking=None) -> dict:
     if ranking is not None:
         payload["dropped_duplicates"] = [{"row": d.index, "same_as": d.same_as} for d in ranking.duplicates]
         payload["instruction"] = ranking.instruction.as_dict() if ranking.instruction else None
+        payload["below_min_score"] = ranking.threshold.as_dict() if ranking.threshold else None
     return payload
 
 

@@ -27,13 +27,13 @@ class Handlers:
             raise gr.Error(exc.message, print_exception=False) from None  # the service logged one line
 
     async def _rank_table(self, query, documents, top_n, face: str, route: str, instruction: str | None = None,
-                          request: gr.Request | None = None):
+                          request: gr.Request | None = None, min_score: float | None = None):
         parse = lambda payload: documents_from_payload(payload, max_documents=self.service.limits.max_documents)  # noqa: E731
         return await self._run(self.service.rank_table, query, documents, top_n, face=face, route=route, parse=parse,
-                               instruction=instruction, client=client_of(request))
+                               instruction=instruction, client=client_of(request), min_score=min_score)
 
     async def rerank(self, query: str, documents: dict, top_n: int | None = None, instruction: str = "",
-                     request: gr.Request = None) -> dict:
+                     min_score: float | None = None, request: gr.Request = None) -> dict:
         """Rerank documents by relevance to the query: the seed's table in, the same table reranked out.
 
         Duplicate texts are dropped (listed in `dropped_duplicates`, rows numbered from 0); a `rank`
@@ -46,15 +46,19 @@ class Handlers:
             top_n: keep only the best N rows (empty: all).
             instruction: a task instruction for instruction-following rerankers (Qwen3-Reranker style); empty: the
                 server's default (RERANK_INSTRUCTION). Models that take none ignore it and say so.
+            min_score: drop rows whose `rank` is below this (empty: keep all), before top_n; counted in the answer.
         Returns:
             {"headers": [...input columns, "rank"], "data": rows best first, "dropped_duplicates": [{"row", "same_as"}],
-            "instruction": {"text", "applied", "note"} or null}.
+            "instruction": {"text", "applied", "note"} or null, "below_min_score": {"min_score", "dropped"} or null}.
         """
-        result = await self._rank_table(query, documents, top_n, face_of(request), "/rerank", instruction, request)
+        result = await self._rank_table(query, documents, top_n, face_of(request), "/rerank", instruction, request,
+                                        min_score)
         return table_payload(result.table, result.ranking)
 
-    async def rerank_ui(self, query: str, documents, top_n, instruction: str = "", request: gr.Request = None):
-        result = await self._rank_table(query, documents, top_n_of(top_n), "gradio", "rerank_ui", instruction, request)
+    async def rerank_ui(self, query: str, documents, top_n, instruction: str = "", min_score: float | None = None,
+                        request: gr.Request = None):
+        result = await self._rank_table(query, documents, top_n_of(top_n), "gradio", "rerank_ui", instruction, request,
+                                        min_score)
         return views.ranked_view(result), views.summary(result, len(documents))
 
     async def rerank_example(self, query: str, documents):
@@ -78,7 +82,7 @@ class Handlers:
         return table_payload(frame)
 
     async def retrieve_and_rerank(self, query: str, k: int = 50, top_n: int = 5, mode: str = "",
-                                  request: gr.Request = None) -> dict:
+                                  min_score: float | None = None, request: gr.Request = None) -> dict:
         """Retrieve the k closest passages, rerank them and return the best top_n.
 
         Args:
@@ -86,11 +90,13 @@ class Handlers:
             k: how many passages to retrieve first (1 to 1000).
             top_n: how many reranked passages to keep.
             mode: the first stage on the local index: "hybrid" (the default when empty), "dense" or "lexical".
+            min_score: drop passages whose `rank` is below this (empty: keep all), before top_n; counted in the answer.
         Returns:
             {"headers": ["retrieved_position", "url", "text", "distance", "rank", "move"], "data": rows best first,
-            "dropped_duplicates": [...]}; `move` is "12 -> 1" (retrieved position -> reranked position).
+            "dropped_duplicates": [...], "below_min_score": {"min_score", "dropped"} or null}; `move` is "12 -> 1"
+            (retrieved position -> reranked position).
         """
-        result = await self._run(self.service.retrieve_and_rank, query, k, top_n, mode=mode,
+        result = await self._run(self.service.retrieve_and_rank, query, k, top_n, mode=mode, min_score=min_score,
                                  face=face_of(request), route="/retrieve_and_rerank", client=client_of(request))
         return table_payload(result.reranked, result.rerank.ranking)
 

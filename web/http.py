@@ -43,6 +43,10 @@ input,button{{font-size:1rem;padding:.5rem;width:100%;box-sizing:border-box;marg
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    min_score: float | None = Field(
+        None, strict=True, allow_inf_nan=False,
+        description="drop results scoring below this (the score this route returns), before top_n; how many were "
+                    "dropped is in meta.min_score (X-Rerank-Below-Min-Score on the TEI route)")
     instruction: str | None = Field(
         None, validation_alias=AliasChoices("instruction", "instruct"),
         description="a task instruction for instruction-following rerankers (Qwen3-Reranker style; `instruct` as "
@@ -113,10 +117,12 @@ def _duplicates(ranking) -> list[dict]:
 
 
 def _meta(ranking, version: str) -> dict:
-    """Cohere's ``meta`` with what this service adds: dropped duplicates and the instruction's fate."""
+    """Cohere's ``meta`` with what this service adds: dropped duplicates, the instruction's fate, the threshold's cut."""
     meta = {"api_version": {"version": version}, "billed_units": {"search_units": 1}, "duplicates": _duplicates(ranking)}
     if ranking.instruction is not None:
         meta["instruction"] = ranking.instruction.as_dict()
+    if ranking.threshold is not None:
+        meta["min_score"] = ranking.threshold.as_dict()
     return meta
 
 
@@ -126,6 +132,8 @@ def _headers(response: Response, ranking) -> None:
     if ranking.instruction is not None:
         use = ranking.instruction
         response.headers["X-Rerank-Instruction"] = "applied" if use.applied else use.note.encode("ascii", "replace").decode()
+    if ranking.threshold is not None:
+        response.headers["X-Rerank-Below-Min-Score"] = str(ranking.threshold.dropped)
 
 
 def create_api(service: Service) -> FastAPI:
@@ -171,7 +179,7 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
         ranking = await service.rank_async(body.query, body.documents, face="http", route="/v2/rerank",
                                            model=body.model, max_tokens_per_doc=body.max_tokens_per_doc,
                                            instruction=body.instruction, disconnected=request.is_disconnected,
-                                           client=client_of(request))
+                                           client=client_of(request), min_score=body.min_score)
         _headers(response, ranking)
         return {"id": str(uuid.uuid4()), "model": ranking.model.name,
                 "results": [{"index": r.index, "relevance_score": r.score} for r in ranking.with_duplicates()[: body.top_n]],
@@ -183,7 +191,8 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
         texts = [_v1_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
         ranking = await service.rank_async(body.query, texts, face="http", route="/v1/rerank", model=body.model,
                                            max_tokens_per_doc=body.max_tokens_per_doc, instruction=body.instruction,
-                                           disconnected=request.is_disconnected, client=client_of(request))
+                                           disconnected=request.is_disconnected, client=client_of(request),
+                                           min_score=body.min_score)
         _headers(response, ranking)
         results = []
         for r in ranking.with_duplicates()[: body.top_n]:
@@ -203,7 +212,7 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
                                            long_documents="truncate" if body.truncate else "chunk",
                                            truncate_left=body.truncation_direction.lower() == "left",
                                            instruction=body.instruction, disconnected=request.is_disconnected,
-                                           client=client_of(request))
+                                           client=client_of(request), min_score=body.min_score)
         _headers(response, ranking)
         return [{"index": r.index, "score": r.score, **({"text": body.texts[r.index]} if body.return_text else {})}
                 for r in ranking.with_duplicates()]

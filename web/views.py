@@ -30,14 +30,17 @@ def ranked_view(result: RerankResult) -> pd.DataFrame:
 
 
 def summary(result: RerankResult, rows_in: int) -> str:
-    """One line under the results: rows in, rows ranked, which duplicates were dropped (rows from 0)."""
+    """One line under the results: rows in, rows returned, which duplicates were dropped (rows from 0), how many
+    scored below the threshold."""
     dropped = [(d.index, d.same_as) for d in result.ranking.duplicates] if result.ranking else []
     use = result.ranking.instruction if result.ranking else None
+    cut = result.ranking.threshold if result.ranking else None
     told = f" Instruction {use.note}." if use else ""
+    below = f" {cut.dropped} below min_score {cut.min_score:g} dropped." if cut else ""
     if not dropped:
-        return f"{rows_in} documents in, {len(result.table)} ranked; no duplicates.{told}"
+        return f"{rows_in} documents in, {len(result.table)} ranked; no duplicates.{below}{told}"
     shown = ", ".join(f"row {i} (same text as row {j})" for i, j in dropped[:10]) + (" …" if len(dropped) > 10 else "")
-    return f"{rows_in} documents in, {len(result.table)} ranked; {len(dropped)} duplicate(s) dropped: {shown}.{told}"
+    return f"{rows_in} documents in, {len(result.table)} ranked; {len(dropped)} duplicate(s) dropped: {shown}.{below}{told}"
 
 
 def movement(before: int, after: int) -> str:

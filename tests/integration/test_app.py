@@ -83,7 +83,7 @@ def test_bad_input_reaches_the_client_as_a_clear_error(client, query, documents,
 def test_api_page_lists_rerank_with_its_parameters(live_app, client):
     info = client.view_api(print_info=False, return_format="dict")
     params = [p["parameter_name"] for p in info["named_endpoints"]["/rerank"]["parameters"]]
-    assert params == ["query", "documents", "top_n", "instruction"]
+    assert params == ["query", "documents", "top_n", "instruction", "min_score"]
     modes = [p["parameter_name"] for p in info["named_endpoints"]["/similarity_search"]["parameters"]]
     assert modes == ["query", "k", "mode"]
     assert set(info["named_endpoints"]) == {"/rerank", "/similarity_search", "/retrieve_and_rerank"}

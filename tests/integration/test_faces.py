@@ -136,6 +136,63 @@ def test_every_face_ranks_the_same_table_alike(server, packaged_scorer):
         assert order == expected, face
 
 
+def test_min_score_makes_the_same_cut_with_the_same_count_on_every_face(server, packaged_scorer):
+    scores = sorted(r.score for r in rerank.rank(QUERY, TEXTS, scorer=packaged_scorer))
+    cut = (scores[1] + scores[2]) / 2  # two below, three kept
+    kept = [r.text for r in rerank.rank(QUERY, TEXTS, scorer=packaged_scorer) if r.score >= cut]
+    python = rerank.rank(QUERY, TEXTS, scorer=packaged_scorer, min_score=cut)
+    assert [r.text for r in python] == kept and len(kept) == 3 and python.threshold.dropped == 2
+    assert len(rerank.rank(QUERY, TEXTS, scorer=packaged_scorer, min_score=cut, top_n=1)) == 1  # top_n after the cut
+    table = pd.DataFrame(TABLE["data"], columns=TABLE["headers"])
+    frame = rerank.rerank(QUERY, table, scorer=packaged_scorer, min_score=cut)
+    assert frame["text"].tolist() == kept and frame.attrs["below_min_score"] == 2
+    got = {}
+    for route in ("/v2/rerank", "/v1/rerank"):
+        out = httpx.post(f"{server}{route}", json={"query": QUERY, "documents": TEXTS, "min_score": cut, "top_n": 2},
+                         headers=AUTH, timeout=60).json()
+        got[route] = ([TEXTS[r["index"]] for r in out["results"]], out["meta"]["min_score"])
+        assert all(r["relevance_score"] >= cut for r in out["results"])
+    tei = httpx.post(f"{server}/rerank", json={"query": QUERY, "texts": TEXTS, "min_score": cut}, headers=AUTH, timeout=60)
+    got["TEI"] = ([TEXTS[r["index"]] for r in tei.json()], {"min_score": cut, "dropped": int(tei.headers[
+        "X-Rerank-Below-Min-Score"])})
+    client = Client(server, verbose=False, headers=AUTH)
+    gradio = client.predict(query=QUERY, documents=TABLE, min_score=cut, api_name="/rerank")
+    got["gradio_client"] = ([row[1] for row in gradio["data"]], gradio["below_min_score"])
+    is_error, text = mcp_call(server, "rerank", {"query": QUERY, "documents": TABLE, "min_score": cut}, AUTH)
+    answer = ast.literal_eval(text.replace("null", "None"))
+    got["MCP"] = ([row[1] for row in answer["data"]], answer["below_min_score"])
+    for face, (texts, threshold) in got.items():
+        assert threshold == {"min_score": cut, "dropped": 2}, face
+        assert texts == (kept[:2] if face.startswith("/v") else kept), face
+
+
+def test_min_score_on_retrieve_and_rerank_counts_what_it_dropped(server):
+    client = Client(server, verbose=False, headers=AUTH)
+    every = client.predict(query="json parsing", k=10, top_n=10, api_name="/retrieve_and_rerank")
+    ranks = [row[every["headers"].index("rank")] for row in every["data"]]
+    cut = sorted(ranks)[len(ranks) // 2]
+    some = client.predict(query="json parsing", k=10, top_n=3, min_score=cut, api_name="/retrieve_and_rerank")
+    below = sum(r < cut for r in ranks)
+    assert some["below_min_score"] == {"min_score": cut, "dropped": below} and below > 0
+    assert len(some["data"]) == min(3, len(ranks) - below)
+    assert every["below_min_score"] is None
+
+
+@pytest.mark.parametrize("bad", ["high", True, float("inf")])
+def test_a_min_score_that_is_not_a_finite_number_is_refused_naming_the_field(server, held, bad):
+    body = {"query": QUERY, "documents": TEXTS, "min_score": bad}
+    answer = httpx.post(f"{server}/v2/rerank", content=json.dumps(body), headers=AUTH | {"Content-Type": "application/json"},
+                        timeout=60)
+    assert answer.status_code == 422 and "min_score" in answer.json()["message"]
+    with pytest.raises(rerank.RerankError, match="min_score must be a finite number"):
+        rerank.rank(QUERY, TEXTS, scorer=held, min_score=bad)
+    if bad == float("inf"):
+        return  # a JSON client cannot send it to Gradio
+    with pytest.raises(Exception, match="min_score must be a finite number"):
+        Client(server, verbose=False, headers=AUTH).predict(query=QUERY, documents=TABLE, min_score=bad,
+                                                            api_name="/rerank")
+
+
 # --- hostile input --------------------------------------------------------------------------------------
 
 SURROGATE_QUERY = '"q\\ud800"'  # valid JSON: a lone surrogate escape
@@ -153,7 +210,7 @@ def test_a_lone_surrogate_is_a_422_naming_the_field_on_http(server, route):
 
 
 def test_hostile_input_on_the_gradio_and_mcp_faces(server):
-    body = f'{{"data": [{SURROGATE_QUERY}, {{"headers": ["text"], "data": [["abc"]]}}, null, ""]}}'
+    body = f'{{"data": [{SURROGATE_QUERY}, {{"headers": ["text"], "data": [["abc"]]}}, null, "", null]}}'
     posted = httpx.post(f"{server}/gradio_api/call/rerank", content=body.encode(), timeout=30,
                         headers={**AUTH, "content-type": "application/json"})
     stream = httpx.get(f"{server}/gradio_api/call/rerank/{posted.json()['event_id']}", headers=AUTH, timeout=30).text

@@ -17,25 +17,29 @@ from evaluation import load
 from service.settings import Settings
 from tests.support import ROOT, serve_in_thread
 
+# query, documents, top_n (null: every row), instruction, min_score (null: none)
 GOOD = ["which document is about bread?", {"headers": ["text"], "data": [["Bread needs yeast."], ["Cars need fuel."]],
-                                           "metadata": None}, None, ""]  # query, documents, top_n (null: every row), instruction
+                                           "metadata": None}, None, "", None]
 MALFORMED = {
-    "wrong headers": ["q", {"headers": "text", "data": [["a"]], "metadata": None}, None, ""],
-    "ragged rows": ["q", {"headers": ["text", "url"], "data": [["a"], ["b", "u", "extra"]], "metadata": None}, None, ""],
-    "non-list data": ["q", {"headers": ["text"], "data": "abc", "metadata": None}, None, ""],
-    "rows not lists": ["q", {"headers": ["text"], "data": ["abc", "def"], "metadata": None}, None, ""],
-    "huge metadata": ["q", {"headers": ["text"], "data": [["a"]], "metadata": {"x": ["y"] * 100_000}}, None, ""],
+    "wrong headers": ["q", {"headers": "text", "data": [["a"]], "metadata": None}, None, "", None],
+    "ragged rows": ["q", {"headers": ["text", "url"], "data": [["a"], ["b", "u", "extra"]], "metadata": None}, None, "",
+                    None],
+    "non-list data": ["q", {"headers": ["text"], "data": "abc", "metadata": None}, None, "", None],
+    "rows not lists": ["q", {"headers": ["text"], "data": ["abc", "def"], "metadata": None}, None, "", None],
+    "huge metadata": ["q", {"headers": ["text"], "data": [["a"]], "metadata": {"x": ["y"] * 100_000}}, None, "", None],
     "missing documents": ["q"],
-    "null documents": ["q", None, None, ""],
-    "number query": [5, GOOD[1], None, ""],
-    "nested cell": ["q", {"headers": ["text"], "data": [[{"a": 1}]], "metadata": None}, None, ""],
-    "no headers": ["q", {"data": [["a"]]}, None, ""],
-    "no text column": ["q", {"headers": ["body"], "data": [["a"]], "metadata": None}, None, ""],
-    "too many rows": ["q", {"headers": ["text"], "data": [[str(i)] for i in range(25)], "metadata": None}, None, ""],
-    "empty table": ["q", {"headers": ["text"], "data": [[]], "metadata": None}, None, ""],
-    "bad top_n": ["q", GOOD[1], "three", ""],
-    "extra inputs": ["q", GOOD[1], None, "", "surplus"],
-    "bad instruction": ["q", GOOD[1], None, 7],
+    "null documents": ["q", None, None, "", None],
+    "number query": [5, GOOD[1], None, "", None],
+    "nested cell": ["q", {"headers": ["text"], "data": [[{"a": 1}]], "metadata": None}, None, "", None],
+    "no headers": ["q", {"data": [["a"]]}, None, "", None],
+    "no text column": ["q", {"headers": ["body"], "data": [["a"]], "metadata": None}, None, "", None],
+    "too many rows": ["q", {"headers": ["text"], "data": [[str(i)] for i in range(25)], "metadata": None}, None, "",
+                      None],
+    "empty table": ["q", {"headers": ["text"], "data": [[]], "metadata": None}, None, "", None],
+    "bad top_n": ["q", GOOD[1], "three", "", None],
+    "extra inputs": ["q", GOOD[1], None, "", None, "surplus"],
+    "bad min_score": ["q", GOOD[1], None, "", "high"],
+    "bad instruction": ["q", GOOD[1], None, 7, None],
 }
 
 
@@ -79,6 +83,8 @@ def test_expected_messages_for_common_mistakes(server):
     assert "documents is empty" in _call_gradio(server, MALFORMED["empty table"])[1]["error"]
     assert "query must be text" in _call_gradio(server, MALFORMED["number query"])[1]["error"]
     assert "instruction must be text, got int" in _call_gradio(server, MALFORMED["bad instruction"])[1]["error"]
+    assert "min_score must be a finite number or None, got 'high'" in _call_gradio(server, MALFORMED["bad min_score"])[1][
+        "error"]
 
 
 def test_short_load_run_loses_nothing(server):
