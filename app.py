@@ -15,6 +15,7 @@ import pandas as pd
 import retrieval_client as rc
 from retrieval.hybrid import DEFAULT_MODE, MODES
 from retrieval.index import remove_stale_builds
+from scoring.calibration import CalibrationError
 from scoring.engines.onnx_engines import remove_stale_exports
 from scoring.scorer import Scorer
 from service import Service, assembly
@@ -178,12 +179,14 @@ def main() -> None:
     """Load the configured models once and serve the UI, the Gradio API, MCP and the HTTP APIs on one port."""
     import uvicorn  # lazy: uvicorn loads only on this path
 
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     remove_stale_builds(settings.cache_dir)
     remove_stale_exports(settings.cache_dir)
-    service = assembly.build(settings)
+    try:
+        service = assembly.build(settings)
+    except CalibrationError as exc:
+        raise SystemExit(f"app.py: {exc}") from None
     scorer = service.models.default
     log.info("serving with %s", scorer.describe())
     server = build_server(settings, scorer, service=service)

@@ -2,13 +2,22 @@
 
 ``python evaluate.py DATASET_DIR [--candidates RUN.trec] [--model ID_OR_PATH] [--run-out FILE]
 [--limit N] [--plot FILE.png] [--json] [--scoring NAME] [--end-to-end]``
+``python evaluate.py DATASET_DIR --calibrate OUT.json [--method isotonic|platt] [--test-fraction F] [--seed S]
+[--plot FILE.png]``
+``python evaluate.py DATASET --fine-tune OUT_DIR [--test-fraction F] [--seed S] [--epochs N] [--base MODEL]
+[--keep-worse]`` (DATASET: a BEIR-layout folder, or a JSONL/CSV file of query, passage, label rows)
 
 It reranks every judged query's first-stage candidates and reports nDCG@10, MRR@10 and Recall@10
 (ir-measures, trec_eval conventions: graded gains; MRR counts label >= 2 on TREC DL, else >= 1)
 for the first stage and the reranked run, with per-query wins, ties and losses. With ``--end-to-end``
 it indexes the collection's whole corpus in the local index instead and runs every judged query
 through the app's retrieve-then-rerank (:mod:`end_to_end`): nDCG@10, MRR@10 and Recall@100 for
-lexical only, dense only, hybrid, and hybrid + rerank.
+lexical only, dense only, hybrid, and hybrid + rerank. With ``--calibrate`` it fits a monotone map from the served
+model's scores to P(relevant) on a query-level training split and reports expected calibration error and Brier score
+on the held-out queries before and after (:mod:`evaluation.calibrate`); ``RERANK_CALIBRATION=OUT.json`` serves it.
+With ``--fine-tune`` it trains the served model (or ``--base``) on the training queries with hard negatives mined from
+the local hybrid index, and writes the checkpoint only if it beats the base on the held-out queries
+(:mod:`evaluation.fine_tune`); ``RERANK_MODEL=OUT_DIR`` serves it.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from evaluation import end_to_end
+from evaluation.calibrate import calibrate
+from evaluation.fine_tune import Options, check_output, fine_tune, print_fine_tune
 from evaluation.harness import METRIC_NAMES, SCORINGS, evaluate, plot, write_run
+from scoring.errors import RerankError
 from scoring.loading import packaged_scorer
 from service import Service, assembly
 from service.settings import Settings
@@ -30,8 +42,10 @@ from service.settings import Settings
 def evaluation_service(model: str | None = None, *, backend: str | None = None,
                        settings: Settings | None = None) -> Service:
     """The service as ``python app.py`` would serve ``model`` (the one assembly: the configured backend, measured here
-    first where it is ``auto``, fusion and limits), without the app's retriever: evaluation measures what serves."""
-    settings = settings or Settings.from_env()
+    first where it is ``auto``, fusion and limits), without the app's retriever: evaluation measures what serves. The
+    model's own scores, not RERANK_CALIBRATION's probabilities: a calibration never changes the order, and
+    calibrating needs the scores it maps."""
+    settings = replace(settings or Settings.from_env(), calibration=None)
     if backend:
         settings = replace(settings, backend=backend)
     return assembly.build(settings, model=model, index=False)
@@ -83,6 +97,59 @@ def _main_end_to_end(args, service: Service) -> int:
     return 0
 
 
+def _progress(done: int, total: int, rate: float) -> None:
+    if done == total or done % 10 == 0:
+        print(f"\r{done}/{total} queries, {rate:.0f} pairs/s", end="" if done < total else "\n", file=sys.stderr)
+
+
+def _main_calibrate(args, service: Service) -> int:
+    """``--calibrate``: fit, write, and report on the held-out queries."""
+    try:
+        report = calibrate(args.dataset_dir, service=service, out=args.calibrate, method=args.method,
+                           test_fraction=args.test_fraction, seed=args.seed, candidates=args.candidates,
+                           plot_path=args.plot, progress=_progress)
+    except (FileNotFoundError, ValueError, RerankError) as exc:
+        print(f"evaluate.py: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(_json(report))
+        return 0
+    q, before, after = report["queries"], report["before"], report["after"]
+    print(f"{report['dataset']}: {report['method']} calibration of {report['model']} fitted on {q['train']} queries "
+          f"({report['pairs']['train']:,} pairs), judged on {q['test']} held-out queries ({report['pairs']['test']:,} "
+          f"pairs, {report['relevant_share']['test']:.1%} relevant); written to {args.calibrate}")
+    print(f"{'':<22}{'ECE':>8}{'Brier':>9}")
+    print(f"{'served score':<22}{before['ece']:>8.4f}{before['brier']:>9.4f}")
+    print(f"{'calibrated':<22}{after['ece']:>8.4f}{after['brier']:>9.4f}")
+    print(f"serve it with RERANK_CALIBRATION={args.calibrate}")
+    return 0
+
+
+def _main_fine_tune(args) -> int:
+    """``--fine-tune``: mine, train, judge, write or refuse."""
+    settings = replace(Settings.from_env(), calibration=None)
+    if not Path(args.dataset_dir).exists():
+        print(f"evaluate.py: {args.dataset_dir} does not exist (a BEIR-layout folder or a JSONL/CSV file of query, "
+              "passage, label)", file=sys.stderr)
+        return 2
+    options = Options(out=Path(args.fine_tune), test_fraction=args.test_fraction, seed=args.seed, epochs=args.epochs,
+                      negatives=args.negatives, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                      keep_worse=args.keep_worse)
+    try:
+        check_output(options.out)
+        base = assembly.load_model(settings, args.base or args.model)
+        report = fine_tune(args.dataset_dir, base=base, options=options, cache_dir=settings.cache_dir,
+                           service_for=lambda scorer: assembly.build(settings, scorer=scorer), report_progress=_progress)
+    except (FileNotFoundError, ValueError, RerankError) as exc:
+        print(f"evaluate.py: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(_json(report))
+    else:
+        print_fine_tune(report)
+    return 0 if report["written"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """The CLI; see the module docstring."""
     parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
@@ -98,13 +165,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--end-to-end", action="store_true",
                         help="index the whole corpus and measure lexical, dense, hybrid and hybrid + rerank")
+    parser.add_argument("--calibrate", metavar="OUT.json", help="fit scores -> P(relevant) and write it here")
+    parser.add_argument("--method", choices=["isotonic", "platt"], default="isotonic", help="with --calibrate")
+    parser.add_argument("--test-fraction", type=float, default=0.5, help="judged queries held out (default 0.5)")
+    parser.add_argument("--seed", type=int, default=0, help="the query split's seed")
+    parser.add_argument("--fine-tune", metavar="OUT_DIR", help="train the model on the labels and write it here if it "
+                                                               "beats the base on the held-out queries")
+    parser.add_argument("--base", help="with --fine-tune: the model to start from (default: the served model)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--negatives", type=int, default=4, help="hard negatives mined per relevant passage")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--keep-worse", action="store_true", help="write the fine-tuned model even if it is not better")
     args = parser.parse_args(argv)
+    if args.fine_tune:
+        return _main_fine_tune(args)
     if not Path(args.dataset_dir).is_dir():
         print(f"evaluate.py: {args.dataset_dir} is not a BEIR-layout folder (no such folder)", file=sys.stderr)
         return 2
     service = evaluation_service(args.model, backend=args.backend)
     if args.end_to_end:
         return _main_end_to_end(args, service)
+    if args.calibrate:
+        return _main_calibrate(args, service)
 
     def progress(done: int, total: int, rate: float) -> None:
         if done == total or done % 10 == 0:

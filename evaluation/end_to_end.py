@@ -76,11 +76,13 @@ def rerun(rankings: dict, policy: ScoringPolicy) -> Run:
 
 
 def evaluate_end_to_end(dataset_dir: str | Path, *, service: Service, embedder, cache_dir: Path,
-                        depth: int = DEPTH, limit: int | None = None, progress=None, index_progress=None) -> dict:
+                        depth: int = DEPTH, limit: int | None = None, progress=None, index_progress=None,
+                        dataset: Dataset | None = None) -> dict:
     """Index the collection, run every judged query through each stage, measure; a JSON-ready report whose
-    ``lexical``, ``dense``, ``hybrid`` and ``reranked`` objects each hold ``ndcg@10``, ``mrr@10`` and ``recall@100``."""
+    ``lexical``, ``dense``, ``hybrid`` and ``reranked`` objects each hold ``ndcg@10``, ``mrr@10`` and ``recall@100``
+    (``dataset``: the collection already read, its judgments perhaps a held-out part)."""
     started = time.perf_counter()
-    dataset = load_dataset(dataset_dir)
+    dataset = dataset or load_dataset(dataset_dir)
     index = open_collection_index(Path(dataset_dir), dataset, embedder, cache_dir, progress=index_progress)
     try:
         indexed = time.perf_counter()

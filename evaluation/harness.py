@@ -62,16 +62,33 @@ def load_dataset(folder: str | Path) -> Dataset:
     corpus_file = next((folder / n for n in ("corpus.jsonl.gz", "corpus.jsonl") if (folder / n).is_file()), None)
     if corpus_file is None or not (folder / "queries.jsonl").is_file() or not (folder / "qrels" / "test.tsv").is_file():
         raise FileNotFoundError(f"{folder} is not a BEIR-layout folder (corpus.jsonl[.gz], queries.jsonl, qrels/test.tsv)")
-    corpus = {str(d["_id"]): document_text(d.get("title", ""), d.get("text", "")) for d in _jsonl(corpus_file)}
+    corpus = {}
+    for n, d in enumerate(_jsonl(corpus_file), start=1):
+        if not isinstance(d.get("text"), str) or "_id" not in d:
+            raise ValueError(f"{corpus_file.name} line {n}: every document needs an '_id' and a 'text' (text), "
+                             f"got fields {sorted(d)}")
+        corpus[str(d["_id"])] = document_text(d.get("title", ""), d["text"])
+    if not any(corpus.values()):
+        raise ValueError(f"{corpus_file.name}: the corpus holds no document with text")
     queries = {str(q["_id"]): q["text"] for q in _jsonl(folder / "queries.jsonl")}
+    return Dataset(folder.name, corpus, queries, read_qrels(folder / "qrels" / "test.tsv"))
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """``query-id  corpus-id  score`` lines (a header line is skipped); a label that is not a whole number is an error
+    naming the file, the line and the value."""
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         for i, line in enumerate(handle):
             parts = line.rstrip("\n").split("\t")
-            if i == 0 and not parts[-1].lstrip("-").isdigit():
+            if not line.strip() or (i == 0 and not parts[-1].strip().lstrip("-").isdigit()):
                 continue
+            if len(parts) < 3 or not parts[2].strip().lstrip("-").isdigit():
+                value = parts[2] if len(parts) >= 3 else "(missing)"
+                raise ValueError(f"{path.parent.name}/{path.name} line {i + 1}: the label (third column) must be a whole "
+                                 f"number, got {value!r}")
             qrels[parts[0]][parts[1]] = int(parts[2])
-    return Dataset(folder.name, corpus, queries, dict(qrels))
+    return dict(qrels)
 
 
 def read_run(path: str | Path) -> dict[str, list[tuple[str, float]]]:

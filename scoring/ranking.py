@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from scoring.calibration import Calibration
 from scoring.checkpoint import Mode, ModelInfo
 from scoring.errors import LimitExceeded, RerankError
 from scoring.pool import Ticket
@@ -342,6 +343,7 @@ class Prepared:
     raw: bool
     instruction: InstructionUse | None = None
     min_score: float | None = None
+    calibration: Calibration | None = None
 
     @property
     def cost(self) -> int:
@@ -354,12 +356,13 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
             long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None,
             truncate_left: bool = False, raw: bool = False, max_documents: int | None = None,
             instruction: str | None = None, budget: int | None = None, ticket: Ticket | None = None,
-            min_score: float | None = None) -> Prepared:
+            min_score: float | None = None, calibration: Calibration | None = None) -> Prepared:
     """Check the inputs, drop duplicates and plan the windows (no model call yet); ``instruction`` reaches models
     that take one (causal-LM rerankers) and is reported as ignored by the others. ``budget``: the most tokens the
     request may cost, refused (:class:`LimitExceeded`) as soon as planning shows it is over; ``ticket``: a large
     request tokenizes in turns with other requests' work (see :meth:`Scorer.plan`). ``min_score``: documents scoring
-    below it are dropped and counted (:class:`Threshold`), before ``top_n``."""
+    below it are dropped and counted (:class:`Threshold`), before ``top_n``. ``calibration``: the reported scores are
+    its map of the model's (unless ``raw``; the order is the model's own)."""
     query = validate_query(query)
     min_score = validate_min_score(min_score)
     use = instruction_use(scorer.info, validate_instruction(instruction))
@@ -382,7 +385,8 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
     plan = scorer.plan(query, [texts[i] for i in unique], long_documents=long_documents,
                        max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left,
                        instruction=use.text if use and use.applied else None, budget=budget, ticket=ticket)
-    return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw, use, min_score)
+    return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw, use, min_score,
+                    calibration if not raw else None)
 
 
 def complete(prepared: Prepared, *, ticket: Ticket | None = None) -> Ranking:
@@ -411,7 +415,11 @@ def _ranked(prepared: Prepared, model_scores: np.ndarray) -> Ranking:
     model_scores = np.asarray(model_scores, dtype=np.float64)
     mode = p.scorer.info.mode
     scores = p.policy.combine(mode, model_scores, p.first_stage)
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(-scores, kind="stable")  # decided on the model's own scores: a calibration never reorders
+    fused = p.first_stage is not None and p.policy.method_for(mode) != "none"
+    if p.calibration is not None:  # probabilities reported; a fused score stays the fusion's
+        model_scores = p.calibration(model_scores)
+        scores = scores if fused else model_scores
     threshold = None
     if p.min_score is not None:
         below = scores[order] < p.min_score
@@ -422,7 +430,6 @@ def _ranked(prepared: Prepared, model_scores: np.ndarray) -> Ranking:
     if p.top_n is not None:
         order = order[: p.top_n]
     results = [RankedDocument(p.unique[i], float(scores[i]), float(model_scores[i]), p.texts[p.unique[i]]) for i in order]
-    fused = p.first_stage is not None and p.policy.method_for(mode) != "none"
     stage = {p.unique[i]: float(v) for i, v in enumerate(p.first_stage)} if p.first_stage is not None else {}
     if p.top_n is not None and stage:
         kept = {r.index for r in results}

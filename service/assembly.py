@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from retrieval.retrievers import BackgroundRetriever, LocalRetriever, RemoteRetriever, Retriever, terminal_progress
+from scoring.calibration import Calibration
 from scoring.loading import get_scorer, load_scorer, packaged_scorer
 from scoring.ranking import ScoringPolicy
 from scoring.scorer import Scorer
@@ -86,10 +87,15 @@ def build(settings: Settings, *, scorer: Scorer | None = None, extra: Sequence[S
     embedding model; no retriever unless given). Without, :func:`load_models` loads them and, with ``index``, the
     configured retriever starts (:func:`start_retriever`).
     """
-    if scorer is None:
+    calibration = Calibration.read(settings.calibration) if settings.calibration else None  # a bad file fails first
+    loaded = scorer is None
+    if loaded:
         scorer, extra, embedder = load_models(settings, model=model, workers=workers)
-        if retriever is None and index:
-            retriever = start_retriever(settings, embedder)
+    if calibration is not None:
+        calibration.check(scorer.info.name, scorer.fingerprint)  # refused before anything starts
+    if loaded and retriever is None and index:
+        retriever = start_retriever(settings, embedder)
     embedder = embedder or (scorer if scorer.info.mode == "embedding" else None)
     return Service(Models(scorer, list(extra)), limits=limits_of(settings), api_key=settings.api_key,
-                   policy=policy_of(settings), retriever=retriever, embedder=embedder, instruction=settings.instruction)
+                   policy=policy_of(settings), retriever=retriever, embedder=embedder, instruction=settings.instruction,
+                   calibration=calibration)

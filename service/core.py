@@ -28,6 +28,7 @@ from retrieval import retrievers as rc
 from retrieval.index import LocalIndexError
 from retrieval.retrievers import NoRetriever
 from scoring import ranking
+from scoring.calibration import Calibration
 from scoring.errors import Cancelled, LimitExceeded, RerankError
 from scoring.pool import Ticket, WorkerPool
 from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy
@@ -101,7 +102,7 @@ class Service:
     def __init__(self, models: Models, *, limits: Limits = Limits(), api_key: str | None = None,
                  policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None,
                  batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None,
-                 instruction: str | None = None) -> None:
+                 instruction: str | None = None, calibration: Calibration | None = None) -> None:
 
         self.models = models
         self.limits = limits
@@ -111,6 +112,7 @@ class Service:
         self.embedder = embedder
         self.batcher = batcher
         self.instruction = instruction  # the default task instruction (RERANK_INSTRUCTION)
+        self.calibration = calibration  # the default model's scores as probabilities (RERANK_CALIBRATION)
         self.metrics = ServiceMetrics(self.scorers)
         self._executor = ThreadPoolExecutor(max_workers=limits.max_in_flight + 8, thread_name_prefix="service")
         self._in_flight = 0
@@ -230,6 +232,8 @@ class Service:
         options.setdefault("policy", self.policy)
         if options.get("instruction") in (None, ""):
             options["instruction"] = self.instruction
+        if self.calibration is not None and scorer is self.models.default:  # fitted for that model only
+            options["calibration"] = self.calibration
         prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents,
                                    budget=self.limits.max_request_tokens, ticket=ticket, **options)
         call.documents = len(prepared.texts)
@@ -358,6 +362,7 @@ class Service:
         limits = self.limits
         return {"model_id": info.name, "model": info.as_dict(), "models": self.models.names, "scoring": info.mode_description,
                 "instruction": {"default": self.instruction, "taken": info.takes_instruction},
+                "calibration": self.calibration.as_dict() if self.calibration else None,
                 "long_documents": "best window of overlapping chunks", "fusion": self.policy.describe(info.mode),
                 "backend": default.backend.as_dict() | {"engine": default.engine}, "workers": default.workers,
                 "max_input_length": info.max_length,

@@ -112,6 +112,7 @@ class Settings:
     backend: str = "auto"
     device: str = "auto"
     measure_budget: float = 120.0
+    calibration: str | None = None  # a file from evaluate.py --calibrate: scores served as P(relevant)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -145,4 +146,5 @@ class Settings:
             backend=_choice(env, "RERANK_BACKEND", "auto", BACKENDS),
             device=_device(env),
             measure_budget=_float(env, "RERANK_MEASURE_SECONDS", 120.0),
+            calibration=env.get("RERANK_CALIBRATION", "").strip() or None,
         )

@@ -72,14 +72,19 @@ class GatedScorer(Scorer):
         return super().score_plan(*args, **kwargs)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def serve_in_thread(app, host: str = "127.0.0.1"):
     """Run an ASGI app with uvicorn on a free loopback port, its event-loop lag watched; returns (base_url, server)."""
     import httpx
     import uvicorn
 
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port = sock.getsockname()[1]
+    port = free_port(host)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     threading.Thread(target=server.run, daemon=True).start()
     deadline = time.monotonic() + 30
@@ -92,3 +97,52 @@ def serve_in_thread(app, host: str = "127.0.0.1"):
         LOOP_MONITORS.append(service.metrics.loop_lag)
         httpx.get(f"http://{host}:{port}/health", timeout=10)  # the first request starts the monitor
     return f"http://{host}:{port}", server
+
+
+TOPICS = {  # a made-up code word for each topic: the packaged model cannot know it, fine-tuning can learn it
+    "bread": ("plimbo", ["Knead the dough and let the bread rise for an hour.", "Sourdough bread needs a starter of flour "
+              "and water.", "Bake the loaf until the crust is golden brown.", "Yeast makes bread dough rise.",
+              "A baker shapes the bread before it goes in the oven."]),
+    "sailing": ("quendal", ["A sloop is a sailing boat with a single mast.", "Sailors trim the sails to catch the wind.",
+                "The yacht sailed across the bay at dawn.", "A keel keeps a sailing boat upright.",
+                "The crew raised the mainsail before the race."]),
+    "football": ("drevik", ["The striker scored a goal in the last minute.", "Football teams have eleven players on the "
+                 "pitch.", "The referee showed a red card to the defender.", "The match ended in a goalless draw.",
+                 "The goalkeeper saved a penalty kick."]),
+    "volcano": ("morthu", ["Lava flows down the side of the erupting volcano.", "A volcano forms where magma reaches the "
+                "surface.", "Volcanic ash can ground flights for days.", "The crater of the volcano smoked for weeks.",
+                "Geologists measure gas from the volcano to predict eruptions."]),
+    "violin": ("sarnek", ["The violinist tuned the strings before the concert.", "A violin has four strings and a bow.",
+               "She practised the violin sonata every morning.", "The luthier carved the violin from spruce.",
+               "The orchestra's first violin led the tuning."]),
+    "tomato": ("gelvo", ["Tomatoes need full sun and regular watering.", "Pinch the side shoots of tomato plants.",
+               "Ripe tomatoes turn red on the vine.", "Tomato seedlings grow well in a greenhouse.",
+               "Blight can ruin a tomato crop in wet summers."]),
+}
+ASKING = ["what do you know about {}", "tell me about {}", "facts on {}", "explain {} to me", "{} basics"]
+
+
+def build_collection(folder: Path, *, per_topic: int = 4, train_qrels: bool = False) -> Path:
+    """A small BEIR-layout collection (corpus, queries, qrels/test.tsv, candidates/bm25_top100.trec): each topic's
+    queries name it by its code word, and its five passages are the relevant ones; every passage is a candidate."""
+    import gzip
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "qrels").mkdir(exist_ok=True)
+    (folder / "candidates").mkdir(exist_ok=True)
+    docs = [(f"{topic}-{n}", text) for topic, (_, texts) in TOPICS.items() for n, text in enumerate(texts)]
+    with gzip.open(folder / "corpus.jsonl.gz", "wt", encoding="utf-8") as out:
+        for doc_id, text in docs:
+            out.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
+    queries, qrels, run = [], [], []
+    for t, (topic, (code, _)) in enumerate(TOPICS.items()):
+        for n in range(per_topic):
+            qid = f"q{t}{n}"
+            queries.append({"_id": qid, "text": ASKING[n % len(ASKING)].format(code)})
+            qrels.extend(f"{qid}\t{topic}-{k}\t1" for k in range(5))
+            run.extend(f"{qid} Q0 {doc_id} {r} {100 - r} bm25" for r, (doc_id, _) in enumerate(docs, start=1))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+    (folder / "candidates" / "bm25_top100.trec").write_text("\n".join(run) + "\n")
+    return folder

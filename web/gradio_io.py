@@ -34,7 +34,9 @@ def documents_from_payload(payload: object, *, max_documents: int) -> pd.DataFra
     if ragged and rows != [[]]:
         shown = ", ".join(str(i) for i in ragged[:10]) + (" …" if len(ragged) > 10 else "")
         raise RerankError(f"documents.data rows {shown} do not have {len(headers)} cells, one per header")
-    return pd.DataFrame([] if rows == [[]] else rows, columns=[str(h) for h in headers])
+    # object cells: what arrives is kept as sent (a string dtype would fail on text that is not valid Unicode before
+    # the ranking can name the cell)
+    return pd.DataFrame([] if rows == [[]] else rows, columns=[str(h) for h in headers], dtype=object)
 
 
 def face_of(request: gr.Request | None) -> str:

@@ -135,6 +135,10 @@ def details_text(service: Service, scorer: Scorer) -> str:
     if measured:
         lines.append("- **Measured on this machine** (probe seconds, Spearman vs fp32): "
                      + ", ".join(f"{m.backend} {m.seconds:.2f} s / {m.spearman:.3f}" for m in measured) + ".")
+    cal = service.calibration
+    lines.append(f"- **Calibration:** scores are P(relevant) by {cal.method} fitted on {cal.report.get('dataset', '?')} "
+                 f"({cal.source})." if cal else "- **Calibration:** none; scores are the model's own (see the scoring "
+                 "rule), not probabilities.")
     if info.fallback_reason:
         lines.append(f"- **Fallback:** `{info.requested}` could not be loaded ({info.fallback_reason}); serving the "
                      "packaged all-MiniLM-L6-v2 instead.")

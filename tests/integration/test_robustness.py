@@ -39,6 +39,8 @@ MALFORMED = {
     "bad top_n": ["q", GOOD[1], "three", "", None],
     "extra inputs": ["q", GOOD[1], None, "", None, "surplus"],
     "bad min_score": ["q", GOOD[1], None, "", "high"],
+    "surrogate cell": ["q", {"headers": ["url", "text"], "data": [["\ud800", "a"], ["u", "b\udfff"]], "metadata": None},
+                       None, "", None],
     "bad instruction": ["q", GOOD[1], None, 7, None],
 }
 
@@ -53,7 +55,8 @@ def server(packaged_scorer):
 
 def _call_gradio(url: str, data: list, timeout: float = 30) -> tuple[str, dict | list | None]:
     """Gradio's REST call API: POST the inputs, then read the event stream to its end."""
-    posted = httpx.post(f"{url}/gradio_api/call/rerank", json={"data": data}, timeout=timeout)
+    posted = httpx.post(f"{url}/gradio_api/call/rerank", content=json.dumps({"data": data}), timeout=timeout,
+                        headers={"content-type": "application/json"})  # json.dumps escapes lone surrogates
     assert posted.status_code < 500, posted.text
     if posted.status_code >= 400:
         return "rejected", posted.json()
@@ -83,6 +86,7 @@ def test_expected_messages_for_common_mistakes(server):
     assert "documents is empty" in _call_gradio(server, MALFORMED["empty table"])[1]["error"]
     assert "query must be text" in _call_gradio(server, MALFORMED["number query"])[1]["error"]
     assert "instruction must be text, got int" in _call_gradio(server, MALFORMED["bad instruction"])[1]["error"]
+    assert "documents[1] holds a lone surrogate (U+DFFF)" in _call_gradio(server, MALFORMED["surrogate cell"])[1]["error"]
     assert "min_score must be a finite number or None, got 'high'" in _call_gradio(server, MALFORMED["bad min_score"])[1][
         "error"]
 

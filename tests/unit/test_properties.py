@@ -30,10 +30,10 @@ def tables(draw):
     texts = draw(st.lists(CELLS, min_size=n, max_size=n))
     columns = {"text": texts}
     names = draw(st.lists(st.sampled_from(["url", "distance", "meta", "rank", "0", "text2"]), max_size=3))
-    frame = pd.DataFrame(columns)
+    frame = pd.DataFrame(columns, dtype=object)  # object cells hold what a string dtype could not (lone surrogates)
     for position, name in enumerate(names):
-        frame.insert(draw(st.integers(0, len(frame.columns))), name, draw(st.lists(EXTRA, min_size=n, max_size=n)),
-                     allow_duplicates=True)
+        frame.insert(draw(st.integers(0, len(frame.columns))), name,
+                     pd.array(draw(st.lists(EXTRA, min_size=n, max_size=n)), dtype=object), allow_duplicates=True)
         del position
     return frame
 

@@ -280,3 +280,13 @@ def test_concurrent_requests_share_forward_passes(tiny_scorer):
         assert [r.index for r in a] == [r.index for r in b]
         np.testing.assert_allclose([r.score for r in a], [r.score for r in b], rtol=1e-5)
     assert shared <= tiny_scorer.workers < len(requests)  # 24 pairs of 4 requests in one round of batches
+
+
+def test_a_wire_table_keeps_cells_as_sent_so_bad_text_is_named_not_crashed_on():
+    from web.gradio_io import documents_from_payload
+
+    table = documents_from_payload({"headers": ["url", "text"], "data": [["\ud800", "a"], ["u", "b\udfff"]]},
+                                   max_documents=10)
+    assert table["url"].tolist() == ["\ud800", "u"]  # a string dtype would refuse these before any check ran
+    with pytest.raises(rerank.RerankError, match=r"documents\[1\] holds a lone surrogate \(U\+DFFF\)"):
+        rerank.rerank("q", table, scorer=rerank.packaged_scorer())

@@ -1,0 +1,280 @@
+"""Fine-tuning the served model on your labels: ``python evaluate.py DATASET --fine-tune OUT_DIR``.
+
+The judged queries are split by query (or the collection's own ``qrels/train.tsv`` trains and ``qrels/test.tsv``
+judges). For each training query, hard negatives are mined from the local hybrid index over the collection's corpus
+(the best-ranked passages not judged relevant). The model is trained in its own family with sentence-transformers'
+trainers: a cross-encoder as a cross-encoder (binary cross-entropy on relevant and mined pairs), an embedding model as
+an embedding model (multiple-negatives ranking loss with the mined negatives), so a fine-tuned embedding default also
+improves the app's own first stage. Base and fine-tuned are judged on the held-out queries (reranking their candidates:
+nDCG@10, MRR@10; an embedding model also end to end: nDCG@10, MRR@10, Recall@100 of the app's pipeline), and the
+checkpoint is written only when it beats the base on held-out reranking nDCG@10 (``keep_worse`` writes it anyway).
+Training state is kept beside the output (``OUT_DIR.training``) after each epoch, so a stopped run resumes there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from evaluation import end_to_end
+from evaluation.calibrate import split_queries
+from evaluation.harness import Dataset, build_run, load_dataset, measure, read_qrels, read_run, score_candidates
+from evaluation.pairs import is_pairs_file, read_pairs
+from scoring.loading import load_scorer, packaged_scorer
+from scoring.scorer import Scorer
+from service import Service
+
+RERANK_METRICS = ("ndcg@10", "mrr@10")
+
+
+class FineTuneError(ValueError):
+    """An input fine-tuning cannot use (named in the message): an output folder in the way, a model family it does not
+    train, too few judged queries."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to fine-tune: the split, the training and where the state goes."""
+
+    out: Path
+    test_fraction: float = 0.5
+    seed: int = 0
+    epochs: int = 1
+    negatives: int = 4
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    keep_worse: bool = False
+    depth: int = 100  # candidates per held-out query where the collection brings none
+
+    def check(self) -> None:
+        """Refuse settings that cannot train, naming the option and its bound."""
+        for name, value, least in (("--epochs", self.epochs, 1), ("--negatives", self.negatives, 0),
+                                   ("--batch-size", self.batch_size, 2)):
+            if value < least:
+                raise FineTuneError(f"{name} must be at least {least}, got {value}")
+        if not self.learning_rate > 0:
+            raise FineTuneError(f"--learning-rate must be above 0, got {self.learning_rate}")
+
+    @property
+    def work(self) -> Path:
+        """Where the trainer's per-epoch state lives until the run ends (a stopped run resumes from it)."""
+        return self.out.with_name(self.out.name + ".training")
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output folder that exists and holds anything (nothing is overwritten)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FineTuneError(f"the output folder {out} exists and is not empty; name a new or empty folder")
+
+
+def load_collection(source: str | Path) -> tuple[Dataset, dict[str, dict[str, int]] | None]:
+    """A BEIR-layout folder or a pairs file (JSONL or CSV of query, passage, label), and the collection's own training
+    judgments where it has them (``qrels/train.tsv``)."""
+    source = Path(source)
+    if is_pairs_file(source):
+        return read_pairs(source), None
+    train = source / "qrels" / "train.tsv"
+    return load_dataset(source), read_qrels(train) if train.is_file() else None
+
+
+def split(dataset: Dataset, own_train: dict | None, options: Options) -> tuple[Dataset, Dataset]:
+    """(training, held-out) views of the collection: its own train/test judgments, else a query-level split."""
+    judged = [q for q in dataset.qrels if q in dataset.queries and any(v > 0 for v in dataset.qrels[q].values())]
+    if own_train:
+        train_ids = [q for q in own_train if q in dataset.queries]
+        train = replace(dataset, qrels={q: own_train[q] for q in train_ids})
+        return train, replace(dataset, qrels={q: dataset.qrels[q] for q in judged})
+    train_ids, test_ids = split_queries(judged, options.test_fraction, options.seed)
+    return (replace(dataset, qrels={q: dataset.qrels[q] for q in train_ids}),
+            replace(dataset, qrels={q: dataset.qrels[q] for q in test_ids}))
+
+
+def mine(train: Dataset, index, negatives: int, *, depth: int = 30, progress: bool = True) -> list[dict]:
+    """For each training query and each passage judged relevant: the ``negatives`` best-ranked passages of the hybrid
+    index that are not judged relevant (hard negatives)."""
+    from tqdm.auto import tqdm  # lazy: tqdm loads only on this path
+
+    rows = []
+    level = train.mrr_threshold
+    for qid in tqdm(sorted(train.qrels), desc="mining hard negatives", unit="query", disable=not progress):
+        relevant = {d for d, label in train.qrels[qid].items() if label >= level and d in train.corpus}
+        if not relevant:
+            continue
+        found = index.search(train.queries[qid], depth, "hybrid")["url"].tolist()
+        hard = [d for d in found if d not in relevant and train.qrels[qid].get(d, 0) < level][:negatives]
+        rows.extend({"query": train.queries[qid], "positive": train.corpus[d],
+                     "negatives": [train.corpus[n] for n in hard]} for d in sorted(relevant))
+    if not rows:
+        raise FineTuneError("no training query has a passage judged relevant in the corpus: nothing to learn from")
+    return rows
+
+
+def train_model(base: Scorer, rows: list[dict], options: Options, *, progress: bool = True,
+                callbacks: list | None = None) -> Path:
+    """Train ``base`` in its own family on the mined rows; returns the folder the trained model is saved in
+    (``OUT_DIR.training/model``). Resumes from the last epoch saved there by a run with the same settings
+    (``callbacks``: the trainer's, e.g. to stop it)."""
+    if base.info.family == "causal-lm":
+        raise FineTuneError(f"{base.info.name} is a causal-LM reranker: fine-tuning here trains cross-encoders and "
+                            "embedding models")
+    settings = {"base": base.fingerprint, "rows": len(rows), "epochs": options.epochs, "seed": options.seed,
+                "batch_size": options.batch_size, "learning_rate": options.learning_rate}
+    work = options.work
+    recorded = work / "settings.json"
+    if work.exists() and (not recorded.is_file() or json.loads(recorded.read_text()) != settings):
+        raise FineTuneError(f"{work} holds training state from a run with other settings; remove it to start afresh")
+    work.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(settings))
+    resume = any(work.glob("checkpoint-*"))
+    trainer = (_embedding_trainer if base.info.mode == "embedding" else _cross_encoder_trainer)(base, rows, options,
+                                                                                               progress)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    saved = work / "model"
+    trainer.model.save_pretrained(str(saved))
+    return saved
+
+
+def _arguments(cls, options: Options, progress: bool, **extra):
+    """The trainer's arguments: a checkpoint each epoch (the last kept), the GPU where there is one."""
+    import torch  # lazy: torch loads only on this path
+
+    return cls(output_dir=str(options.work), num_train_epochs=options.epochs, seed=options.seed,
+               per_device_train_batch_size=options.batch_size, learning_rate=options.learning_rate,
+               warmup_ratio=0.1, save_strategy="epoch", save_total_limit=1, logging_strategy="epoch",
+               report_to="none", disable_tqdm=not progress, dataloader_pin_memory=torch.cuda.is_available(), **extra)
+
+
+def _embedding_trainer(base: Scorer, rows: list[dict], options: Options, progress: bool):
+    """Multiple-negatives ranking: each query against its relevant passage, its mined negatives and the batch's."""
+    from datasets import Dataset as Table  # lazy: datasets loads only on this path
+    from sentence_transformers import (  # lazy: sentence-transformers loads only on this path
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(base.info.path, local_files_only=True)
+    width = min(len(r["negatives"]) for r in rows)
+    columns = {"anchor": [r["query"] for r in rows], "positive": [r["positive"] for r in rows]}
+    columns |= {f"negative_{k + 1}": [r["negatives"][k] for r in rows] for k in range(width)}
+    args = _arguments(SentenceTransformerTrainingArguments, options, progress, batch_sampler="no_duplicates")
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=Table.from_dict(columns),
+                                      loss=MultipleNegativesRankingLoss(model))
+
+
+def _cross_encoder_trainer(base: Scorer, rows: list[dict], options: Options, progress: bool):
+    """Binary cross-entropy on (query, relevant passage, 1) and (query, mined negative, 0)."""
+    from datasets import Dataset as Table  # lazy: datasets loads only on this path
+    from sentence_transformers.cross_encoder import (  # lazy: sentence-transformers loads only on this path
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    model = CrossEncoder(base.info.path, num_labels=1, local_files_only=True)
+    pairs = [(r["query"], r["positive"], 1.0) for r in rows] + [(r["query"], n, 0.0) for r in rows for n in r["negatives"]]
+    table = Table.from_dict({"query": [p[0] for p in pairs], "passage": [p[1] for p in pairs],
+                             "label": [p[2] for p in pairs]})
+    args = _arguments(CrossEncoderTrainingArguments, options, progress)
+    return CrossEncoderTrainer(model=model, args=args, train_dataset=table, loss=BinaryCrossEntropyLoss(model))
+
+
+def judge(scorer: Scorer, held: Dataset, pools: dict, service_for: Callable[[Scorer], Service],
+          progress=None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Held-out reranking metrics of a model over the same candidate pools (means and per query)."""
+    scored = score_candidates(held, {q: pools[q] for q in held.qrels if q in pools}, service_for(scorer),
+                              progress=progress)
+    return measure({q: held.qrels[q] for q in scored}, build_run(scored), mrr_threshold=held.mrr_threshold,
+                   names=RERANK_METRICS)
+
+
+def candidate_pools(source: Path, held: Dataset, index, depth: int) -> dict:
+    """Each held-out query's candidates: the collection's first-stage run where it has one, else the hybrid index's."""
+    run = source / "candidates" / "bm25_top100.trec" if source.is_dir() else None
+    if run is not None and run.is_file():
+        return read_run(run)
+    pools = {}
+    for qid in held.qrels:
+        found = index.search(held.queries[qid], depth, "hybrid")
+        pools[qid] = [(str(u), -float(d)) for u, d in zip(found["url"], found["distance"], strict=True)]
+    return pools
+
+
+def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for: Callable[[Scorer], Service],
+              cache_dir: Path, progress: bool = True, report_progress=None) -> dict:
+    """Mine, train, judge base and fine-tuned on the held-out queries, and write the checkpoint only if it is better;
+    a JSON-ready report (``written``: where, or None and by how much it fell short)."""
+    check_output(options.out)
+    options.check()
+    started = time.perf_counter()
+    dataset, own_train = load_collection(source)
+    train, held = split(dataset, own_train, options)
+    folder = Path(source)
+    embedder = base if base.info.mode == "embedding" else packaged_scorer()  # the app's own first stage
+    index = end_to_end.open_collection_index(folder, dataset, embedder, cache_dir)
+    try:
+        rows = mine(train, index, options.negatives, progress=progress)
+        pools = candidate_pools(folder, held, index, options.depth)
+    finally:
+        index.close()
+    trained_at = time.perf_counter()
+    saved = train_model(base, rows, options, progress=progress)
+    trained = time.perf_counter() - trained_at
+    tuned = load_scorer(str(saved), allow_fallback=False, backend="torch")
+    before, _ = judge(base, held, pools, service_for, report_progress)
+    after, _ = judge(tuned, held, pools, service_for, report_progress)
+    report = {"dataset": dataset.name, "base": base.info.name, "mode": base.info.mode, "seed": options.seed,
+              "queries": {"train": len(train.qrels), "held_out": len(held.qrels)}, "training_rows": len(rows),
+              "epochs": options.epochs, "seconds_per_epoch": trained / max(options.epochs, 1),
+              "reranking": {"base": before, "fine_tuned": after}}
+    if base.info.mode == "embedding":
+        report["end_to_end"] = {name: _end_to_end(folder, held, scorer, service_for, cache_dir)
+                                for name, scorer in (("base", base), ("fine_tuned", tuned))}
+    gain = after["ndcg@10"] - before["ndcg@10"]
+    report["gain"] = gain
+    report["written"] = str(options.out) if gain > 0 or options.keep_worse else None
+    if report["written"]:
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        if options.out.exists():
+            options.out.rmdir()  # empty (checked first)
+        shutil.move(str(saved), str(options.out))
+        (options.out / "fine_tune.json").write_text(json.dumps(report, indent=2) + "\n")
+    shutil.rmtree(options.work, ignore_errors=True)
+    report["seconds"] = time.perf_counter() - started
+    return report
+
+
+def _end_to_end(folder: Path, held: Dataset, scorer: Scorer, service_for, cache_dir: Path) -> dict:
+    """The app's pipeline with this model as embedder and reranker, on the held-out queries."""
+    report = end_to_end.evaluate_end_to_end(folder, service=service_for(scorer), embedder=scorer, cache_dir=cache_dir,
+                                            dataset=held)
+    return {stage: report[stage] for stage in end_to_end.STAGES}
+
+
+def print_fine_tune(report: dict) -> None:
+    """The held-out comparison, and what was written (or by how much it fell short)."""
+    q = report["queries"]
+    print(f"{report['dataset']}: {report['base']} ({report['mode']}) fine-tuned on {q['train']} queries "
+          f"({report['training_rows']} rows, {report['epochs']} epoch(s), {report['seconds_per_epoch']:.0f} s an epoch); "
+          f"judged on {q['held_out']} held-out queries")
+    rows = [("reranking", report["reranking"])]
+    if "end_to_end" in report:
+        rows.append(("end to end (hybrid + rerank)", {k: v["reranked"] for k, v in report["end_to_end"].items()}))
+    for title, pair in rows:
+        print(f"{title}: " + "; ".join(f"{m} {pair['base'][m]:.4f} -> {pair['fine_tuned'][m]:.4f}"
+                                        for m in pair["base"]))
+    if report["written"]:
+        print(f"written to {report['written']} (nDCG@10 {report['gain']:+.4f}); serve it with "
+              f"RERANK_MODEL={report['written']}")
+    else:
+        base, tuned = report["reranking"]["base"]["ndcg@10"], report["reranking"]["fine_tuned"]["ndcg@10"]
+        print(f"not written: it did not beat the base on the held-out queries (nDCG@10 {tuned:.4f} against "
+              f"{base:.4f}, short by {max(0.0, -report['gain']):.4f}); --keep-worse writes it anyway")

@@ -1,0 +1,195 @@
+"""Fine-tuning on a tiny built collection end to end: mine hard negatives from the hybrid index, train an epoch in the
+model's own family, judge base and fine-tuned on held-out queries, write or refuse, resume, serve the written checkpoint
+through ``python app.py``; and every bad input named."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+import evaluate
+import rerank
+from evaluation import fine_tune as ft
+from scoring.checkpoint import packaged_model_path
+from scoring.synthetic import build_causal_reranker
+from service import assembly
+from service.settings import Settings
+from tests.support import ROOT, TOPICS, build_collection, free_port
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    return build_collection(tmp_path_factory.mktemp("ft-collection"))
+
+
+@pytest.fixture(scope="module")
+def written(collection, tmp_path_factory):
+    """The packaged embedding model fine-tuned on the collection (kept even if not better): (folder, report)."""
+    out = tmp_path_factory.mktemp("ft") / "model"
+    cache = tmp_path_factory.mktemp("ft-cache")
+    settings = Settings(cache_dir=cache)
+    base = rerank.packaged_scorer()
+    report = ft.fine_tune(collection, base=base, options=ft.Options(out=out, seed=2, epochs=1, keep_worse=True),
+                          service_for=lambda scorer: assembly.build(settings, scorer=scorer), cache_dir=cache,
+                          progress=False)
+    return out, report
+
+
+def test_an_embedding_model_is_trained_as_one_and_judged_on_held_out_queries(written):
+    out, report = written
+    assert report["mode"] == "embedding" and report["queries"] == {"train": 12, "held_out": 12}
+    assert report["training_rows"] == 12 * 5  # every relevant passage of every training query, with mined negatives
+    for stage in ("base", "fine_tuned"):
+        assert set(report["reranking"][stage]) == {"ndcg@10", "mrr@10"}
+        assert set(report["end_to_end"][stage]["reranked"]) == {"ndcg@10", "mrr@10", "recall@100"}
+    assert report["gain"] == pytest.approx(report["reranking"]["fine_tuned"]["ndcg@10"]
+                                           - report["reranking"]["base"]["ndcg@10"])
+    assert report["written"] == str(out) and (out / "modules.json").is_file()
+    assert json.loads((out / "fine_tune.json").read_text())["gain"] == report["gain"]
+    assert not out.with_name(out.name + ".training").exists()  # the training state goes once the run ends
+    tuned = rerank.load_scorer(str(out), allow_fallback=False, backend="torch")
+    assert tuned.info.mode == "embedding" and tuned.fingerprint != rerank.packaged_scorer().fingerprint
+
+
+def test_the_written_checkpoint_serves_through_app_py(written, tmp_path):
+    out, _ = written
+    port = free_port()
+    env = {**os.environ, "RERANK_MODEL": str(out), "RERANK_BACKEND": "torch", "HF_HUB_OFFLINE": "1",
+           "RAG_AUGMENT_CACHE": str(tmp_path / "cache"), "GRADIO_SERVER_PORT": str(port)}
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+            assert process.poll() is None, process.stderr.read()
+        info = httpx.get(f"http://127.0.0.1:{port}/info", timeout=30).json()
+        assert info["model"]["name"] == out.name and info["model"]["mode"] == "embedding"
+        code = TOPICS["bread"][0]
+        answer = httpx.post(f"http://127.0.0.1:{port}/v2/rerank", json={
+            "query": f"tell me about {code}", "documents": ["Yeast makes bread dough rise.", "The match ended 0-0."]},
+            timeout=60).json()
+        expected = rerank.rank(f"tell me about {code}", ["Yeast makes bread dough rise.", "The match ended 0-0."],
+                               scorer=rerank.load_scorer(str(out), allow_fallback=False, backend="torch"))
+        assert [r["index"] for r in answer["results"]] == [r.index for r in expected]
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_a_model_no_better_than_the_base_is_not_written(collection, tmp_path, monkeypatch, capsys):
+    def untrained(base, rows, options, **_):  # the base itself, saved as training would save it: no gain
+        shutil.copytree(base.info.path, options.work / "model")
+        return options.work / "model"
+
+    monkeypatch.setattr(ft, "train_model", untrained)
+    monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "model"
+    code = evaluate.main([str(collection), "--fine-tune", str(out), "--model", str(packaged_model_path()),
+                          "--backend", "torch", "--seed", "2"])
+    printed = capsys.readouterr().out
+    assert code == 1 and not out.exists()
+    assert "not written: it did not beat the base on the held-out queries" in printed
+    assert "short by 0.0000); --keep-worse writes it anyway" in printed
+
+
+def test_a_cross_encoder_is_trained_as_a_cross_encoder(collection, tiny_cross_encoder_dir, tmp_path):
+    settings = Settings(cache_dir=tmp_path / "cache")
+    base = rerank.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="torch")
+    out = tmp_path / "ce"
+    report = ft.fine_tune(collection, base=base, options=ft.Options(out=out, epochs=1, keep_worse=True, seed=3),
+                          service_for=lambda scorer: assembly.build(settings, scorer=scorer), cache_dir=tmp_path / "cache",
+                          progress=False)
+    assert report["mode"] == "cross-encoder" and "end_to_end" not in report
+    assert report["training_rows"] == 12 * 5
+    tuned = rerank.load_scorer(str(out), allow_fallback=False, backend="torch")
+    assert tuned.info.mode == "cross-encoder" and tuned.fingerprint != base.fingerprint
+
+
+def test_a_stopped_run_resumes_from_its_last_epoch(collection, tmp_path):
+    from transformers import TrainerCallback
+
+    base = rerank.packaged_scorer()
+    dataset, _ = ft.load_collection(collection)
+    options = ft.Options(out=tmp_path / "model", epochs=2, seed=1)
+    train, _ = ft.split(dataset, None, options)
+    index = ft.end_to_end.open_collection_index(collection, dataset, base, tmp_path / "cache")
+    rows = ft.mine(train, index, options.negatives, progress=False)
+    index.close()
+
+    class StopAfterOneEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_training_stop = True
+
+    class FirstStep(TrainerCallback):
+        step = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            FirstStep.step = FirstStep.step or state.global_step
+
+    ft.train_model(base, rows, options, progress=False, callbacks=[StopAfterOneEpoch()])
+    saved = sorted(options.work.glob("checkpoint-*"))
+    assert len(saved) == 1  # the first epoch's state
+    per_epoch = int(saved[0].name.split("-")[1])
+    ft.train_model(base, rows, options, progress=False, callbacks=[FirstStep()])
+    assert FirstStep.step == per_epoch + 1  # the second run went on from the first epoch's end
+    with pytest.raises(ft.FineTuneError, match="training state from a run with other settings"):
+        ft.train_model(base, rows, ft.Options(out=options.out, epochs=3, seed=1), progress=False)
+
+
+def _refused(capsys, *argv) -> str:
+    assert evaluate.main([str(a) for a in argv] + ["--model", str(packaged_model_path()), "--backend", "torch"]) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_are_refused_naming_the_field(collection, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    assert "exists and is not empty" in _refused(capsys, collection, "--fine-tune", busy)
+    assert (busy / "keep.txt").read_text() == "mine"
+    assert "--epochs must be at least 1, got 0" in _refused(capsys, collection, "--fine-tune", tmp_path / "a",
+                                                            "--epochs", "0")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query": "q", "passage": "p", "label": 1}\n{"query": "q", "passage": "r", "label": "yes"}\n')
+    assert "pairs.jsonl line 2: label must be a number, got 'yes'" in _refused(capsys, pairs, "--fine-tune", tmp_path / "b")
+    pairs.write_text('{"query": "q", "label": 1}\n')
+    assert "pairs.jsonl line 1: no 'passage' field" in _refused(capsys, pairs, "--fine-tune", tmp_path / "b")
+    few = tmp_path / "few.csv"
+    few.write_text("query,passage,label\nwhat,one,1\nwhat,two,0\nwho,three,1\n")
+    assert "2 judged queries are too few" in _refused(capsys, few, "--fine-tune", tmp_path / "c")
+    causal = build_causal_reranker(tmp_path / "causal")
+    base = rerank.load_scorer(str(causal), allow_fallback=False)
+    with pytest.raises(ft.FineTuneError, match="is a causal-LM reranker"):
+        ft.train_model(base, [{"query": "q", "positive": "p", "negatives": []}], ft.Options(out=tmp_path / "d"))
+
+
+def test_a_pairs_file_without_a_corpus_fine_tunes(tmp_path):
+    rows = [{"query": f"what do you know about {code}", "passage": text, "label": 1}
+            for code, texts in TOPICS.values() for text in texts[:3]]
+    rows += [{"query": f"facts on {code}", "passage": text, "label": 1} for code, texts in TOPICS.values()
+             for text in texts[3:]]
+    rows += [{"query": f"facts on {code}", "passage": TOPICS["bread"][1][0], "label": 0}
+             for topic, (code, _) in TOPICS.items() if topic != "bread"]
+    pairs = tmp_path / "labels.csv"
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(pairs, index=False)
+    settings = Settings(cache_dir=tmp_path / "cache")
+    report = ft.fine_tune(pairs, base=rerank.packaged_scorer(), options=ft.Options(out=tmp_path / "m", keep_worse=True),
+                          service_for=lambda scorer: assembly.build(settings, scorer=scorer), cache_dir=tmp_path / "cache",
+                          progress=False)
+    assert report["dataset"] == "labels" and report["queries"] == {"train": 6, "held_out": 6}
+    assert (tmp_path / "m" / "modules.json").is_file()
