@@ -105,7 +105,8 @@ def _rerank_tab(service: Service, scorer: Scorer, handlers: Handlers) -> None:
                              f"{scorer.info.name} takes no instruction: it would be ignored")
     with gr.Row():
         top_n = gr.Number(label="Keep the best N (0: all)", precision=0, minimum=0, value=0, scale=1, elem_id="top-n")
-        min_score = gr.Number(label="Drop scores below (empty: none)", value=None, scale=1, elem_id="min-score")
+        min_score = gr.Number(label="Drop scores below (0: none)", value=0, minimum=0, maximum=1, step=0.05, scale=1,
+                              elem_id="min-score")
         submit = gr.Button("Rerank", variant="primary", elem_id="submit", scale=2)
     status = gr.Markdown(elem_id="status")
     reranked = gr.Dataframe(label="Reranked: best first (# = new position, row = input row)", wrap=True,

@@ -15,7 +15,8 @@ import pandas as pd
 
 from scoring.checkpoint import ModelInfo
 from scoring.errors import LimitExceeded, RerankError
-from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy, rank, validate_query, validate_top_n
+from scoring.inputs import validate_query, validate_top_n
+from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy, rank
 from scoring.scorer import LongDocuments, Scorer
 
 TEXT_COLUMN = "text"

@@ -27,7 +27,7 @@ from retrieval import hybrid
 from retrieval import retrievers as rc
 from retrieval.index import LocalIndexError
 from retrieval.retrievers import NoRetriever
-from scoring import ranking
+from scoring import inputs, ranking
 from scoring.calibration import Calibration
 from scoring.errors import Cancelled, LimitExceeded, RerankError
 from scoring.pool import Ticket, WorkerPool
@@ -306,7 +306,7 @@ class Service:
 
     def _search(self, query: str, k: object, retriever, mode: object = None) -> pd.DataFrame:
 
-        query = ranking.validate_query(query)
+        query = inputs.validate_query(query)
         try:
             query, k = rc.validate_search_args(query, k)
         except rc.RetrievalError as exc:
@@ -332,7 +332,7 @@ class Service:
         :class:`pipeline.PipelineResult`)."""
 
         with self.call(face, route, token, client) as call:
-            top_n = ranking.validate_top_n(int(top_n) if isinstance(top_n, float) and top_n.is_integer() else top_n)
+            top_n = inputs.validate_top_n(int(top_n) if isinstance(top_n, float) and top_n.is_integer() else top_n)
             mode = self._mode(mode)
             policy = self.policy.for_first_stage((retriever or self.retriever).first_stage(mode))
             return pipeline.retrieve_and_rerank(query, search=lambda q, n: self._search(q, n, retriever, mode), k=k,
@@ -377,4 +377,4 @@ class Service:
 
 def _threshold(min_score: object) -> float | None:
     """A face's ``min_score`` (a number; None or an empty box: no threshold), checked where the call can report it."""
-    return ranking.validate_min_score(None if min_score == "" else min_score)
+    return inputs.validate_min_score(None if min_score == "" else min_score)

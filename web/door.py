@@ -10,7 +10,7 @@ import json
 from fastapi import Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from scoring.ranking import unicode_problem
+from scoring.inputs import unicode_problem
 from service import InvalidInput, Service, ServiceError, TooLarge, Unauthorized
 from service.auth import COOKIE
 

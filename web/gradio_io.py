@@ -69,6 +69,11 @@ def table_payload(frame: pd.DataFrame, ranking=None) -> dict:
     return payload
 
 
+def min_score_of(value) -> float | None:
+    """The UI's minimum-score box: empty or 0 drops nothing (the page's scores are in [0, 1])."""
+    return None if value in (None, "", 0) else value
+
+
 def top_n_of(value) -> int | None:
     """The UI's top_n box: empty or 0 keeps every row."""
     return int(value) if value not in (None, "", 0) else None

@@ -11,7 +11,7 @@ import gradio as gr
 from retrieval.retrievers import BackgroundRetriever
 from service import Service, ServiceError
 from web import views
-from web.gradio_io import client_of, documents_from_payload, face_of, table_payload, top_n_of
+from web.gradio_io import client_of, documents_from_payload, face_of, min_score_of, table_payload, top_n_of
 
 
 class Handlers:
@@ -58,7 +58,7 @@ class Handlers:
     async def rerank_ui(self, query: str, documents, top_n, instruction: str = "", min_score: float | None = None,
                         request: gr.Request = None):
         result = await self._rank_table(query, documents, top_n_of(top_n), "gradio", "rerank_ui", instruction, request,
-                                        min_score)
+                                        min_score_of(min_score))
         return views.ranked_view(result), views.summary(result, len(documents))
 
     async def rerank_example(self, query: str, documents):

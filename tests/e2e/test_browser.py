@@ -123,10 +123,19 @@ def test_edit_a_row_submit_and_read_the_reranked_order(page):
     assert scores == sorted(scores, reverse=True) and [r[0] for r in rows] == ["1", "2", "3", "4"]
     assert "bread" in rows[-1][3]
     assert "1 duplicate(s) dropped: row 3 (same text as row 0)" in page.locator("#status").inner_text()
+    assert "below min_score" not in page.locator("#status").inner_text()  # the box's 0 drops nothing
     assert "torch on cpu, fp32" in page.locator("#header").inner_text()  # what runs, in one line
     page.locator("#reranked").scroll_into_view_if_needed()
     assert _visible_column(page, "reranked", "score")
     page.screenshot(path=str(ARTIFACTS / "rerank-desktop.png"))
+    cut = (scores[1] + scores[2]) / 2  # a minimum score between the second and the third
+    page.locator("#min-score input").fill(f"{cut:.4f}")
+    page.locator("#submit").click()
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('below min_score')")
+    assert "5 documents in, 2 ranked" in page.locator("#status").inner_text()
+    assert "2 below min_score" in page.locator("#status").inner_text()
+    assert len(_cells(page, "reranked")) == 2 * 5  # the two above it, nothing else
+    page.locator("#min-score input").fill("0")
 
 
 def test_an_example_runs_on_click(page):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import rerank
-from scoring.ranking import duplicate_positions
+from scoring.inputs import duplicate_positions
 
 POOL = ["alpha beta", "gamma", "", "   ", "naïve café ☕", "مرحبا بالعالم", "a\x00b", "\u202edir", "🎉" * 30, "\x00",
         "lone \ud800 surrogate", "\udfff"]
