@@ -114,14 +114,19 @@ def mine(train: Dataset, index, negatives: int, *, depth: int = 30, progress: bo
     return rows
 
 
+def trainable(base: Scorer) -> None:
+    """Refuse a model of a family fine-tuning here does not train."""
+    if base.info.family == "causal-lm":
+        raise FineTuneError(f"{base.info.name} is a causal-LM reranker: fine-tuning here trains cross-encoders and "
+                            "embedding models")
+
+
 def train_model(base: Scorer, rows: list[dict], options: Options, *, progress: bool = True,
                 callbacks: list | None = None) -> Path:
     """Train ``base`` in its own family on the mined rows; returns the folder the trained model is saved in
     (``OUT_DIR.training/model``). Resumes from the last epoch saved there by a run with the same settings
     (``callbacks``: the trainer's, e.g. to stop it)."""
-    if base.info.family == "causal-lm":
-        raise FineTuneError(f"{base.info.name} is a causal-LM reranker: fine-tuning here trains cross-encoders and "
-                            "embedding models")
+    trainable(base)
     settings = {"base": base.fingerprint, "rows": len(rows), "epochs": options.epochs, "seed": options.seed,
                 "batch_size": options.batch_size, "learning_rate": options.learning_rate}
     work = options.work
@@ -215,6 +220,7 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     a JSON-ready report (``written``: where, or None and by how much it fell short)."""
     check_output(options.out)
     options.check()
+    trainable(base)
     started = time.perf_counter()
     dataset, own_train = load_collection(source)
     train, held = split(dataset, own_train, options)
