@@ -47,7 +47,7 @@ def main() -> int:
                 r = ft.fine_tune(collection, base=base, options=options, cache_dir=Path(folder) / "cache", progress=False,
                                  service_for=lambda scorer: assembly.build(settings, scorer=scorer))
                 rr, e2e = r["reranking"], r["end_to_end"]
-                gains.setdefault("rerank", []).append(r["gain"])
+                gains.setdefault("rerank", []).append(rr["fine_tuned"]["ndcg@10"] - rr["base"]["ndcg@10"])
                 gains.setdefault("end to end", []).append(e2e["fine_tuned"]["reranked"]["ndcg@10"]
                                                           - e2e["base"]["reranked"]["ndcg@10"])
                 print(f"{r['dataset']} | {seed} | {r['queries']['train']} / {r['queries']['held_out']} | "
