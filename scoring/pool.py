@@ -340,20 +340,22 @@ class WorkerPool:
         return self._tokenize(texts, spans=spans)
 
     def _tokenize(self, texts: Sequence[str], *, spans: bool) -> list:
-        """Texts through one of the planners' tokenizers (each used by one thread at a time)."""
-        tokenizer = self._planners.get()
-        try:
+        """Texts through one of the planners' tokenizers."""
+        with self._planner() as tokenizer:
             return tokenizer.encode_plain(texts, spans=spans)
-        finally:
-            self._planners.put(tokenizer)
-
 
     def fill(self, pairs: Sequence[tuple]) -> dict:
         """Tokenized pairs as one packed batch, filled on the calling (request) thread with a tokenizer of its own: the
         worker that runs the pass only lays filled batches end to end, so filling overlaps other passes."""
+        with self._planner() as tokenizer:
+            return tokenizer.packed_pairs(pairs)
+
+    @contextmanager
+    def _planner(self) -> Iterator[TextTokenizer]:
+        """A planner tokenizer for this thread alone while the block runs (fast tokenizers are not safe to share)."""
         tokenizer = self._planners.get()
         try:
-            return tokenizer.packed_pairs(pairs)
+            yield tokenizer
         finally:
             self._planners.put(tokenizer)
 
