@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from latency import build_cross_encoder, make_requests
-from load import WORDS, make_documents
+from latency import make_requests
 
 import rerank
+from evaluation.load import WORDS, make_documents
+from scoring.synthetic import build_minilm_cross_encoder
 from service import assembly
 from service.settings import Settings
 
@@ -84,7 +85,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cross = build_cross_encoder(Path(tmp) / "cross-encoder")
+        cross = build_minilm_cross_encoder(Path(tmp) / "cross-encoder")
         print("| model | token budget | 50 documents p50 ms | small p50 idle ms | during a large request | ratio |")
         print("|---|---|---|---|---|---|")
         for kind, path in (("all-MiniLM-L6-v2 (embedding)", str(rerank.packaged_model_path())),

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from load import _small_latencies, just_under_budget, make_documents, one_request, rss_mb
+
+from evaluation.load import just_under_budget, make_documents, one_request, rss_mb, small_latencies
 
 QUERY = "which passage is about latency?"
 
@@ -59,8 +60,8 @@ def hostile_scenario(url: str, *, small: int = 12, docs: int = 20) -> dict:
     limit = httpx.get(f"{url}/info", timeout=30).json()["limits"]["max_request_tokens"]
     out: dict = {}
     with _client(url) as client:
-        _small_latencies(client, rng, 3, docs)
-        out["idle"] = _small_latencies(client, rng, small, docs)
+        small_latencies(client, rng, 3, docs)
+        out["idle"] = small_latencies(client, rng, small, docs)
         refusals = []
         with _client(url, "127.0.0.9") as other:
             for _ in range(5):
@@ -100,7 +101,7 @@ def hostile_scenario(url: str, *, small: int = 12, docs: int = 20) -> dict:
                 for t in pool:
                     t.join()
 
-        measure = lambda: _small_latencies(client, rng, small, docs)  # noqa: E731
+        measure = lambda: small_latencies(client, rng, small, docs)  # noqa: E731
         out["large"] = _while([large(fresh=True)], measure)
         out["large-cached"] = _while([large(fresh=False)], measure)
         out["hostile"] = _while([hostile("127.0.0.3"), hostile("127.0.0.4")], measure)

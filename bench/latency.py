@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 
 import rerank
+from evaluation.load import free_port, rss_mb
 from retrieval import corpus
 from scoring import choice, engines
 from scoring.batching import padding_waste, plan_batches
+from scoring.synthetic import build_minilm_cross_encoder
 from service import assembly
 from service.settings import Settings
 
@@ -49,21 +51,6 @@ def matmul_gflops(dtype: str = "float32", n: int = 1024, reps: int = 20) -> floa
     for _ in range(reps):
         a @ b
     return 2 * n ** 3 * reps / (time.perf_counter() - started) / 1e9
-
-
-def build_cross_encoder(target: Path) -> Path:
-    """The packaged MiniLM-L6 encoder with a seeded one-logit head, saved as a cross-encoder."""
-    import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    source = rerank.packaged_model_path()
-    model = BertForSequenceClassification.from_pretrained(str(source), num_labels=1)
-    model.save_pretrained(str(target))
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    tokenizer.model_max_length = 512
-    tokenizer.save_pretrained(str(target))
-    return target
 
 
 def make_requests(n_requests: int, n_docs: int, tokenizer, seed: int = 0) -> list[list[str]]:
@@ -134,7 +121,7 @@ def main() -> int:
     cores = os.cpu_count() or 1
     fp32 = matmul_gflops("float32")
     with tempfile.TemporaryDirectory() as tmp:
-        ce_dir = build_cross_encoder(Path(tmp) / "ce")
+        ce_dir = build_minilm_cross_encoder(Path(tmp) / "ce")
         cache = Path(tmp) / "cache"
         seed_model = CrossEncoder(str(ce_dir), device="cpu", max_length=512)
         tokenizer = seed_model.tokenizer
@@ -221,7 +208,7 @@ def main() -> int:
     return 0
 
 
-def _start(command: list[str], env: dict[str, str], port: int, tmp: Path) -> tuple[object, float]:
+def start_server(command: list[str], env: dict[str, str], port: int, tmp: Path) -> tuple[object, float]:
     """Start a server process; seconds from process start to its first /rerank answer (gradio_client)."""
     import subprocess
 
@@ -270,8 +257,6 @@ def _clients(url: str, batches: list[list[str]], clients: int) -> tuple[float, f
 
 def serve_benchmark(requests: list[list[str]], ce_dir: Path, backend: str, tmp: Path, clients: int = 8) -> None:
     """(c)-(e): the seed's app and ours on the same cross-encoder over HTTP; cold start of the embedded default."""
-    import load
-
     rng = np.random.default_rng(1)
     words = " ".join(d for r in requests for d in r).split()
     batches = [[" ".join(rng.choice(words, size=int(rng.integers(40, 300)))) for _ in range(len(requests[0]))]
@@ -282,11 +267,11 @@ def serve_benchmark(requests: list[list[str]], ce_dir: Path, backend: str, tmp: 
             (f"ours ({backend})", [sys.executable, str(ROOT / "app.py")],
              {"RERANK_MODEL": str(ce_dir), "RERANK_BACKEND": backend, "RAG_AUGMENT_CACHE": str(tmp / "cache"),
               "CORPUS_PATH": str(ROOT / "README.md")}, 1)):
-        port = load.free_port()
-        proc, cold = _start(command, {**env, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}, port, tmp)
+        port = free_port()
+        proc, cold = start_server(command, {**env, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}, port, tmp)
         try:
             seq, conc = _clients(f"http://127.0.0.1:{port}/", batches[part * 2 * clients:(part + 1) * 2 * clients], clients)
-            rows.append((name, cold, seq, conc, load.rss_mb(proc.pid, "VmHWM")))
+            rows.append((name, cold, seq, conc, rss_mb(proc.pid, "VmHWM")))
         finally:
             proc.terminate()
             proc.wait(30)
@@ -300,12 +285,10 @@ def serve_benchmark(requests: list[list[str]], ce_dir: Path, backend: str, tmp: 
 
 def cold_start_rows(tmp: Path) -> None:
     """(d) ``python app.py`` on the embedded default: first start on an empty cache, then a restart keeping it."""
-    import load
-
     cache = tmp / "default-cache"
     for attempt in ("first start, empty cache", "restart, cache kept"):
-        port = load.free_port()
-        proc, cold = _start([sys.executable, str(ROOT / "app.py")],
+        port = free_port()
+        proc, cold = start_server([sys.executable, str(ROOT / "app.py")],
                             {"RAG_AUGMENT_CACHE": str(cache), "CORPUS_PATH": str(ROOT / "README.md"),
                              "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}, port, tmp)
         info = httpx_info(port)
@@ -325,9 +308,7 @@ def first_minute(tmp: Path, seconds: float = 60.0) -> None:
     import subprocess
 
     import httpx
-    import load
-
-    port = load.free_port()
+    port = free_port()
     env = {**os.environ, "MALLOC_ARENA_MAX": "2", "RAG_AUGMENT_CACHE": str(tmp / "fresh-cache"),
            "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
     env.pop("CORPUS_PATH", None)

@@ -25,38 +25,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from evaluation.load import ROUTES, WORDS, free_port, make_documents, one_request, rss_mb, run_load, start_app  # noqa: F401
+from evaluation.load import just_under_budget, rss_mb, run_load, small_latencies, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _small_latencies(client: httpx.Client, rng: random.Random, n: int, docs: int) -> list[float]:
-    """``n`` small /v2/rerank requests one after another (fresh documents each); their latencies."""
-    out = []
-    for _ in range(n):
-        batch = make_documents(rng, docs)
-        started = time.perf_counter()
-        client.post("/v2/rerank", json={"query": "which passage is about latency?", "documents": batch}).raise_for_status()
-        out.append(time.perf_counter() - started)
-    return out
-
-
-def just_under_budget(client: httpx.Client, rng: random.Random, limit: int) -> list[str]:
-    """Documents of ~3,000 words whose request costs just under ``limit`` tokens (a few's cost read off ``usage``)."""
-    doc = lambda: " ".join(rng.choice(WORDS) for _ in range(3000)) + f" #{rng.random():.6f}"  # noqa: E731
-    sample = [doc() for _ in range(4)]
-    answer = client.post("/v1/rerank", json={"query": "q", "documents": sample})
-    answer.raise_for_status()
-    each = answer.json()["usage"]["total_tokens"] / len(sample)
-    return sample + [doc() for _ in range(max(1, int(limit * 0.95 / each)) - len(sample))]
 
 
 def cost_limit_scenario(url: str, *, small: int = 12, docs: int = 20) -> dict:
     """Small requests' p50 alone, then while one request at the cost limit runs (fair scheduling keeps them moving)."""
     rng = random.Random(5)
     with httpx.Client(base_url=url, timeout=600) as client:
-        _small_latencies(client, rng, 3, docs)  # warm-up
-        alone = _small_latencies(client, rng, small, docs)
+        small_latencies(client, rng, 3, docs)  # warm-up
+        alone = small_latencies(client, rng, small, docs)
         limit = client.get("/info").json()["limits"]["max_request_tokens"]
         big_docs = just_under_budget(client, rng, limit)
         big: dict = {}
@@ -69,7 +48,7 @@ def cost_limit_scenario(url: str, *, small: int = 12, docs: int = 20) -> dict:
         thread = threading.Thread(target=run_big)
         thread.start()
         time.sleep(1.0)
-        during = _small_latencies(client, rng, small, docs)
+        during = small_latencies(client, rng, small, docs)
         finished = time.perf_counter()
         thread.join()
     return {"limit": limit, "big_documents": len(big_docs), "big_status": big["status"], "big_seconds": big["seconds"],

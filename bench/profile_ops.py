@@ -15,6 +15,7 @@ import latency
 
 import rerank
 from scoring.batching import plan_batches
+from scoring.synthetic import build_minilm_cross_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with tempfile.TemporaryDirectory() as tmp:
-        ce_dir = latency.build_cross_encoder(Path(tmp) / "ce")
+        ce_dir = build_minilm_cross_encoder(Path(tmp) / "ce")
         scorer = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend="torch", workers=1)
         engine = scorer.pool.replicas[0]
         torch.set_num_threads(1)

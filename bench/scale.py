@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import latency
-import load
 import numpy as np
 
 from deploy import scale_out
+from evaluation.load import make_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def drive(url: str, clients: int, seconds: float, docs: int) -> dict:
         rng = random.Random(k)
         with httpx.Client(timeout=120) as http:
             while time.monotonic() < deadline:
-                batch = load.make_documents(rng, docs)
+                batch = make_documents(rng, docs)
                 started = time.perf_counter()
                 response = http.post(f"{url}/v2/rerank", json={"query": latency.QUERY, "documents": batch})
                 with lock:

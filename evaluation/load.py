@@ -37,6 +37,27 @@ def make_documents(rng: random.Random, n: int) -> list[str]:
     return docs + [docs[0]]
 
 
+def small_latencies(client: httpx.Client, rng: random.Random, n: int, docs: int) -> list[float]:
+    """``n`` small /v2/rerank requests one after another (fresh documents each); their latencies."""
+    out = []
+    for _ in range(n):
+        batch = make_documents(rng, docs)
+        started = time.perf_counter()
+        client.post("/v2/rerank", json={"query": "which passage is about latency?", "documents": batch}).raise_for_status()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def just_under_budget(client: httpx.Client, rng: random.Random, limit: int) -> list[str]:
+    """Documents of ~3,000 words whose request costs just under ``limit`` tokens (a few's cost read off ``usage``)."""
+    doc = lambda: " ".join(rng.choice(WORDS) for _ in range(3000)) + f" #{rng.random():.6f}"  # noqa: E731
+    sample = [doc() for _ in range(4)]
+    answer = client.post("/v1/rerank", json={"query": "q", "documents": sample})
+    answer.raise_for_status()
+    each = answer.json()["usage"]["total_tokens"] / len(sample)
+    return sample + [doc() for _ in range(max(1, int(limit * 0.95 / each)) - len(sample))]
+
+
 @dataclass
 class LoadReport:
     """What the clients saw."""

@@ -2,24 +2,22 @@
 
 A passage is ``{"url", "text", "metadata"}``. The built-in corpus is the documentation every
 Python installation carries (module, class and function docstrings of the standard library, read
-with ``ast`` so nothing is imported), so the app has something real to search with no download.
+with ``ast`` so nothing is imported: :mod:`scoring.texts`), so the app has something real to search
+with no download.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import sys
-import sysconfig
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scoring.texts import docstrings, stdlib_sources
+
 MAX_PASSAGE_CHARS = 1000
 MIN_DOCSTRING_CHARS = 80
-_SKIP_MODULES = {"test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip", "pydoc_data",
-                 "site-packages", "dist-packages", "venv", "this", "antigravity", "__phello__", "config-3"}
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
@@ -75,41 +73,6 @@ def split_passages(text: str, *, max_chars: int = MAX_PASSAGE_CHARS) -> list[str
 
 # --- the built-in corpus ---------------------------------------------------------------------------
 
-def stdlib_sources(stdlib_dir: Path | None = None) -> list[tuple[str, Path]]:
-    """(module name, source file) for the standard library's public pure-Python modules, sorted."""
-    root = Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
-    found: list[tuple[str, Path]] = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        parts = list(rel.with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        if not parts or parts[0] in _SKIP_MODULES or any(p.startswith("_") or "-" in p for p in parts):
-            continue
-        found.append((".".join(parts), path))
-    return found
-
-
-def _docstrings(module: str, source: str) -> Iterator[tuple[str, str]]:
-    """(qualified name, docstring) for a module and its public classes, functions and methods."""
-    tree = ast.parse(source)
-    doc = ast.get_docstring(tree)
-    if doc:
-        yield module, doc
-
-    def walk(node: ast.AST, prefix: str) -> Iterator[tuple[str, str]]:
-        for child in getattr(node, "body", []):
-            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and not child.name.startswith("_"):
-                name = f"{prefix}.{child.name}"
-                text = ast.get_docstring(child)
-                if text:
-                    yield name, text
-                if isinstance(child, ast.ClassDef):
-                    yield from walk(child, name)
-
-    yield from walk(tree, module)
-
-
 def builtin_passages(*, stdlib_dir: Path | None = None, modules: set[str] | None = None) -> list[Passage]:
     """Passages from the standard library's docstrings, each with its docs.python.org address.
 
@@ -122,7 +85,7 @@ def builtin_passages(*, stdlib_dir: Path | None = None, modules: set[str] | None
             continue
         try:
             source = path.read_text(encoding="utf-8")
-            items = list(_docstrings(module, source))
+            items = list(docstrings(module, source))
         except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
             continue
         page = module.split(".")[0]

@@ -1,5 +1,6 @@
 """Checkpoints built here from the packaged model's files, nothing downloaded: what the tests and benchmarks score
-(a tiny BERT cross-encoder, Qwen3-shaped causal-LM rerankers, tiny or at the real 0.6B shape).
+(a tiny BERT cross-encoder, a MiniLM-L6 cross-encoder on the packaged encoder, Qwen3-shaped causal-LM rerankers, tiny
+or at the real 0.6B shape).
 
 A Qwen3-shaped causal-LM reranker gets a word-level tokenizer made from the packaged model's
 vocabulary (with or without the "yes"/"no" tokens) and a Qwen3-Reranker-style chat template that
@@ -91,6 +92,22 @@ def build_tiny_cross_encoder(target: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(str(target))
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(str(target))
+    return target
+
+
+def build_minilm_cross_encoder(target: Path, *, seed: int = 0) -> Path:
+    """The packaged all-MiniLM-L6-v2 encoder with a seeded one-logit head, saved as a BERT cross-encoder (the hub's
+    layout, window 512): a trained encoder's activations and cost, the head untrained until a benchmark trains it."""
+    import torch  # lazy: torch loads only on this path
+    from transformers import AutoTokenizer, BertForSequenceClassification  # lazy: transformers loads only on this path
+
+    torch.manual_seed(seed)
+    source = packaged_model_path()
+    model = BertForSequenceClassification.from_pretrained(str(source), num_labels=1)
+    model.save_pretrained(str(target))
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(str(target))
     return target
