@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import rerank
-from scoring.choice import spearman
+from scoring.fidelity import spearman
 from scoring.synthetic import QWEN3_06B, TINY, build_causal_reranker
 
 ROOT = Path(__file__).resolve().parents[1]

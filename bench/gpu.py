@@ -33,7 +33,7 @@ import numpy as np
 
 import rerank
 from scoring import engines
-from scoring.choice import spearman
+from scoring.fidelity import spearman
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,8 @@ import numpy as np
 from causal import QUERY, documents
 
 import rerank
-from scoring.choice import Choice, spearman
+from scoring.choice import Choice
+from scoring.fidelity import spearman
 from scoring.synthetic import QWEN3_06B, TINY, build_causal_reranker
 
 

@@ -1,9 +1,9 @@
-"""Which engine serves here: measured on a fixed probe, admitted by a fidelity gate, remembered per machine.
+"""Which engine serves here: measured on fixed probes, admitted by a fidelity gate, remembered per machine.
 
-:func:`choose` times every available candidate on the probe, one replica per worker as the pool
-runs them, and keeps the fastest whose scores agree with fp32 torch: Spearman >= 0.99 *and* no
-score moved by more than 5% of the probe's score range (reduced precision is admitted only by
-measurement, never assumed). Among candidates within 5% of the fastest, the one that starts
+:func:`choose` times every available candidate on the timing probe, one replica per worker as the pool runs
+them, and keeps the fastest that ranks the fidelity probe's questions as fp32 torch does
+(:mod:`scoring.fidelity`: nDCG@10 with fp32's scores as gains, and top-10 agreement; reduced precision is
+admitted only by measurement, never assumed). Among candidates within 5% of the fastest, the one that starts
 quickest wins.
 """
 
@@ -26,69 +26,39 @@ from scoring import engines
 from scoring.batching import batching_for, plan_batches, spread_budget
 from scoring.checkpoint import Layout, digest, read_json
 from scoring.engines.onnx_engines import export_folder
+from scoring.fidelity import Agreement, compare
+from scoring.probe import PROBE_QUERY, fidelity_probe, probe_documents
 from scoring.tokenizer import TextTokenizer
 
 log = logging.getLogger("rag_augment.choice")
 
-MIN_SPEARMAN = 0.99
-MAX_DIFF_OF_RANGE = 0.05
-REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "onnxruntime-int8")  # admitted only through the gate
 TIE = 0.05  # candidates within 5% of the fastest count as equally fast; the lighter start-up wins
-_START_COST = {"onnxruntime": 0, "onnxruntime-int8": 1, "openvino": 2, "openvino-bf16": 3, "torch": 4, "torch-bf16": 5,
-               "cuda-fp32": 6, "cuda-bf16": 7, "cuda-fp16": 8}
-
-PROBE_QUERY = "how do transformers rank documents for a search query"
-_PROBE_SENTENCES = (
-    "A cross-encoder reads the query and the document together and outputs one relevance score.",
-    "Bread dough rises when yeast ferments the sugars in the flour and releases carbon dioxide.",
-    "Search engines first retrieve candidates with a fast index, then rerank them with a slower model.",
-    "The football season ended with a close final decided by a penalty shoot-out.",
-    "Transformer encoders use self-attention so that every token can look at every other token.",
-    "Tulips bloom in spring and come in many colours, from deep purple to bright yellow.",
-    "BM25 scores documents by term frequency, inverse document frequency and document length.",
-    "The museum reopened after renovation with a new wing devoted to modern sculpture.",
-    "Dense retrieval embeds queries and documents into vectors and compares them by cosine similarity.",
-    "Interest rates rose again this quarter as the central bank tried to curb inflation.",
-    "Ranking quality is measured with metrics such as nDCG and mean reciprocal rank on judged queries.",
-    "The recipe calls for two eggs, a cup of milk and a pinch of salt.",
-    "Glaciers carve deep valleys as they slide slowly downhill under their own weight.",
-    "The committee approved the budget after a long debate about road maintenance.",
-    "Vaccines train the immune system to recognise a pathogen before an infection happens.",
-    "A violin's tone depends on the wood, the varnish and the shape of its body.",
-    "Rerankers trade latency for precision: they read every candidate with the query.",
-    "The train to the coast leaves every hour from the second platform.",
-    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
-    "Tokenizers split words into sub-word pieces so that rare words still get representations.",
-    "The marathon route crosses five bridges and finishes in the old town square.",
-    "Quantised models store weights in eight bits, which saves memory but can shift scores.",
-    "Coral reefs shelter a quarter of marine species while covering a tiny share of the ocean floor.",
-    "An index maps each term to the documents that contain it, so lookups avoid a full scan.",
-)
+_START_COST = {"onnxruntime": 0, "onnxruntime-int8": 1, "onnxruntime-int8-static": 2, "openvino": 3, "openvino-bf16": 4,
+               "openvino-int8": 5, "torch": 6, "torch-bf16": 7, "cuda-fp32": 8, "cuda-bf16": 9, "cuda-fp16": 10}
+REDUCED_PRECISION = engines.REDUCED_PRECISION  # admitted only through the gate
+# the order candidates are measured in, most promising first, so a spent budget skips the least likely winners
+_FIRST = ("onnxruntime-int8", "onnxruntime", "torch-bf16", "openvino-bf16", "onnxruntime-int8-static", "openvino",
+          "openvino-int8")
 
 
-def probe_documents(n: int = 32) -> list[str]:
-    """A fixed set of varied documents of ~100 to ~420 tokens (passages as retrievers return them: SciFact's pairs
-    have a median of 316 tokens), some on the probe query's topic, some not: each mixes its own selection of
-    sentences, so scores spread out as they do on real candidates."""
-    docs = []
-    pool = len(_PROBE_SENTENCES)
-    for i in range(n):
-        count = 6 + (i * 7) % 19
-        docs.append(" ".join(_PROBE_SENTENCES[(i * 5 + j * (1 + i % 7)) % pool] for j in range(count)))
-    return docs
+def measuring_order(names: Sequence[str]) -> tuple[str, ...]:
+    """The device's backends with its fp32 reference first, then the CPU's most promising candidates first."""
+    rank = {name: n for n, name in enumerate(_FIRST)}
+    return (names[0], *sorted(names[1:], key=lambda name: rank.get(name, len(rank))))
 
 
-def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], device: str = "cpu") -> np.ndarray:
-    """The probe's scores (logits or cosines) on one backend, run as the scorer runs one request of these documents:
-    batched by its own plan for this many workers on this device (:mod:`scoring.batching`), each free worker
-    taking the next batch, so the probe times what a request costs with this shape."""
+def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], device: str = "cpu", *,
+                 query: str = PROBE_QUERY) -> np.ndarray:
+    """Scores (logits or cosines) of ``documents`` for ``query`` on one backend, run as the scorer runs one request of
+    these documents: batched by its own plan for this many workers on this device (:mod:`scoring.batching`), each free
+    worker taking the next batch, so the timing probe times what a request costs with this shape."""
     limits = batching_for(device)
-    lengths = [len(PROBE_QUERY.split()) + len(d.split()) * 4 // 3 + 3 for d in documents]  # about their tokens
+    lengths = [len(query.split()) + len(d.split()) * 4 // 3 + 3 for d in documents]  # about their tokens
     budget = spread_budget(lengths, limits["token_budget"], len(replicas), limits["batch_size"])
     batches: queue.SimpleQueue = queue.SimpleQueue()
     for batch in plan_batches(lengths, budget, limits["batch_size"]):
         batches.put(batch)
-    query = replicas[0].embed([PROBE_QUERY], query=True)[0] if layout.mode == "embedding" else None
+    vector = replicas[0].embed([query], query=True)[0] if layout.mode == "embedding" else None
     out = np.zeros(len(documents), dtype=np.float64)
 
     def work(n: int) -> None:
@@ -99,49 +69,54 @@ def probe_scores(replicas: Sequence, layout: Layout, documents: Sequence[str], d
             except queue.Empty:
                 return
             texts = [documents[i] for i in chunk]
-            out[chunk] = engine.score_pairs(PROBE_QUERY, texts) if query is None else engine.embed(texts) @ query
+            out[chunk] = engine.score_pairs(query, texts) if vector is None else engine.embed(texts) @ vector
 
     with ThreadPoolExecutor(len(replicas)) as pool:
         list(pool.map(work, range(len(replicas))))
     return out
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation of two score lists (0 where it is undefined, e.g. a constant list)."""
-    from scipy.stats import spearmanr  # lazy: scipy loads only on this path
-
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    value = spearmanr(a, b).statistic
-    return float(value) if np.isfinite(value) else 0.0
+def fidelity_scores(replicas: Sequence, layout: Layout, device: str = "cpu") -> list[np.ndarray]:
+    """One backend's scores for each question of the fidelity probe (:func:`scoring.probe.fidelity_probe`)."""
+    return [probe_scores(replicas, layout, q.documents, device, query=q.query) for q in fidelity_probe()]
 
 
 @dataclass
 class Measurement:
-    """One candidate on the probe: time per probe, agreement with fp32 torch, or why it was skipped."""
+    """One candidate: seconds per timing probe, how it ranks the fidelity probe against fp32, or why it was skipped."""
 
     backend: str
     seconds: float | None = None
-    spearman: float | None = None
-    max_abs_diff: float | None = None
+    ndcg: float | None = None  # mean nDCG@10 with fp32's scores as gains (scoring.fidelity)
+    top10: float | None = None  # mean share of fp32's top 10 kept
+    worst_ndcg: float | None = None
+    spearman: float | None = None  # reported, not gated
+    max_diff_of_range: float | None = None  # reported, not gated
     note: str = ""
-    score_range: float | None = None
+
+    @classmethod
+    def of(cls, backend: str, seconds: float, agreement: Agreement) -> Measurement:
+        """A timed candidate and its agreement with fp32 on the fidelity probe."""
+        return cls(backend, seconds, agreement.ndcg, agreement.top10, agreement.worst_ndcg, agreement.spearman,
+                   agreement.max_diff_of_range)
+
+    @property
+    def agreement(self) -> Agreement | None:
+        if self.ndcg is None or self.top10 is None:
+            return None
+        return Agreement(self.ndcg, self.top10, self.worst_ndcg if self.worst_ndcg is not None else self.ndcg,
+                         self.spearman or 0.0, self.max_diff_of_range or 0.0)
 
     @property
     def faithful(self) -> bool:
-        """Measured, ranks like fp32 (Spearman) and scores like it (no score moved by 5% of the range)."""
-        if self.seconds is None or (self.spearman or 0) < MIN_SPEARMAN:
-            return False
-        if self.max_abs_diff is None or not self.score_range:
-            return True
-        return self.max_abs_diff <= MAX_DIFF_OF_RANGE * self.score_range
+        """Measured, and it keeps the top of fp32's ranking on the fidelity probe (:mod:`scoring.fidelity`)."""
+        agreement = self.agreement
+        return self.seconds is not None and agreement is not None and agreement.admitted
 
     def verdict(self) -> str:
-        """Why an unfaithful measurement was rejected."""
-        if (self.spearman or 0) < MIN_SPEARMAN:
-            return f"rankings drift from fp32 torch (Spearman {self.spearman:.3f} < {MIN_SPEARMAN})"
-        return (f"scores drift from fp32 torch (max difference {self.max_abs_diff:.4f} > {MAX_DIFF_OF_RANGE:.0%} "
-                f"of the probe's range {self.score_range:.4f})")
+        """What the gate found, in numbers."""
+        agreement = self.agreement
+        return agreement.verdict() if agreement else (self.note or "not measured")
 
 
 @dataclass
@@ -173,20 +148,20 @@ class Choice:
 
 
 def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: Layout, *, rounds: int = 3,
-            reference_name: str = "torch", budget_s: float | None = None,
-            device: str = "cpu") -> tuple[list[Measurement], list[Measurement], float]:
-    """Time fp32 torch and each candidate's replicas on the probe.
+            reference_name: str = "torch", budget_s: float | None = None, device: str = "cpu",
+            judge: bool = True) -> tuple[list[Measurement], list[Measurement], float]:
+    """Time the fp32 reference and each candidate's replicas on the timing probe; with ``judge``, first compare each
+    candidate's ranking of the fidelity probe with the reference's (one that fails is timed once, not in rounds).
 
     Candidates are built and dropped one at a time (memory stays at two copies of the model beside the
-    serving one), and each is timed in rounds alternating with torch so background load hits both alike.
+    serving one), and each is timed in rounds alternating with the reference so background load hits both alike.
     Returns the measurements, the candidates that could not be built (or were not reached within
     ``budget_s`` seconds) and the reference's run-to-run noise.
     """
     started = time.perf_counter()
     documents = probe_documents()
-    expected = probe_scores(reference, layout, documents, device)
-    spread = float(expected.max() - expected.min())
-    torch_times: list[float] = []
+    expected = fidelity_scores(reference, layout, device) if judge else None
+    reference_times: list[float] = []
     measured, skipped = [], []
 
     def timed(replicas: list) -> float:
@@ -203,18 +178,20 @@ def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: 
         except Exception as exc:
             skipped.append(Measurement(backend=name, note=str(exc).splitlines()[0][:200]))
             continue
-        scores = probe_scores(replicas, layout, documents, device)  # also the warm-up
+        agreement = compare(fidelity_scores(replicas, layout, device), expected) if expected is not None else None
+        probe_scores(replicas, layout, documents, device)  # the warm-up
         times = []
-        for _ in range(rounds):
-            torch_times.append(timed(reference))
+        for _ in range(rounds if agreement is None or agreement.admitted else 1):
+            reference_times.append(timed(reference))
             times.append(timed(replicas))
-        measured.append(Measurement(backend=name, seconds=float(np.median(times)), spearman=spearman(scores, expected),
-                                    max_abs_diff=float(np.max(np.abs(scores - expected))), score_range=spread))
+        seconds = float(np.median(times))
+        measured.append(Measurement.of(name, seconds, agreement) if agreement else Measurement(name, seconds))
         del replicas
-    if not torch_times:
-        torch_times = [timed(reference) for _ in range(rounds)]
-    return [Measurement(backend=reference_name, seconds=float(np.median(torch_times)), spearman=1.0, max_abs_diff=0.0,
-                        score_range=spread), *measured], skipped, noise(torch_times)
+    if not reference_times:
+        reference_times = [timed(reference) for _ in range(rounds)]
+    seconds = float(np.median(reference_times))
+    first = Measurement(reference_name, seconds, 1.0, 1.0, 1.0, 1.0, 0.0) if judge else Measurement(reference_name, seconds)
+    return [first, *measured], skipped, noise(reference_times)
 
 
 def pick(measurements: Sequence[Measurement], *, margin: float = TIE) -> str:
@@ -251,7 +228,7 @@ def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_d
     sentence-transformers); ``reference``: fp32 replicas already loaded (the first of ``names``); ``shape_build``:
     how to build a backend as ``workers`` x ``threads`` (then the chosen backend's shapes are measured too)."""
     started = time.perf_counter()
-    names = tuple(names or engines.backends_for(device))
+    names = tuple(names or measuring_order(engines.backends_for(device)))
     build = build or (lambda name: engines.replicas(name, model_dir, layout, tokenizer, cache_dir=cache_dir,
                                                     workers=workers, trust_remote_code=trust_remote_code, device=device,
                                                     model=reference_model if name == names[0] else None))
@@ -268,11 +245,11 @@ def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_d
                                         device=device)
     measurements = measured + skipped + unavailable_here
     for m in measurements:
-        if m.seconds is not None and not m.faithful:
+        if m.seconds is not None:
             m.note = m.verdict()
     margin = max(TIE, spread)
     choice = Choice(pick(measurements, margin=margin),
-                    f"measured fastest with faithful scores on this machine (ties within {margin:.0%})",
+                    f"measured fastest keeping fp32's ranking on this machine (ties within {margin:.0%})",
                     measurements, device)
     if device == "cpu" and shape_build is not None and workers > 1:
         left = None if budget_s is None else budget_s - (time.perf_counter() - started)
@@ -298,7 +275,8 @@ def choose_shape(build: Callable[[int, int], list], layout: Layout, cores: int, 
         return None, 1, []
     baseline = default or build(*shapes[0])
     candidates = {f"{w}x{t}": (lambda w=w, t=t: build(w, t)) for w, t in shapes[1:]}
-    measured, skipped, spread = measure(baseline, candidates, layout, reference_name=f"{cores}x1", budget_s=budget_s)
+    measured, skipped, spread = measure(baseline, candidates, layout, reference_name=f"{cores}x1", budget_s=budget_s,
+                                        judge=False)
     rows = [{"shape": m.backend, "seconds": m.seconds, "note": m.note} for m in measured + skipped]
     best = min((m for m in measured if m.seconds is not None), key=lambda m: m.seconds)
     base = measured[0].seconds or 0.0

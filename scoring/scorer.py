@@ -296,8 +296,8 @@ class Scorer:
             self._pool.swap(build(choice.backend), choice)
         else:
             self._pool.choice = choice
-        log.info("backend for %s: %s; measured (probe seconds, Spearman vs fp32): %s", self.info.name,
-                 choice.describe(), ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" if m.seconds is not None
+        log.info("backend for %s: %s; measured (probe seconds, the gate's verdict): %s", self.info.name,
+                 choice.describe(), ", ".join(f"{m.backend} {m.seconds:.3f}s, {m.verdict()}" if m.seconds is not None
                                               else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
         return choice
 

@@ -16,8 +16,8 @@ DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
 
 # RERANK_BACKEND: auto measures the others at start-up (see scoring/choice.py)
-BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8", "cuda-fp32",
-            "cuda-fp16", "cuda-bf16")
+BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8",
+            "onnxruntime-int8-static", "openvino-int8", "cuda-fp32", "cuda-fp16", "cuda-bf16")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -109,6 +109,7 @@ class Settings:
     hybrid_fusion_weight: float = 0.3
     instruction: str | None = None
     max_tokens: int = 8192
+    max_tokens_per_doc: int | None = None  # each document's first tokens only, unless a request says otherwise
     backend: str = "auto"
     device: str = "auto"
     measure_budget: float = 120.0
@@ -143,6 +144,7 @@ class Settings:
             hybrid_fusion_weight=_weight(env, "RERANK_HYBRID_FUSION_WEIGHT", 0.3),
             instruction=env.get("RERANK_INSTRUCTION", "").strip() or None,
             max_tokens=_int(env, "RERANK_MAX_TOKENS", 8192, minimum=16),
+            max_tokens_per_doc=_int(env, "RERANK_MAX_TOKENS_PER_DOC", 0, minimum=16) or None,
             backend=_choice(env, "RERANK_BACKEND", "auto", BACKENDS),
             device=_device(env),
             measure_budget=_float(env, "RERANK_MEASURE_SECONDS", 120.0),

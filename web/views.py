@@ -133,8 +133,10 @@ def details_text(service: Service, scorer: Scorer) -> str:
              f"- **Inference backend:** {backend.describe()}, {scorer.workers} worker thread(s); {scorer.engine}."]
     measured = [m for m in backend.measurements if m.seconds is not None]
     if measured:
-        lines.append("- **Measured on this machine** (probe seconds, Spearman vs fp32): "
-                     + ", ".join(f"{m.backend} {m.seconds:.2f} s / {m.spearman:.3f}" for m in measured) + ".")
+        lines.append("- **Measured on this machine** (probe seconds; nDCG@10 against fp32's ranking, admitted or not): "
+                     + ", ".join(f"{m.backend} {m.seconds:.2f} s / "
+                                 + (f"{m.ndcg:.3f} {'admitted' if m.faithful else 'turned away'}" if m.ndcg is not None
+                                    else "not compared") for m in measured) + ".")
     cal = service.calibration
     lines.append(f"- **Calibration:** scores are P(relevant) by {cal.method} fitted on {cal.report.get('dataset', '?')} "
                  f"({cal.source})." if cal else "- **Calibration:** none; scores are the model's own (see the scoring "

@@ -17,16 +17,21 @@ from scoring.engines.base import Engine  # noqa: F401  (the interface every engi
 from scoring.errors import BackendError
 from scoring.tokenizer import TextTokenizer
 
-CPU_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8")
+CPU_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8",
+                "onnxruntime-int8-static", "openvino-int8")
 CUDA_BACKENDS = ("cuda-fp32", "cuda-fp16", "cuda-bf16")
 BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
-_NEEDS = {"torch": "torch", "torch-bf16": "torch", "onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime",
-          "openvino": "openvino", "openvino-bf16": "openvino", "cuda-fp32": "torch", "cuda-fp16": "torch",
-          "cuda-bf16": "torch"}
+_NEEDS = {"torch": ("torch",), "torch-bf16": ("torch",), "onnxruntime": ("onnxruntime",),
+          "onnxruntime-int8": ("onnxruntime",), "onnxruntime-int8-static": ("onnxruntime",), "openvino": ("openvino",),
+          "openvino-bf16": ("openvino",), "openvino-int8": ("openvino", "nncf"), "cuda-fp32": ("torch",),
+          "cuda-fp16": ("torch",), "cuda-bf16": ("torch",)}
 NATIVE_BF16 = ("torch-bf16", "openvino-bf16")
 PRECISION = {"torch": "fp32", "torch-bf16": "bf16", "onnxruntime": "fp32", "openvino": "fp32",
-             "openvino-bf16": "bf16", "onnxruntime-int8": "int8 (dynamic)", "cuda-fp32": "fp32", "cuda-fp16": "fp16",
-             "cuda-bf16": "bf16"}
+             "openvino-bf16": "bf16", "onnxruntime-int8": "int8 (dynamic)", "onnxruntime-int8-static": "int8 (static)",
+             "openvino-int8": "int8 (static, NNCF)", "cuda-fp32": "fp32", "cuda-fp16": "fp16", "cuda-bf16": "bf16"}
+REDUCED_PRECISION = tuple(name for name, precision in PRECISION.items() if precision not in ("fp32",))
+_GRAPH = {"onnxruntime": "fp32", "openvino": "fp32", "openvino-bf16": "fp32", "onnxruntime-int8": "int8",
+          "onnxruntime-int8-static": "int8-static", "openvino-int8": "openvino-int8"}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -111,8 +116,9 @@ def unavailable(name: str, device: str = "cpu") -> str | None:
     """Why a backend cannot run on this machine (on ``device``), or None when it can."""
     if name not in BACKENDS:
         return f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto"
-    if importlib.util.find_spec(_NEEDS[name]) is None:
-        return f"{_NEEDS[name]} is not installed"
+    missing = [package for package in _NEEDS[name] if importlib.util.find_spec(package) is None]
+    if missing:
+        return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
     if name in NATIVE_BF16 and not cpu_has_native_bf16():
         return "this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 would be emulated"
     if name in CUDA_BACKENDS:
@@ -146,18 +152,33 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
     if cache_dir is None:
         raise BackendError(f"backend {name!r} needs a cache folder for its exported graph")
     try:
-        path = onnx_engines.onnx_path(model_dir, layout, cache_dir, int8=name == "onnxruntime-int8",
-                                      trust_remote_code=trust_remote_code)
+        path = onnx_engines.onnx_path(model_dir, layout, cache_dir, variant=_GRAPH[name],
+                                      trust_remote_code=trust_remote_code,
+                                      calibration=lambda: calibration_inputs(tokenizer, layout))
     except Exception as exc:
         raise BackendError(f"cannot export {model_dir.name} for {name}: {exc}") from exc
     try:
         if name.startswith("onnxruntime"):
-            return onnx_engines.onnxruntime_engine(path, layout, tokenizer, threads=threads)
-        return onnx_engines.openvino_engine(path, layout, tokenizer, threads=threads, bf16=name == "openvino-bf16")
+            return onnx_engines.onnxruntime_engine(path, layout, tokenizer, threads=threads, name=name)
+        return onnx_engines.openvino_engine(path, layout, tokenizer, threads=threads, bf16=name == "openvino-bf16",
+                                            name=name)
     except Exception as exc:  # a damaged cached graph: remove it, so the next measurement exports it again
         path.unlink(missing_ok=True)
+        path.with_suffix(".bin").unlink(missing_ok=True)
         raise BackendError(f"cannot run the cached graph {path.name} on {name} "
                            f"({str(exc).splitlines()[0][:200]}); removed it") from exc
+
+
+def calibration_inputs(tokenizer: TextTokenizer, layout: Layout) -> list[dict]:
+    """Model inputs a static quantization measures activation ranges on, one pair (or text) each: the probe's
+    calibration pairs (:func:`scoring.probe.calibration_pairs`), as this checkpoint tokenizes them."""
+    from scoring.probe import calibration_pairs
+
+    pairs = calibration_pairs()
+    if layout.mode == "cross-encoder":
+        return [tokenizer.batch([pair], layout.max_length) for pair in pairs]
+    texts = sorted({layout.query_prompt + q for q, _ in pairs}) + [layout.document_prompt + d for _, d in pairs]
+    return [tokenizer.batch([text], layout.max_length) for text in texts]
 
 
 def replicas(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path | None,

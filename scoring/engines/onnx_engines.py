@@ -11,11 +11,13 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from scoring.checkpoint import Layout, digest, file_list
+from scoring.checkpoint import Layout, digest, file_list, read_json
+from scoring.engines import quantize
 from scoring.engines.graph import GraphEngine
 from scoring.engines.torch_engine import model_inputs, output_name, torch_model
 from scoring.stale_files import remove_if_owner_gone
@@ -23,49 +25,68 @@ from scoring.tokenizer import TextTokenizer
 
 log = logging.getLogger("rag_augment.engines")
 _EXPORT_LOCK = threading.RLock()
-PARTIAL = ".partial.onnx"  # exports in progress: model.<pid>.partial.onnx
+PARTIAL = ".partial."  # files in progress: model.<pid>.partial.onnx (or .xml / .bin)
+EXPORT_VERSION = 2  # exported with eager attention: plain matmuls and softmax, no masking over the scores
+GRAPHS = {"fp32": "model.onnx", "int8": "model-int8.onnx", "int8-static": "model-int8-static.onnx",
+          "openvino-int8": "model-int8-openvino.xml"}
 
 
 def export_folder(model_dir: Path, layout: Layout, cache_dir: Path) -> Path:
-    """Where a checkpoint's exports (and its measured choice) live: keyed by path, files, mtimes and layout."""
+    """Where a checkpoint's exports (and its measured choice) live: keyed by path, files, mtimes, layout and how
+    graphs are exported."""
     mtimes = sorted(f.stat().st_mtime_ns for f in Path(model_dir).glob("*") if f.is_file())
-    return Path(cache_dir) / "backends" / digest(str(Path(model_dir).resolve()), file_list(model_dir), mtimes, layout)
+    return Path(cache_dir) / "backends" / digest(str(Path(model_dir).resolve()), file_list(model_dir), mtimes, layout,
+                                                 EXPORT_VERSION)
 
 
-def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, int8: bool = False,
-              trust_remote_code: bool = False) -> Path:
-    """The checkpoint exported to ONNX (``int8``: dynamically quantized), exported once into ``cache_dir``."""
+def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, variant: str = "fp32",
+              trust_remote_code: bool = False, calibration: Callable[[], list[dict]] | None = None) -> Path:
+    """The checkpoint's graph in ``variant`` (:data:`GRAPHS`: fp32, int8 dynamic, int8 static, OpenVINO int8), made
+    once into ``cache_dir``; ``calibration`` gives the model inputs a static quantization measures its ranges on."""
     folder = export_folder(model_dir, layout, cache_dir)
-    target = folder / ("model-int8.onnx" if int8 else "model.onnx")
+    target = folder / GRAPHS[variant]
     with _EXPORT_LOCK:
         if target.is_file():
             return target
         folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"{target.stem}.{os.getpid()}{PARTIAL}"  # processes sharing the cache never clobber
+        partial = folder / f"{target.stem}.{os.getpid()}{PARTIAL}{target.suffix[1:]}"  # sharing processes never clobber
         try:
-            if int8:
-                from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: onnxruntime loads only on this path
-
-                fp32 = onnx_path(model_dir, layout, cache_dir, trust_remote_code=trust_remote_code)
-                logging.disable(logging.INFO)  # the quantizer logs a line per tensor
-                try:
-                    quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8, per_channel=True)
-                finally:
-                    logging.disable(logging.NOTSET)
-            else:
+            if variant == "fp32":
                 _export(model_dir, layout, partial, trust_remote_code)
+            else:
+                fp32 = onnx_path(model_dir, layout, cache_dir, trust_remote_code=trust_remote_code)
+                _quantize(variant, fp32, partial, calibration, read_json(Path(model_dir) / "config.json"))
+            if partial.suffix == ".xml":  # OpenVINO IR: its weights first, so a complete .xml means a complete pair
+                partial.with_suffix(".bin").replace(target.with_suffix(".bin"))
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
-        log.info("exported %s to %s", model_dir.name, target)
+            partial.with_suffix(".bin").unlink(missing_ok=True)
+        log.info("made %s of %s in %s", variant, model_dir.name, target)
     return target
 
 
+def _quantize(variant: str, fp32: Path, target: Path, calibration: Callable[[], list[dict]] | None,
+              config: dict) -> None:
+    """One of the int8 graphs of :mod:`scoring.engines.quantize` from the fp32 graph (``config``: the checkpoint's)."""
+    if variant == "int8":
+        quantize.dynamic_int8(fp32, target, exclude=quantize.KEEP_FP32, heads=int(config.get("num_attention_heads") or 0),
+                              hidden=int(config.get("hidden_size") or 0))
+        return
+    if calibration is None:
+        raise ValueError(f"the {variant} graph needs calibration inputs")
+    if variant == "int8-static":
+        quantize.static_int8(fp32, target, calibration(), exclude=quantize.KEEP_FP32)
+    else:
+        quantize.openvino_int8(fp32, target, calibration())
+
+
 def _export(model_dir: Path, layout: Layout, target: Path, trust_remote_code: bool) -> None:
-    """torch.onnx export with batch and sequence as dynamic axes."""
+    """torch.onnx export with batch and sequence as dynamic axes, of the model with eager attention: the SDPA export
+    adds a masking pass over every attention score (Where, IsNaN), 13% of the time on one CPU core."""
     import torch  # lazy: torch loads only on this path
 
-    model = torch_model(model_dir, layout, trust_remote_code)
+    model = torch_model(model_dir, layout, trust_remote_code, attention="eager")
     names = model_inputs(model)
     output = output_name(layout)
 
@@ -89,7 +110,8 @@ def _export(model_dir: Path, layout: Layout, target: Path, trust_remote_code: bo
                           dynamic_axes=axes, opset_version=17, dynamo=False)
 
 
-def onnxruntime_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1) -> GraphEngine:
+def onnxruntime_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1,
+                       name: str = "onnxruntime") -> GraphEngine:
     """An ONNX Runtime session on the CPU with ``threads`` intra-op threads."""
     import onnxruntime  # lazy: onnxruntime loads only on this path
 
@@ -99,12 +121,11 @@ def onnxruntime_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, 
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
-    name = "onnxruntime-int8" if "int8" in path.name else "onnxruntime"
     return GraphEngine(name, tokenizer, layout, lambda batch: session.run(None, batch)[0], inputs)
 
 
 def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, threads: int = 1,
-                    bf16: bool = False) -> GraphEngine:
+                    bf16: bool = False, name: str = "openvino") -> GraphEngine:
     """An OpenVINO compiled model on the CPU: fp32 on every CPU unless ``bf16`` (precision is always explicit)."""
     import openvino  # lazy: openvino loads only on this path
 
@@ -119,7 +140,7 @@ def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, thr
     def forward(batch: dict) -> np.ndarray:
         return np.array(request.infer(batch)[0])
 
-    engine = GraphEngine("openvino-bf16" if bf16 else "openvino", tokenizer, layout, forward, inputs)
+    engine = GraphEngine(name, tokenizer, layout, forward, inputs)
     # One inference here, on the creating thread: OpenVINO's Python binding sets up its numpy bridge on first use,
     # and two worker threads doing that at the same moment deadlock inside pybind11 (seen: both replicas' first
     # infer() waiting forever). It also keeps the first-inference cost out of the first request.
@@ -133,4 +154,8 @@ def openvino_engine(path: Path, layout: Layout, tokenizer: TextTokenizer, *, thr
 def remove_stale_exports(cache_dir: Path) -> list[Path]:
     """Delete half-written exports left by processes that are gone (their pid is in the name)."""
 
-    return remove_if_owner_gone(Path(cache_dir).glob(f"backends/*/*{PARTIAL}"), lambda p: p.name.split(".")[-3])
+    def pid(path: Path) -> str:
+        parts = path.name.split(".")
+        return parts[parts.index("partial") - 1]
+
+    return remove_if_owner_gone(Path(cache_dir).glob(f"backends/*/*{PARTIAL}*"), pid)

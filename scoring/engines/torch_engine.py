@@ -26,18 +26,20 @@ def model_inputs(model) -> list[str]:
 
 
 def torch_model(model_dir: Path, layout: Layout, trust_remote_code: bool, *, device: str = "cpu",
-                precision: str = "fp32"):
-    """The transformers model behind a checkpoint, in eval mode, on ``device`` in ``precision``."""
+                precision: str = "fp32", attention: str | None = None):
+    """The transformers model behind a checkpoint, in eval mode, on ``device`` in ``precision`` (``attention``: an
+    attention implementation to ask for; a GPU asks for SDPA)."""
     import torch  # lazy: torch loads only on this path
     from transformers import AutoModel, AutoModelForSequenceClassification  # lazy: transformers loads only on this path
     from transformers.utils import logging as hf_logging  # lazy: transformers loads only on this path
 
     hf_logging.disable_progress_bar()
     cls = AutoModelForSequenceClassification if layout.mode == "cross-encoder" else AutoModel
-    options = {"attn_implementation": "sdpa"} if device != "cpu" else {}
+    attention = attention or ("sdpa" if device != "cpu" else None)
+    options = {"attn_implementation": attention} if attention else {}
     try:
         model = cls.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, **options)
-    except (ValueError, ImportError):  # an architecture without SDPA support: its default attention
+    except (ValueError, ImportError):  # an architecture without that attention: its default one
         model = cls.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code)
     return model.to(device=device, dtype=getattr(torch, PRECISIONS[precision])).eval()
 

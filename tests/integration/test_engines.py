@@ -51,7 +51,6 @@ def test_embedding_backend_matches_sentence_transformers(name, backend_cache, st
     assert scorer.backend.backend == name and "RERANK_BACKEND" in scorer.backend.how
     got = scorer.score(choice.PROBE_QUERY, docs, raw=True, long_documents="truncate")  # as sentence-transformers does
     np.testing.assert_allclose(got, expected, atol=2e-5)
-    assert choice.spearman(got, expected) >= choice.MIN_SPEARMAN
     assert _ranks(got)[:5] == _ranks(expected)[:5]
 
 
@@ -65,7 +64,7 @@ def test_cross_encoder_backend_matches_cross_encoder_predict(name, backend_cache
     scorer = rerank.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend=name, cache_dir=backend_cache)
     got = scorer.score(choice.PROBE_QUERY, docs, raw=True, long_documents="truncate")  # as sentence-transformers does
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    assert choice.spearman(got, expected) >= choice.MIN_SPEARMAN
+    assert _ranks(got)[:5] == _ranks(expected)[:5]
 
 
 def test_unavailable_backend_serves_on_torch_and_says_why(tmp_path, tiny_cross_encoder_dir, monkeypatch):

@@ -1,0 +1,89 @@
+"""The fidelity gate on real engines: it admits a faithful one and turns away one that reorders the top of fp32's
+ranking (noise on its scores, a damaged quantized graph); static quantization is calibrated, cached and gated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rerank
+from scoring import choice, engines, fidelity
+from scoring.checkpoint import layout_of
+from scoring.engines import onnx_engines
+from scoring.tokenizer import TextTokenizer
+
+pytestmark = pytest.mark.skipif(engines.unavailable("onnxruntime") is not None, reason="onnxruntime is not installed")
+
+
+class Noisy:
+    """A real engine whose embeddings get seeded noise: it ranks like a drifting reduced-precision engine."""
+
+    def __init__(self, engine, scale: float) -> None:
+        self.engine, self.scale = engine, scale
+        self.rng = np.random.default_rng(0)
+
+    def embed(self, texts, *, query: bool = False):
+        vectors = self.engine.embed(texts, query=query)
+        noisy = vectors + self.rng.normal(0.0, self.scale, vectors.shape).astype(np.float32)
+        return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def packaged():
+    """The packaged embedding model's folder, layout and tokenizer: a trained model whose probe scores spread."""
+    path = rerank.packaged_model_path()
+    return path, layout_of(path, "embedding"), TextTokenizer.from_dir(path)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("gate-cache")
+
+
+def _replicas(name, packaged, cache, workers=1):
+    path, layout, tokenizer = packaged
+    return engines.replicas(name, path, layout, tokenizer, cache_dir=cache, workers=workers)
+
+
+def test_the_gate_admits_a_faithful_engine_and_rejects_noise_that_reorders_the_top(packaged, cache):
+    layout = packaged[1]
+    reference = _replicas("torch", packaged, cache)
+    candidates = {"onnxruntime": lambda: _replicas("onnxruntime", packaged, cache),
+                  "noisy": lambda: [Noisy(r, 0.08) for r in _replicas("onnxruntime", packaged, cache)]}
+    measured, skipped, _ = choice.measure(reference, candidates, layout, rounds=1)
+    by_name = {m.backend: m for m in measured}
+    assert not skipped
+    faithful, noisy = by_name["onnxruntime"], by_name["noisy"]
+    assert faithful.faithful and faithful.ndcg > 0.999 and faithful.top10 == 1.0, faithful
+    assert not noisy.faithful and "reorders the top of fp32's ranking" in noisy.verdict(), noisy
+    assert choice.pick(measured) != "noisy"  # however fast, what the gate turns away never serves
+
+
+def test_static_quantization_is_calibrated_cached_and_a_damaged_graph_is_turned_away(packaged, cache):
+    import onnx
+    from onnx import numpy_helper
+
+    path, layout, _ = packaged
+    static = _replicas("onnxruntime-int8-static", packaged, cache)
+    graph = onnx_engines.onnx_path(path, layout, cache, variant="int8-static")
+    model = onnx.load(str(graph))
+    kinds = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= kinds  # activations quantized with calibrated ranges
+    made = graph.stat().st_mtime_ns
+    assert _replicas("onnxruntime-int8-static", packaged, cache)[0].name == "onnxruntime-int8-static"
+    assert graph.stat().st_mtime_ns == made  # made once, then read from the cache
+    texts = ["json.loads parses a JSON document", "tulips bloom in spring", "subprocess.run runs a command"]
+    fp32 = _replicas("onnxruntime", packaged, cache)[0]
+    assert fidelity.spearman(static[0].embed(texts) @ static[0].embed(["parse json"], query=True)[0],
+                           fp32.embed(texts) @ fp32.embed(["parse json"], query=True)[0]) > 0.4
+
+    scales = [i for i in model.graph.initializer if i.name.endswith("_scale") and "MatMul" in i.name]
+    for initializer in scales[: len(scales) // 2]:  # a damaged graph: half the weight scales off by 4x
+        initializer.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(initializer) * 4.0, initializer.name))
+    damaged_path = graph.with_name("damaged.onnx")
+    onnx.save(model, str(damaged_path))
+    damaged = onnx_engines.onnxruntime_engine(damaged_path, layout, packaged[2].copy(), name="damaged")
+    measured, _, _ = choice.measure(_replicas("torch", packaged, cache), {"damaged": lambda: [damaged]}, layout,
+                                    rounds=1)
+    verdict = {m.backend: m for m in measured}["damaged"]
+    assert not verdict.faithful and verdict.ndcg < 1.0, verdict
