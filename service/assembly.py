@@ -98,4 +98,4 @@ def build(settings: Settings, *, scorer: Scorer | None = None, extra: Sequence[S
     embedder = embedder or (scorer if scorer.info.mode == "embedding" else None)
     return Service(Models(scorer, list(extra)), limits=limits_of(settings), api_key=settings.api_key,
                    policy=policy_of(settings), retriever=retriever, embedder=embedder, instruction=settings.instruction,
-                   calibration=calibration)
+                   calibration=calibration, max_tokens_per_doc=settings.max_tokens_per_doc)

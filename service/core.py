@@ -102,7 +102,8 @@ class Service:
     def __init__(self, models: Models, *, limits: Limits = Limits(), api_key: str | None = None,
                  policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None,
                  batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None,
-                 instruction: str | None = None, calibration: Calibration | None = None) -> None:
+                 instruction: str | None = None, calibration: Calibration | None = None,
+                 max_tokens_per_doc: int | None = None) -> None:
 
         self.models = models
         self.limits = limits
@@ -113,6 +114,7 @@ class Service:
         self.batcher = batcher
         self.instruction = instruction  # the default task instruction (RERANK_INSTRUCTION)
         self.calibration = calibration  # the default model's scores as probabilities (RERANK_CALIBRATION)
+        self.max_tokens_per_doc = max_tokens_per_doc  # each document's first tokens only (RERANK_MAX_TOKENS_PER_DOC)
         self.metrics = ServiceMetrics(self.scorers)
         self._executor = ThreadPoolExecutor(max_workers=limits.max_in_flight + 8, thread_name_prefix="service")
         self._in_flight = 0
@@ -232,6 +234,8 @@ class Service:
         options.setdefault("policy", self.policy)
         if options.get("instruction") in (None, ""):
             options["instruction"] = self.instruction
+        if options.get("max_tokens_per_doc") is None:  # a request's own cut wins over the service's default
+            options["max_tokens_per_doc"] = self.max_tokens_per_doc
         if self.calibration is not None and scorer is self.models.default:  # fitted for that model only
             options["calibration"] = self.calibration
         prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents,

@@ -85,3 +85,17 @@ def test_a_failed_index_build_leaves_nothing_behind(tmp_path, packaged_scorer):
     with pytest.raises(RuntimeError):
         LocalIndex.open([Passage("u", "some text")], Failing(), path=tmp_path / "index-x.duckdb", name="x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_tokens_per_document_setting_cuts_every_face_unless_a_request_says_otherwise(tiny_scorer):
+    texts = [LONG[:3000], LONG[:1500] + " tulips", "short"]
+    full = assembly.build(Settings(), scorer=tiny_scorer).rank("budget", texts, long_documents="truncate")
+    assert Settings.from_env({"RERANK_MAX_TOKENS_PER_DOC": "64"}).max_tokens_per_doc == 64
+    with pytest.raises(ValueError, match="RERANK_MAX_TOKENS_PER_DOC must be >= 16"):
+        Settings.from_env({"RERANK_MAX_TOKENS_PER_DOC": "8"})
+    service = assembly.build(Settings(max_tokens_per_doc=64), scorer=tiny_scorer)
+    cut = service.rank("budget", texts, long_documents="truncate")
+    assert cut.cost < full.cost and cut.cost <= 3 * (64 + 8)  # each document's first 64 tokens, query and specials
+    own = service.rank("budget", texts, long_documents="truncate", max_tokens_per_doc=200)
+    assert cut.cost < own.cost < full.cost  # a request's own cut wins over the service's default
+    assert sorted(r.index for r in cut) == [0, 1, 2]  # nothing is lost, only read shorter
