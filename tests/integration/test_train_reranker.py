@@ -27,6 +27,9 @@ def test_the_bench_script_trains_saves_and_judges_a_cross_encoder(tmp_path):
     judged = report["collections"]["tiny-set"]
     assert judged["queries"] == 12 and 0 <= judged["bm25"] <= 1 and 0 <= judged["model"] <= 1
     assert report["beats_bm25"] == (done.returncode == 0) == (report["mean"]["model"] > report["mean"]["bm25"])
+    export = ("import sys, rerank; rerank.load_scorer(sys.argv[1], allow_fallback=False, backend='onnxruntime', "
+              "cache_dir=sys.argv[2])")  # in a child: exporting holds the GIL, which stalls apps served in this process
+    subprocess.run([sys.executable, "-c", export, str(out), str(tmp_path / "cache")], check=True, timeout=300, cwd=ROOT)
     scorer = rerank.load_scorer(str(out), allow_fallback=False, backend="onnxruntime", cache_dir=tmp_path / "cache")
     assert scorer.info.mode == "cross-encoder" and scorer.backend.backend == "onnxruntime"  # the graph engines run it
     scores = scorer.score("facts on plimbo", ["Yeast makes bread dough rise.", "The goalkeeper saved a penalty kick."])
