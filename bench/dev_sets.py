@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,19 @@ from evaluation.harness import Dataset, load_dataset, measure, read_run
 ROOT = Path(__file__).resolve().parents[1]
 COLLECTIONS = ("scifact", "trec-dl-2019-passage", "cranfield")
 EVAL_DIR = ROOT.parent / "shared" / "eval"
+
+
+SCORES_CACHE = Path(tempfile.gettempdir()) / "rag-augment-bench-scores"
+
+
+def judged_model_arguments(parser: argparse.ArgumentParser, *, limit: str, scores_cache: bool = True) -> None:
+    """The arguments every script judging the trained cross-encoder on the dev collections takes: ``--model``,
+    ``--depth``, ``--limit`` (``limit``: what it caps) and, where scores are shared, ``--scores-cache``."""
+    parser.add_argument("--model", required=True, help="the trained cross-encoder (bench/train_reranker.py --out)")
+    parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--limit", type=int, help=f"at most this many {limit}")
+    if scores_cache:
+        parser.add_argument("--scores-cache", default=str(SCORES_CACHE))
 
 
 def parse(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[Path], list[int]] | None:

@@ -51,11 +51,9 @@ def measure(model: str, cut: int | None, halves: list[tuple[dev_sets.Pools, dev_
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="the trained cross-encoder (bench/train_reranker.py --out)")
+    dev_sets.judged_model_arguments(parser, limit="queries of each half and collection", scores_cache=False)
     parser.add_argument("--cuts", default="none,384,256,128")
     parser.add_argument("--backend", default="onnxruntime", help="one backend for every cut")
-    parser.add_argument("--depth", type=int, default=50)
-    parser.add_argument("--limit", type=int, help="at most this many held-out queries per collection")
     parsed = dev_sets.parse(parser)
     if parsed is None:
         return 0

@@ -184,11 +184,8 @@ def index_builds(engines_to_time: list[str], cache: Path) -> list[tuple[str, flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="the trained cross-encoder (bench/train_reranker.py --out)")
+    dev_sets.judged_model_arguments(parser, limit="held-out queries per collection")
     parser.add_argument("--requests", type=int, default=12)
-    parser.add_argument("--depth", type=int, default=50)
-    parser.add_argument("--limit", type=int, help="at most this many held-out queries per collection")
-    parser.add_argument("--scores-cache", default=str(Path(tempfile.gettempdir()) / "rag-augment-bench-scores"))
     parsed = dev_sets.parse(parser)
     if parsed is None:
         return 0

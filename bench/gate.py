@@ -103,10 +103,7 @@ def _row(label, name, probe, dev, reference, halves) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="the trained cross-encoder (bench/train_reranker.py --out)")
-    parser.add_argument("--depth", type=int, default=50)
-    parser.add_argument("--limit", type=int, help="at most this many queries of each half and collection")
-    parser.add_argument("--scores-cache", default=str(Path(tempfile.gettempdir()) / "rag-augment-bench-scores"))
+    dev_sets.judged_model_arguments(parser, limit="queries of each half and collection")
     parsed = dev_sets.parse(parser)
     if parsed is None:
         return 0

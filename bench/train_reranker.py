@@ -126,7 +126,7 @@ def main() -> int:
     parser.add_argument("--depth", type=int, default=50, help="held-out candidates reranked per query")
     parser.add_argument("--limit", type=int, help="at most this many queries of each half and collection")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    parser.add_argument("--scores-cache", default=str(Path(tempfile.gettempdir()) / "rag-augment-bench-scores"),
+    parser.add_argument("--scores-cache", default=str(dev_sets.SCORES_CACHE),
                         help="where the teacher's scores are kept between runs")
     parsed = dev_sets.parse(parser)
     if parsed is None:
