@@ -31,6 +31,7 @@ from evaluation.load import free_port, rss_mb
 from retrieval import corpus
 from scoring import choice, engines
 from scoring.batching import padding_waste, plan_batches
+from scoring.fidelity import spearman
 from scoring.synthetic import build_minilm_cross_encoder
 from service import assembly
 from service.settings import Settings
@@ -70,13 +71,6 @@ def make_requests(n_requests: int, n_docs: int, tokenizer, seed: int = 0) -> lis
             docs.append(" ".join(piece) + f" ({rng.random():.6f})")
         requests.append(docs)
     return requests
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation of two score lists."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b)[0])
 
 
 def time_variant(fn, requests: list[list[str]]) -> tuple[list[float], list[np.ndarray]]:
