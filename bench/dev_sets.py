@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+import rerank
 from evaluation.calibrate import split_queries
 from evaluation.harness import Dataset, load_dataset, measure, read_run
+from service import assembly
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COLLECTIONS = ("scifact", "trec-dl-2019-passage", "cranfield")
@@ -105,6 +108,12 @@ def fingerprint(model: str) -> str:
     files = sorted(p for p in Path(model).rglob("*") if p.is_file())
     stats = [(str(p.relative_to(model)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+
+
+def uncached_service(loaded, settings=None):
+    """The service the app would build around an already loaded scorer, with no score cache: every benchmark pass
+    runs the engine rather than reading an earlier pass's scores."""
+    return assembly.build(settings or Settings(), scorer=rerank.Scorer(loaded.info, loaded, cache_size=0))
 
 
 def score_pools(service, pools: Pools) -> dict[str, np.ndarray]:

@@ -22,7 +22,6 @@ import dev_sets
 import numpy as np
 
 import rerank
-from service import assembly
 from service.settings import Settings
 
 
@@ -31,7 +30,7 @@ def measure(model: str, cut: int | None, halves: list[tuple[dev_sets.Pools, dev_
     """nDCG@10 per collection and half with documents cut to ``cut`` tokens; the held-out SciFact requests' time and
     tokens."""
     loaded = rerank.load_scorer(model, allow_fallback=False, backend=backend, cache_dir=cache)
-    service = assembly.build(Settings(max_tokens_per_doc=cut), scorer=rerank.Scorer(loaded.info, loaded, cache_size=0))
+    service = dev_sets.uncached_service(loaded, Settings(max_tokens_per_doc=cut))
     row: dict = {"quality": {}}
     for pair in halves:
         for part, pools in zip(("dev", "held"), pair, strict=True):

@@ -32,8 +32,6 @@ from latency import start_server
 import rerank
 from evaluation.load import free_port
 from scoring import engines
-from service import assembly
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = "onnxruntime"
@@ -84,7 +82,7 @@ def quality(label: str, model: str, engine: str, held: list[dev_sets.Pools], cac
             nonlocal service
             if service is None:
                 loaded = rerank.load_scorer(model, allow_fallback=False, backend=engine, cache_dir=cache)
-                service = assembly.build(Settings(), scorer=rerank.Scorer(loaded.info, loaded, cache_size=0))
+                service = dev_sets.uncached_service(loaded)
             return dev_sets.score_pools(service, pools)
 
         out[pools.name] = pools.ndcg(dev_sets.cached_scores(scores, f"{key}-{pools.name}-held-{pools.pairs}", compute))

@@ -26,8 +26,6 @@ import numpy as np
 import rerank
 from scoring import engines, fidelity
 from scoring.probe import fidelity_probe
-from service import assembly
-from service.settings import Settings
 
 NOISE = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # noise added to fp32's scores, times each query's score spread (std)
 TOLERANCE = 0.005
@@ -70,7 +68,7 @@ def measure_model(label: str, model: str, halves: list[tuple[dev_sets.Pools, dev
         if scorer.backend.backend != name:
             print(f"{label}: {name} does not run here ({scorer.backend.how})", file=sys.stderr)
             continue
-        service = assembly.build(Settings(), scorer=rerank.Scorer(scorer.info, scorer, cache_size=0))
+        service = dev_sets.uncached_service(scorer)
         probe = probe_scores(scorer)
         key = f"{label}-{dev_sets.fingerprint(model)}-{name}"
         dev = [[dev_sets.cached_scores(scores_cache, f"{key}-{pools.name}-{part}-{pools.pairs}",
