@@ -27,10 +27,9 @@ install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 install-scale: $(VENV)/.scale
 
-# MALLOC_ARENA_MAX=2: glibc's per-thread arenas otherwise grow RSS under concurrent load (bench/load.py:
-# +10.8% after warm-up without it, +3.5% with it).
+# the server sets glibc's malloc for a long life itself (service/memory.py; docs/responsiveness.md)
 run: install
-	MALLOC_ARENA_MAX=2 $(PY) app.py
+	$(PY) app.py
 
 test: install-dev
 	$(PY) -m ruff check .
@@ -43,7 +42,7 @@ test-fast: install-dev
 
 # Scale out: a local Ray head on 127.0.0.1 with deploy/serve_config.yaml deployed on RAY_SERVE_PORT (see README "Scale out").
 ray-up: install-scale
-	MALLOC_ARENA_MAX=2 $(PY) -m deploy.scale_out up --port $(RAY_SERVE_PORT)
+	$(PY) -m deploy.scale_out up --port $(RAY_SERVE_PORT)
 
 ray-down:
 	$(PY) -m deploy.scale_out down

@@ -18,13 +18,14 @@ from retrieval.index import remove_stale_builds
 from scoring.calibration import CalibrationError
 from scoring.engines.onnx_engines import remove_stale_exports
 from scoring.scorer import Scorer
-from service import Service, assembly
+from service import Service, assembly, memory
+from service.memory import AllocatorPolicy
 from service.settings import Settings
 from web import views
 from web.gradio_io import documented_api
 from web.handlers import Handlers
 from web.http import create_api
-from web.server import mcp_loopback_with_key, warm_up
+from web.server import mcp_loopback_with_key, serve, warm_up
 
 log = logging.getLogger("rag_augment.app")
 
@@ -176,12 +177,14 @@ def build_server(settings: Settings, scorer: Scorer, retriever: rc.Retriever | N
     return server
 
 
+SHUTDOWN_GRACE_S = 25  # under the 30 s an orchestrator (Kubernetes, a Space) waits before it kills
+
+
 def main() -> None:
     """Load the configured models once and serve the UI, the Gradio API, MCP and the HTTP APIs on one port."""
-    import uvicorn  # lazy: uvicorn loads only on this path
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    memory.keep_flat(AllocatorPolicy(interval=settings.memory_release_s))  # before the models load
     remove_stale_builds(settings.cache_dir)
     remove_stale_exports(settings.cache_dir)
     try:
@@ -192,7 +195,9 @@ def main() -> None:
     log.info("serving with %s", scorer.describe())
     server = build_server(settings, scorer, service=service)
     log.info("UI on http://%s:%d/, HTTP API docs on /docs", settings.server_name, settings.server_port)
-    uvicorn.run(server, host=settings.server_name, port=settings.server_port, log_level="warning")
+    # on SIGTERM (a Space restarting, a container stopped): requests in flight finish (SHUTDOWN_GRACE_S at most)
+    serve(server, host=settings.server_name, port=settings.server_port, in_flight=lambda: service.in_flight,
+          grace_s=SHUTDOWN_GRACE_S)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def fingerprint(model: str) -> str:
 def uncached_service(loaded, settings=None):
     """The service the app would build around an already loaded scorer, with no score cache: every benchmark pass
     runs the engine rather than reading an earlier pass's scores."""
-    return assembly.build(settings or Settings(), scorer=rerank.Scorer(loaded.info, loaded, cache_size=0))
+    return assembly.build(settings or Settings(), scorer=rerank.Scorer(loaded.info, loaded, cache_bytes=0))
 
 
 def score_pools(service, pools: Pools) -> dict[str, np.ndarray]:

@@ -175,7 +175,7 @@ def index_builds(engines_to_time: list[str], cache: Path) -> list[tuple[str, flo
         scorer = rerank.load_scorer(str(rerank.packaged_model_path()), allow_fallback=False, backend=engine,
                                     cache_dir=cache)
         started = time.perf_counter()
-        LocalIndex.open(passages, rerank.Scorer(scorer.info, scorer, cache_size=0), path=None, name="built-in corpus")
+        LocalIndex.open(passages, rerank.Scorer(scorer.info, scorer, cache_bytes=0), path=None, name="built-in corpus")
         rows.append((engine, time.perf_counter() - started, len(passages)))
     return rows
 

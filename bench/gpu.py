@@ -288,7 +288,7 @@ def our_scorer(ce_dir: Path, name: str, device: str, cache: Path, *, packed: boo
         source = loaded.pool.source
         loaded.pool.swap(engines.replicas(name, source.path, source.layout, loaded.pool.tokenizer, cache_dir=cache,
                                           workers=workers, device=device, packed=False), loaded.backend)
-    return rerank.Scorer(loaded.info, loaded, cache_size=0, token_budget=loaded._token_budget,
+    return rerank.Scorer(loaded.info, loaded, cache_bytes=0, token_budget=loaded._token_budget,
                        batch_size=loaded._batch_size)
 
 
@@ -470,7 +470,7 @@ def cpu_rows(ce_dir: Path, reqs, cache: Path, *, measured: bool = False) -> None
     seed_lat, _ = timed(lambda q, d, m=seed: m.predict([(q, x) for x in d], batch_size=32, show_progress_bar=False),
                         reqs, "cpu")
     ours = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend="torch", device="cpu", cache_dir=cache)
-    ours = rerank.Scorer(ours.info, ours, cache_size=0)
+    ours = rerank.Scorer(ours.info, ours, cache_bytes=0)
     our_lat, _ = timed(lambda q, d: rerank.rank(q, d, scorer=ours, raw=True, long_documents="truncate").scores(), reqs, "cpu")
     s, o = float(np.median(seed_lat)), float(np.median(our_lat))
     print(f"CPU only, {cores} cores, {len(reqs) - 1} requests of {len(reqs[0][1])} documents: seed p50 {s * 1000:.0f} ms "
@@ -485,7 +485,7 @@ def cpu_rows(ce_dir: Path, reqs, cache: Path, *, measured: bool = False) -> None
                           for r in chosen.shapes)
               + "; backends " + ", ".join(f"{m.backend} {m.seconds:.3f}s {m.spearman:.4f}" for m in chosen.measurements
                                           if m.seconds is not None))
-        auto = rerank.Scorer(auto.info, auto, cache_size=0)
+        auto = rerank.Scorer(auto.info, auto, cache_bytes=0)
         torch.set_num_threads(cores)
         seed_lat, _ = timed(lambda q, d, m=seed: m.predict([(q, x) for x in d], batch_size=32,
                                                             show_progress_bar=False), reqs, "cpu")

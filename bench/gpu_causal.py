@@ -95,7 +95,7 @@ def packed_scorer(path: Path, device: str):
         replica = loaded.pool.replicas[0]
         engine = PackedCausalEngine(replica.model, replica.layout, "torch", device="cpu", attention=causal_span_attention)
         loaded.pool.swap([engine], Choice("torch", "packed on the CPU (a check of the script)"))
-    return rerank.Scorer(loaded.info, loaded, cache_size=0, token_budget=loaded._token_budget,
+    return rerank.Scorer(loaded.info, loaded, cache_bytes=0, token_budget=loaded._token_budget,
                          batch_size=loaded._batch_size)
 
 

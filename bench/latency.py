@@ -143,7 +143,7 @@ def main() -> int:
                 continue
             loaded = rerank.load_scorer(str(ce_dir), allow_fallback=False, backend=name, cache_dir=cache)
             if loaded.backend.backend == name:
-                scorers[name] = rerank.Scorer(loaded.info, loaded, cache_size=0)  # no cache hits
+                scorers[name] = rerank.Scorer(loaded.info, loaded, cache_bytes=0)  # no cache hits
         seed_name = "seed: CrossEncoder.predict bs=32"
         services = {name: assembly.build(Settings(), scorer=s) for name, s in scorers.items()}  # the front door every face uses
         variants = {seed_name: seed_way} | {f"ours: {name}": (lambda docs, s=s: s.rank(QUERY, docs, raw=True).scores())
@@ -209,7 +209,7 @@ def start_server(command: list[str], env: dict[str, str], port: int, tmp: Path) 
     from gradio_client import Client
 
     started = time.perf_counter()
-    proc = subprocess.Popen(command, env={**os.environ, "MALLOC_ARENA_MAX": "2", **env}, cwd=ROOT,
+    proc = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=(tmp / f"server-{port}.log").open("w"))
     url = f"http://127.0.0.1:{port}/"
     while time.perf_counter() - started < 300:
@@ -303,7 +303,7 @@ def first_minute(tmp: Path, seconds: float = 60.0) -> None:
 
     import httpx
     port = free_port()
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2", "RAG_AUGMENT_CACHE": str(tmp / "fresh-cache"),
+    env = {**os.environ, "RAG_AUGMENT_CACHE": str(tmp / "fresh-cache"),
            "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
     env.pop("CORPUS_PATH", None)
     started = time.perf_counter()

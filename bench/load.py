@@ -14,6 +14,7 @@ Every request is checked: each document comes back exactly once (or is a reporte
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -65,6 +66,9 @@ def main() -> int:
     parser.add_argument("--docs", type=int, default=20, help="documents per request (one is a duplicate)")
     parser.add_argument("--url", help="an already running rag-augment (loopback)")
     parser.add_argument("--pid", type=int, help="its process id, for RSS")
+    parser.add_argument("--json-out", help="soak: also write every sample and figure to this file")
+    parser.add_argument("--backend", default="torch", help="soak and hostile: RERANK_BACKEND of the app started "
+                        "(auto: the app measures and picks, as `make run` does)")
     args = parser.parse_args()
     if args.scenario == "cost-limit":
         return _cost_limit_main(args)
@@ -120,21 +124,25 @@ def _cost_limit_main(args) -> int:
 def _hostile_main(args) -> int:
     import hostile
 
+    from evaluation import soak
+
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = (None, args.url.rstrip("/")) if args.url else start_app(Path(tmp), RERANK_BACKEND="torch")
+        proc, url = (None, args.url.rstrip("/")) if args.url else start_app(Path(tmp), RERANK_BACKEND=args.backend)
         pid = args.pid or (proc.pid if proc else None)
         try:
             if args.scenario == "hostile":
                 hostile.print_hostile(hostile.hostile_scenario(url, small=args.small, docs=args.docs))
                 return 0
             warm = run_load(url, clients=4, seconds=10, docs=args.docs, seed=1)
-            result = hostile.soak_scenario(url, pid, seconds=args.seconds, docs=args.docs)
+            result = soak.soak_scenario(url, pid, seconds=args.seconds, docs=args.docs)
         finally:
             if proc is not None:
                 proc.terminate()
                 proc.wait(30)
     print(f"({os.cpu_count()} CPUs; warm-up {warm.summary()['requests']} requests)")
-    hostile.print_soak(result, args.seconds)
+    soak.print_soak(result, args.seconds)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1))
     return 1 if any(status >= 500 for status in result["statuses"]) else 0
 
 

@@ -68,7 +68,7 @@ def main() -> int:
     print(f"  fresh documents:               plan p50 {a * 1e3:6.2f} ms")
     print(f"  the same documents, new query: plan p50 {b * 1e3:6.2f} ms  ({a / b:.2f}x faster)")
     print(f"  token cache: {scorer.pool.tokens.hits:,} hits, {scorer.pool.tokens.misses:,} misses, "
-          f"{scorer.pool.tokens.held():,} tokens held")
+          f"{scorer.pool.tokens.held() / 2**20:.1f} MiB held")
     return 0
 
 

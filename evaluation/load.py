@@ -157,7 +157,7 @@ def start_app(tmp: Path, *, filler: int = 0, **extra_env: str) -> tuple[subproce
     extra = "".join(f"\n\nNote {i}: " + " ".join(rng.choice(WORDS) for _ in range(40)) + "." for i in range(filler))
     corpus.write_text("Rerank latency depends on batch size.\n\nMemory stays flat under load." + extra)
     port = free_port()
-    env = {"MALLOC_ARENA_MAX": "2", **os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "CORPUS_PATH": str(corpus), "RAG_AUGMENT_CACHE": str(tmp / "cache"), **extra_env}
     env.pop("RETRIEVAL_URL", None)
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT,

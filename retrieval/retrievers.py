@@ -159,8 +159,8 @@ class LocalRetriever(Retriever):
         index = LocalIndex.open(passages, embedder, path=index_path(cache_dir, corpus_path), name=name,
                                 progress=progress)
         seed = getattr(embedder, "seed_embeddings", None)
-        if seed is not None and len(passages) <= embedder.cache.capacity // 2:
-            seed(*index.stored_vectors())  # reranking retrieved passages then needs no re-encoding
+        if seed is not None:
+            seed(*index.stored_vectors())  # reranking retrieved passages then needs no re-encoding (where they fit)
         return cls(index)
 
     def first_stage(self, mode: str | None = None) -> str:

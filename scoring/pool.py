@@ -32,7 +32,7 @@ from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from scoring.cache import TokenCache
+from scoring.cache import DEFAULT_TOKEN_CACHE_BYTES, TokenCache
 from scoring.choice import Choice
 from scoring.errors import Cancelled
 from scoring.tokenizer import TextTokenizer
@@ -101,7 +101,7 @@ class WorkerPool:
     """``workers`` threads that each own an engine replica; batches come from tickets, fairly interleaved."""
 
     def __init__(self, engines: Sequence, tokenizer: TextTokenizer, choice: Choice, *, source=None,
-                 credit: int = 4096, token_cache: int = 1_000_000) -> None:
+                 credit: int = 4096, token_cache_bytes: int = DEFAULT_TOKEN_CACHE_BYTES) -> None:
         self.replicas = list(engines)
         self.workers = len(self.replicas)
         self.choice = choice
@@ -111,7 +111,7 @@ class WorkerPool:
         self._planners: queue.SimpleQueue = queue.SimpleQueue()  # a tokenizer copy a core: requests plan side by side
         for _ in range(max(1, os.cpu_count() or 1)):
             self._planners.put(tokenizer.copy())
-        self.tokens = TokenCache(token_cache)  # see encode
+        self.tokens = TokenCache(token_cache_bytes)  # see encode
         self._templated: bool | None = None
         self.batches_run = 0
         self.batches_dropped = 0
@@ -126,6 +126,7 @@ class WorkerPool:
         self._clock = 0.0
         self._swapping = False
         self._alive: set[int] = set()
+        self._threads: dict[int, threading.Thread] = {}
         for n in range(self.workers):
             self._start(n)
 
@@ -133,7 +134,12 @@ class WorkerPool:
         """A thread for worker ``n`` unless one still runs (a pool shrunk and grown again keeps its thread)."""
         if n not in self._alive:
             self._alive.add(n)
-            threading.Thread(target=self._work, args=(n,), name=f"scorer-worker-{n}", daemon=True).start()
+            self._threads[n] = threading.Thread(target=self._work, args=(n,), name=f"scorer-worker-{n}", daemon=True)
+            self._threads[n].start()
+
+    def alive(self) -> bool:
+        """At least one worker thread runs (a health check's question)."""
+        return any(thread.is_alive() for thread in self._threads.values())
 
     # --- tickets ---------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import numpy as np
 from scoring import choice as choosing
 from scoring import engines
 from scoring.batching import plan_batches, spread_budget
-from scoring.cache import ScoreCache, cache_key
+from scoring.cache import DEFAULT_CACHE_BYTES, ScoreCache, cache_key
 from scoring.checkpoint import Layout, ModelInfo, file_list
 from scoring.engines.st_engine import causal_backends, st_replicas
 from scoring.errors import ModelLoadError
@@ -48,17 +48,17 @@ class ModelSource:
 class Scorer:
     """A loaded model that scores (query, document) pairs; thread-safe (batches run on the worker pool)."""
 
-    def __init__(self, info: ModelInfo, model: WorkerPool | Scorer, *, batch_size: int = 32, cache_size: int | None = None,
+    def __init__(self, info: ModelInfo, model: WorkerPool | Scorer, *, batch_size: int = 32, cache_bytes: int | None = None,
                  token_budget: int = 512) -> None:
         self.info = info
         self._token_budget = token_budget
         self._batch_size = batch_size
         if isinstance(model, Scorer):  # a second name for an already loaded model: share its workers (and cache)
             self._pool = model._pool
-            self._cache = model._cache if cache_size is None else ScoreCache(cache_size)
+            self._cache = model._cache if cache_bytes is None else ScoreCache(cache_bytes)
         else:
             self._pool = model
-            self._cache = ScoreCache(20_000 if cache_size is None else cache_size)
+            self._cache = ScoreCache(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
 
     @property
     def backend(self) -> choosing.Choice:
@@ -79,6 +79,14 @@ class Scorer:
     def pool(self) -> WorkerPool:
         """The worker pool (tickets for fair, cancellable scheduling; counters for /metrics)."""
         return self._pool
+
+    def bound_caches(self, cache_bytes: int, token_cache_bytes: int) -> None:
+        """Hold at most these bytes in this model's score (or embedding) cache and its token cache (0 turns one off);
+        set before serving: what the replaced caches held is dropped."""
+        if self._cache.capacity != cache_bytes:
+            self._cache.resize(cache_bytes)
+        if self._pool.tokens.capacity != token_cache_bytes:
+            self._pool.tokens.resize(token_cache_bytes)
 
     @property
     def cache(self) -> ScoreCache:
@@ -242,7 +250,8 @@ class Scorer:
     def seed_embeddings(self, texts: Sequence[str], vectors: np.ndarray) -> bool:
         """Put stored fp32 document embeddings (the local index's) in the cache; refused on a reduced-precision engine."""
         engine = self.backend.backend
-        if self.info.mode != "embedding" or engine in choosing.REDUCED_PRECISION or len(texts) > self._cache.capacity // 2:
+        if (self.info.mode != "embedding" or engine in choosing.REDUCED_PRECISION
+                or not self._cache.fits(len(texts), vectors[0].nbytes if len(texts) else 0)):
             return False
         self._cache.put_many({cache_key(engine, t): v for t, v in zip(texts, vectors, strict=True)})
         return True

@@ -37,6 +37,11 @@ class Tokens:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def nbytes(self) -> int:
+        """What its ids take (the token cache charges it)."""
+        return int(self.ids.nbytes)
+
 
 class TextTokenizer:
     """The checkpoint's fast tokenizer, producing model inputs as numpy arrays.

@@ -10,9 +10,11 @@ the settings say.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from retrieval.retrievers import BackgroundRetriever, LocalRetriever, RemoteRetriever, Retriever, terminal_progress
+from scoring.cache import MIB
 from scoring.calibration import Calibration
 from scoring.loading import get_scorer, load_scorer, packaged_scorer
 from scoring.ranking import ScoringPolicy
@@ -56,6 +58,8 @@ def load_models(settings: Settings, *, model: str | None = None, workers: int | 
     scorer = load_model(settings, model, workers=workers)
     extra = [load_model(settings, name, workers=workers) for name in settings.extra_models]
     embedder = packaged_scorer(backend=settings.backend, cache_dir=settings.cache_dir, device=settings.device)
+    for each in (scorer, *extra, embedder):
+        each.bound_caches(settings.cache_mb * MIB, settings.token_cache_mb * MIB)
     if measure:
         for each in {id(m.pool): m for m in (scorer, *extra, embedder)}.values():
             if each.needs_tuning:
@@ -87,6 +91,7 @@ def build(settings: Settings, *, scorer: Scorer | None = None, extra: Sequence[S
     embedding model; no retriever unless given). Without, :func:`load_models` loads them and, with ``index``, the
     configured retriever starts (:func:`start_retriever`).
     """
+    started = time.perf_counter()
     calibration = Calibration.read(settings.calibration) if settings.calibration else None  # a bad file fails first
     loaded = scorer is None
     if loaded:
@@ -96,6 +101,9 @@ def build(settings: Settings, *, scorer: Scorer | None = None, extra: Sequence[S
     if loaded and retriever is None and index:
         retriever = start_retriever(settings, embedder)
     embedder = embedder or (scorer if scorer.info.mode == "embedding" else None)
-    return Service(Models(scorer, list(extra)), limits=limits_of(settings), api_key=settings.api_key,
-                   policy=policy_of(settings), retriever=retriever, embedder=embedder, instruction=settings.instruction,
-                   calibration=calibration, max_tokens_per_doc=settings.max_tokens_per_doc)
+    service = Service(Models(scorer, list(extra)), limits=limits_of(settings), api_key=settings.api_key,
+                      policy=policy_of(settings), retriever=retriever, embedder=embedder,
+                      instruction=settings.instruction, calibration=calibration,
+                      max_tokens_per_doc=settings.max_tokens_per_doc)
+    service.started_in_s = round(time.perf_counter() - started, 2)
+    return service

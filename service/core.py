@@ -120,6 +120,12 @@ class Service:
         self._in_flight = 0
         self._per_client: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.started_in_s: float | None = None  # how long building this service took (assembly.build sets it)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet answered, every face together."""
+        return self._in_flight
 
     def scorers(self) -> list:
         """Every loaded model the service uses (for metrics)."""
@@ -358,6 +364,13 @@ class Service:
                 raise InvalidInput(str(exc)) from None
 
     # --- description -----------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        """Liveness and readiness (open, so no names or paths): a built service is ready; how long it took to start and
+        how its backend was chosen say whether it reused this node's measurement (a fast start) or measured anew."""
+        choice = self.models.default.backend
+        return {"status": "ok", "ready": True, "started_in_s": self.started_in_s,
+                "backend": {"backend": choice.backend, "how": choice.how}, "in_flight": self._in_flight}
 
     def info(self) -> dict:
         """What serves and under which limits (for /info; behind the key; no filesystem paths)."""

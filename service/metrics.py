@@ -21,13 +21,16 @@ class ScorerCollector(Collector):
         hits = CounterMetricFamily("rerank_cache_hits", "scores or embeddings served from cache", labels=["model"])
         misses = CounterMetricFamily("rerank_cache_misses", "scores or embeddings computed", labels=["model"])
         entries = GaugeMetricFamily("rerank_cache_entries", "items held in the cache", labels=["model"])
+        held = GaugeMetricFamily("rerank_cache_bytes", "bytes held in the cache (RERANK_CACHE_MB bounds it)",
+                                 labels=["model"])
         batches = CounterMetricFamily("rerank_batches", "forward-pass batches run by the worker pool", labels=["model"])
         dropped = CounterMetricFamily("rerank_batches_dropped", "batches dropped because their request was cancelled",
                                       labels=["model"])
         tokens = CounterMetricFamily("rerank_tokens", "padded token positions computed", labels=["model"])
         token_hits = CounterMetricFamily("rerank_token_cache_hits", "documents whose token ids came from the token cache",
                                          labels=["model"])
-        token_held = GaugeMetricFamily("rerank_token_cache_tokens", "token ids held in the token cache", labels=["model"])
+        token_held = GaugeMetricFamily("rerank_token_cache_bytes", "bytes held in the token cache "
+                                       "(RERANK_TOKEN_CACHE_MB bounds it)", labels=["model"])
         seen_caches, seen_pools = set(), set()
         for scorer in self.scorers():
             name = [scorer.info.name]
@@ -36,6 +39,7 @@ class ScorerCollector(Collector):
                 hits.add_metric(name, scorer.cache.hits)
                 misses.add_metric(name, scorer.cache.misses)
                 entries.add_metric(name, len(scorer.cache))
+                held.add_metric(name, scorer.cache.held())
             if id(scorer.pool) not in seen_pools:
                 seen_pools.add(id(scorer.pool))
                 batches.add_metric(name, scorer.pool.batches_run)
@@ -43,7 +47,7 @@ class ScorerCollector(Collector):
                 tokens.add_metric(name, scorer.pool.tokens_run)
                 token_hits.add_metric(name, scorer.pool.tokens.hits)
                 token_held.add_metric(name, scorer.pool.tokens.held())
-        yield from (hits, misses, entries, batches, dropped, tokens, token_hits, token_held)
+        yield from (hits, misses, entries, held, batches, dropped, tokens, token_hits, token_held)
 
 
 class ServiceMetrics:

@@ -114,6 +114,9 @@ class Settings:
     device: str = "auto"
     measure_budget: float = 120.0
     calibration: str | None = None  # a file from evaluate.py --calibrate: scores served as P(relevant)
+    memory_release_s: float = 10.0  # seconds between returns of freed heap to the system (0: never)
+    cache_mb: int = 32  # each model's score or embedding cache, in MiB (0: off)
+    token_cache_mb: int = 8  # each model's token cache, in MiB (0: off)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -149,4 +152,8 @@ class Settings:
             device=_device(env),
             measure_budget=_float(env, "RERANK_MEASURE_SECONDS", 120.0),
             calibration=env.get("RERANK_CALIBRATION", "").strip() or None,
+            memory_release_s=0.0 if env.get("RERANK_MEMORY_RELEASE_S", "").strip() == "0"
+            else _float(env, "RERANK_MEMORY_RELEASE_S", 10.0),
+            cache_mb=_int(env, "RERANK_CACHE_MB", 32, minimum=0),
+            token_cache_mb=_int(env, "RERANK_TOKEN_CACHE_MB", 8, minimum=0),
         )

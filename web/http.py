@@ -221,8 +221,8 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
 def _service_routes(api: FastAPI, service: Service) -> None:
     @api.get("/health", tags=["service"])
     def health() -> dict:
-        """Liveness: open without a key."""
-        return {"status": "ok"}
+        """Liveness and readiness: open without a key."""
+        return service.health()
 
     @api.get("/info", tags=["service"])
     def info() -> dict:

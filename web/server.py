@@ -74,3 +74,26 @@ def mcp_loopback_with_key(demo: gr.Blocks, api_key: str) -> None:
     mcp._get_or_create_client = create_client
 
 
+
+
+def serve(app, *, host: str, port: int, in_flight, grace_s: float = 30.0) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully: no new connections, the requests in flight
+    (``in_flight()`` counts them) finish, and as soon as none is left what is still open (a browser's event stream, an
+    idle client's heartbeat) is closed rather than waited for; after ``grace_s`` everything is closed regardless."""
+    import time
+
+    import uvicorn  # lazy: uvicorn loads only on this path
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=grace_s))
+
+    def close_when_drained() -> None:
+        while not server.should_exit:
+            time.sleep(0.2)
+        log.info("shutting down: %d request(s) in flight get up to %.0f s to finish", in_flight(), grace_s)
+        while in_flight() and not server.force_exit:
+            time.sleep(0.05)
+        server.force_exit = True  # only streams that never end are left
+
+    threading.Thread(target=close_when_drained, name="graceful-shutdown", daemon=True).start()
+    server.run()

@@ -135,7 +135,9 @@ def test_schema_errors_are_422_naming_the_field(server, route, body, field):
 
 
 def test_health_info_metrics_docs(server):
-    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["ready"] is True and health["in_flight"] == 0
+    assert health["backend"]["backend"] and "how" in health["backend"]
     info = httpx.get(f"{server}/info").json()
     assert info["model"]["mode"] == "embedding" and info["limits"]["max_documents"] == 50 and info["version"]
     assert "/tmp" not in str(info) and "site-packages" not in str(info)  # no filesystem paths
@@ -151,8 +153,10 @@ def test_health_info_metrics_docs(server):
     assert "rerank_batches_total{model=" in text and "rerank_request_tokens_bucket" in text
     assert "rerank_request_duration_seconds_bucket" in text
     assert "rerank_cache_hits_total{model=" in text and "rerank_cache_entries{model=" in text
-    held = re.search(r"rerank_token_cache_tokens\{model=[^}]*\} (\d+)", text)
+    held = re.search(r"rerank_token_cache_bytes\{model=[^}]*\} (\S+)", text)
     assert held and float(held.group(1)) > 0 and "rerank_token_cache_hits_total{model=" in text
+    cached = re.search(r"rerank_cache_bytes\{model=[^}]*\} (\S+)", text)
+    assert cached and float(cached.group(1)) > 0
     docs = httpx.get(f"{server}/docs")
     assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # served offline
     script = re.search(r'src="([^"]*swagger-ui-bundle\.js)"', docs.text).group(1)

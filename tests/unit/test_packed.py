@@ -130,7 +130,7 @@ def _packed_scorer(tiny_scorer, model_dir):
     tok = TextTokenizer.from_dir(model_dir)
     engine = packed.PackedEngine("packed-test", tok.copy(), layout, torch_model(model_dir, layout, False), device="cpu",
                                  attention=packed.span_attention)
-    return Scorer(tiny_scorer.info, WorkerPool([engine], tok, Choice("packed-test", "test")), cache_size=0,
+    return Scorer(tiny_scorer.info, WorkerPool([engine], tok, Choice("packed-test", "test")), cache_bytes=0,
                   token_budget=65_536, batch_size=1024)
 
 

@@ -275,7 +275,7 @@ def test_concurrent_requests_share_forward_passes(tiny_scorer):
     before = tiny_scorer.pool.batches_run
     together = ranking.complete_many(prepared)
     shared = tiny_scorer.pool.batches_run - before
-    apart = [rerank.rank(q, d, scorer=rerank.Scorer(tiny_scorer.info, tiny_scorer, cache_size=0)) for q, d in requests]
+    apart = [rerank.rank(q, d, scorer=rerank.Scorer(tiny_scorer.info, tiny_scorer, cache_bytes=0)) for q, d in requests]
     for a, b in zip(together, apart, strict=True):
         assert [r.index for r in a] == [r.index for r in b]
         np.testing.assert_allclose([r.score for r in a], [r.score for r in b], rtol=1e-5)

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from scoring.cache import TokenCache
+from scoring.cache import ENTRY_BYTES, TokenCache
 from scoring.tokenizer import TextTokenizer, Tokens
 
 ABSTRACTS = [f"Passage {n} about sloops, ketches and catboats: a single mast, {n} sails and a keel." for n in range(40)]
@@ -52,9 +52,9 @@ def test_entries_are_keyed_by_tokenizer_and_text(tiny_scorer):
     assert words.fingerprint != tokenizer.fingerprint
 
 
-def test_the_cache_holds_at_most_its_tokens_least_recently_used_first(tiny_scorer):
+def test_the_cache_holds_at_most_its_bytes_least_recently_used_first(tiny_scorer):
     tokenizer = tiny_scorer.pool.tokenizer.copy()
-    size = len(tokenizer.encode_plain([ABSTRACTS[0]], spans=False)[0]) + 1  # an entry's tokens (+1 for the entry)
+    size = 4 * len(tokenizer.encode_plain([ABSTRACTS[0]], spans=False)[0]) + ENTRY_BYTES  # an entry's ids and its cost
     cache = TokenCache(size * 3)
     encode = Counting(tokenizer)
     cache.encode(tokenizer.fingerprint, ABSTRACTS[:3], encode)
@@ -67,7 +67,7 @@ def test_the_cache_holds_at_most_its_tokens_least_recently_used_first(tiny_score
     off = TokenCache(0)
     off.encode(tokenizer.fingerprint, ABSTRACTS[:2], encode)
     assert len(off) == 0 and off.held() == 0
-    huge = TokenCache(5)
+    huge = TokenCache(ENTRY_BYTES + 5)
     huge.encode(tokenizer.fingerprint, ABSTRACTS[:1], encode)
     assert len(huge) == 0  # a text longer than the whole cache is not kept
 

@@ -1,0 +1,56 @@
+"""Freed heap handed back to the system (glibc), and the settings that bound what caches hold."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from service import memory
+from service.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+glibc = pytest.mark.skipif(memory._glibc() is None or memory._preloaded_allocator() is not None,
+                           reason="glibc's malloc is not the allocator here")
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@glibc
+def test_freed_heap_that_glibc_kept_goes_back_to_the_system():
+    blocks = [bytes(64 * 1024) for _ in range(3000)]  # 190 MiB in heap-sized blocks
+    keep = blocks[-1]  # the newest stays live: the heap's top cannot shrink past it, the middle is freed
+    del blocks
+    held = _rss_mib()
+    assert memory.release() is True
+    assert held - _rss_mib() > 100  # what free() kept is returned
+    del keep
+
+
+@glibc
+def test_the_releasing_thread_runs_once_a_period_and_stops():
+    releaser = memory.Releaser(0.05)
+    time.sleep(0.4)
+    releaser.stop()
+    assert releaser.releases + releaser.idle_rounds >= 3
+    assert memory.Releaser(0).releases == 0  # 0: never
+
+
+def test_a_preloaded_allocator_is_left_alone(monkeypatch):
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert memory._preloaded_allocator() == "jemalloc"
+    assert memory.configure() is False and memory.release() is False
+
+
+def test_the_memory_settings_read_and_refuse_like_the_others():
+    s = Settings.from_env({"RERANK_CACHE_MB": "0", "RERANK_TOKEN_CACHE_MB": "3", "RERANK_MEMORY_RELEASE_S": "0"})
+    assert (s.cache_mb, s.token_cache_mb, s.memory_release_s) == (0, 3, 0.0)
+    assert Settings.from_env({}).memory_release_s == 10.0 and Settings.from_env({}).cache_mb == 32
+    with pytest.raises(ValueError, match="RERANK_CACHE_MB must be >= 0"):
+        Settings.from_env({"RERANK_CACHE_MB": "-1"})
+    with pytest.raises(ValueError, match="RERANK_MEMORY_RELEASE_S must be > 0"):
+        Settings.from_env({"RERANK_MEMORY_RELEASE_S": "-2"})
