@@ -23,6 +23,7 @@ the local hybrid index, and writes the checkpoint only if it beats the base on t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -91,7 +92,7 @@ def _main_end_to_end(args, service: Service) -> int:
     if args.plot:
         end_to_end.plot_report(report, args.plot)
     if args.json:
-        print(_json({k: v for k, v in report.items() if not k.startswith("_")}))
+        print(_json({k: v for k, v in report.items() if not k.startswith("_")}), file=args.report)
     else:
         end_to_end.print_report(report)
     return 0
@@ -112,7 +113,7 @@ def _main_calibrate(args, service: Service) -> int:
         print(f"evaluate.py: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(_json(report))
+        print(_json(report), file=args.report)
         return 0
     q, before, after = report["queries"], report["before"], report["after"]
     print(f"{report['dataset']}: {report['method']} calibration of {report['model']} fitted on {q['train']} queries "
@@ -144,7 +145,7 @@ def _main_fine_tune(args) -> int:
         print(f"evaluate.py: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(_json(report))
+        print(_json(report), file=args.report)
     else:
         print_fine_tune(report)
     return 0 if report["written"] else 1
@@ -178,6 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--keep-worse", action="store_true", help="write the fine-tuned model even if it is not better")
     args = parser.parse_args(argv)
+    args.report = sys.stdout  # where the report goes; with --json nothing else goes there
+    if not args.json:
+        return _run(args)
+    with contextlib.redirect_stdout(sys.stderr):  # trainers and libraries print logs and progress: not the report's
+        return _run(args)
+
+
+def _run(args) -> int:
+    """The command ``args`` name (reports to ``args.report``)."""
     if args.fine_tune:
         return _main_fine_tune(args)
     if not Path(args.dataset_dir).is_dir():
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(report, args.plot)
     summary = {k: v for k, v in report.items() if not k.startswith("_")}
     if args.json:
-        print(_json(summary))
+        print(_json(summary), file=args.report)
     else:
         _print_report(report)
     return 0

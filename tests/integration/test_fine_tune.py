@@ -178,7 +178,7 @@ def test_bad_inputs_are_refused_naming_the_field(collection, tmp_path, capsys, m
         ft.train_model(base, [{"query": "q", "positive": "p", "negatives": []}], ft.Options(out=tmp_path / "d"))
 
 
-def test_a_pairs_file_without_a_corpus_fine_tunes(tmp_path):
+def test_a_pairs_file_without_a_corpus_fine_tunes_and_json_is_all_stdout_carries(tmp_path, capsys, monkeypatch):
     rows = [{"query": f"what do you know about {code}", "passage": text, "label": 1}
             for code, texts in TOPICS.values() for text in texts[:3]]
     rows += [{"query": f"facts on {code}", "passage": text, "label": 1} for code, texts in TOPICS.values()
@@ -189,9 +189,11 @@ def test_a_pairs_file_without_a_corpus_fine_tunes(tmp_path):
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(pairs, index=False)
-    settings = Settings(cache_dir=tmp_path / "cache")
-    report = ft.fine_tune(pairs, base=rerank.packaged_scorer(), options=ft.Options(out=tmp_path / "m", keep_worse=True),
-                          service_for=lambda scorer: assembly.build(settings, scorer=scorer), cache_dir=tmp_path / "cache",
-                          progress=False)
-    assert report["dataset"] == "labels" and report["queries"] == {"train": 6, "held_out": 6}
+    monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
+    code = evaluate.main([str(pairs), "--fine-tune", str(tmp_path / "m"), "--keep-worse", "--json",
+                          "--base", str(packaged_model_path())])
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # the report alone: the trainer's logs and the progress went to stderr
+    assert code == 0 and report["dataset"] == "labels" and report["queries"] == {"train": 6, "held_out": 6}
+    assert "loss" in err and report["written"] == str(tmp_path / "m")
     assert (tmp_path / "m" / "modules.json").is_file()
