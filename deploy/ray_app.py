@@ -27,16 +27,18 @@ def assigned_cpus() -> int:
     return max(1, int(cpus))
 
 
-@serve.deployment(name="Reranker", num_replicas=2, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
+@serve.deployment(name="Reranker", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8,
+                  graceful_shutdown_wait_loop_s=1, graceful_shutdown_timeout_s=120)  # replicas: serve_config.yaml
 @serve.ingress()
 class Reranker:
     """One replica: the configured model on this replica's CPUs (or GPU share), the service, the HTTP app."""
 
     def __init__(self, gradio: bool = False, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005) -> None:
-        from service import assembly
+        from service import assembly, memory
         from service.settings import Settings
 
         self.settings = Settings.from_env()
+        memory.keep_flat(memory.AllocatorPolicy(interval=self.settings.memory_release_s))  # before the models load
         self.gradio = gradio
         self.batching = max_batch_size > 1
         # the one assembly, as `python app.py` builds it: every configured model, the embedder, the limits and key;
@@ -47,7 +49,13 @@ class Reranker:
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id if context else str(os.getpid())
-        log.info("replica %s serving %s", self.replica, self.scorer.describe())
+        log.info("replica %s ready in %.1f s, serving %s (backend %s)", self.replica, self.service.started_in_s,
+                 self.scorer.describe(), self.scorer.backend.how)
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose scoring workers have all stopped is replaced."""
+        if not self.scorer.pool.alive():
+            raise RuntimeError(f"replica {self.replica}: no scoring worker is running")
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def score_batch(self, prepared: list) -> list:

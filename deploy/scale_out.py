@@ -63,8 +63,11 @@ def _run(*command: str, timeout: float = 300) -> str:
     return done.stdout
 
 
-def config_for(port: int, config: Path, replicas: int | None = None, max_batch_size: int | None = None) -> Path:
-    """The config with its HTTP port (and optionally replicas and batching) set, written beside the state file."""
+def config_for(port: int, config: Path, replicas: int | None = None, max_batch_size: int | None = None, *,
+               cpus: int | None = None, autoscaling: dict | None = None) -> Path:
+    """The config with its HTTP port set, written beside the state file; optionally a fixed replica count, batching,
+    autoscaling settings (merged over the config's), and ``cpus`` (the local head's): ``max_replicas`` is capped to the
+    replicas those CPUs can hold, so a replica that could never be placed is not asked for."""
     data = yaml.safe_load(config.read_text())
     data.setdefault("http_options", {})["port"] = port
     for app in data.get("applications", []):
@@ -75,9 +78,29 @@ def config_for(port: int, config: Path, replicas: int | None = None, max_batch_s
             if replicas is not None:
                 deployment.pop("autoscaling_config", None)
                 deployment["num_replicas"] = replicas
+            elif autoscaling:
+                deployment.pop("num_replicas", None)
+                deployment["autoscaling_config"] = {**deployment.get("autoscaling_config", {}), **autoscaling}
+            scaling = deployment.get("autoscaling_config")
+            if scaling and cpus:
+                per_replica = deployment.get("ray_actor_options", {}).get("num_cpus", 1) or 1
+                fits = max(1, int(cpus // per_replica))
+                scaling["max_replicas"] = min(scaling.get("max_replicas", 1), fits)
+                scaling["min_replicas"] = min(scaling.get("min_replicas", 1), scaling["max_replicas"])
     target = STATE.with_suffix(".serve.yaml")
     target.write_text(yaml.safe_dump(data))
     return target
+
+
+def _initial_replicas(config: Path) -> int:
+    """Replicas a deployed config starts with (``num_replicas``, else autoscaling's initial or minimum count)."""
+    total = 0
+    for app in yaml.safe_load(config.read_text())["applications"]:
+        for deployment in app.get("deployments", []):
+            scaling = deployment.get("autoscaling_config")
+            total += (scaling.get("initial_replicas") or scaling.get("min_replicas", 1)) if scaling \
+                else deployment.get("num_replicas", 1)
+    return max(1, total)
 
 
 def _wait_ready(port: int, replicas: int, timeout: float) -> None:
@@ -99,7 +122,7 @@ def _wait_ready(port: int, replicas: int, timeout: float) -> None:
 
 
 def up(port: int, config: Path, *, cpus: int | None = None, replicas: int | None = None,
-       max_batch_size: int | None = None, timeout: float = 300) -> dict:
+       max_batch_size: int | None = None, autoscaling: dict | None = None, timeout: float = 300) -> dict:
     """Start a local head and deploy; on any failure stop what was started. Returns the state written."""
     if STATE.exists():
         state = json.loads(STATE.read_text())
@@ -112,17 +135,16 @@ def up(port: int, config: Path, *, cpus: int | None = None, replicas: int | None
         _run(_tool("ray"), "get-auth-token", "--generate", timeout=60)  # Ray's token auth needs one for the CLI too
     gcs, dashboard = _free_port(), _free_port()
     state = {"port": port, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}",
-             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+             "cpus": cpus or os.cpu_count() or 1, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     _run(_tool("ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         f"--num-cpus={cpus or os.cpu_count() or 1}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--num-cpus={state['cpus']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          "--disable-usage-stats", timeout=180)
     STATE.write_text(json.dumps(state))
     try:
-        deployed = config_for(port, config, replicas, max_batch_size)
-        want = replicas or sum(d.get("num_replicas", 1) for a in yaml.safe_load(deployed.read_text())["applications"]
-                               for d in a.get("deployments", []))
+        deployed = config_for(port, config, replicas, max_batch_size, cpus=cpus or os.cpu_count(),
+                              autoscaling=autoscaling)
         _deploy_when_dashboard_answers(deployed, state["dashboard"])
-        _wait_ready(port, int(want), timeout)
+        _wait_ready(port, _initial_replicas(deployed), timeout)
     except BaseException:
         down()
         raise
@@ -144,6 +166,36 @@ def _deploy_when_dashboard_answers(config: Path, dashboard: str, timeout: float 
             raise ScaleError(f"the Ray dashboard at {dashboard} did not answer within {timeout:.0f} s")
         time.sleep(0.5)
     _run(_tool("serve"), "deploy", str(config), "--address", dashboard, timeout=120)
+
+
+def redeploy(state: dict, config: Path, *, replicas: int | None = None, autoscaling: dict | None = None) -> None:
+    """Update the running application in place (Serve keeps the replicas it can and scales to the new setting)."""
+    cpus = state.get("cpus")
+    deployed = config_for(state["port"], config, replicas, cpus=cpus, autoscaling=autoscaling)
+    _deploy_when_dashboard_answers(deployed, state["dashboard"])
+
+
+def _auth_headers() -> dict[str, str]:
+    """Ray's token for its dashboard's REST API (from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        token = path.read_text().strip() if path.exists() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def replica_states(state: dict, deployment: str = "Reranker") -> dict[str, int]:
+    """How many of the deployment's replicas are in each state now (RUNNING, STARTING, STOPPING, ...), as Serve's
+    controller reports them through the dashboard."""
+    import httpx  # lazy: httpx loads only on this path
+
+    response = httpx.get(f"{state['dashboard']}/api/serve/applications/", headers=_auth_headers(), timeout=10)
+    response.raise_for_status()
+    counts: dict[str, int] = {}
+    for app in response.json().get("applications", {}).values():
+        for replica in app.get("deployments", {}).get(deployment, {}).get("replicas", []):
+            counts[replica["state"]] = counts.get(replica["state"], 0) + 1
+    return counts
 
 
 def down() -> bool:

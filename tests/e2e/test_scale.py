@@ -13,7 +13,7 @@ import cohere
 import httpx
 import pytest
 
-from evaluation import load
+from evaluation import load, ramp
 
 pytest.importorskip("ray.serve", reason="pip install -r requirements-scale.txt (make test does)")
 from deploy import scale_out  # noqa: E402
@@ -187,3 +187,31 @@ def test_a_replica_killed_under_load_is_replaced_and_clients_lose_nothing_after_
     print(f"killed {killed}; recovered in {recovery:.1f} s; client outcomes {outcomes}")
     assert "Reranker" in killed and len(seen) == 2
     assert outcomes["failed"] == 0 and outcomes["ok"] > 0
+
+
+def _settle(states, want: dict[str, int], timeout: float) -> dict[str, int]:
+    deadline, now = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        now = states()
+        if now == want:
+            break
+        time.sleep(0.5)
+    return now
+
+
+def test_autoscaling_adds_a_replica_under_load_and_drains_one_after_without_a_failed_request(cluster):
+    """The shipped config's autoscaling (delays cut to seconds): one client, four, one again; no client retries."""
+    url, state = cluster
+    fast = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
+            "downscale_delay_s": 4, "look_back_period_s": 2}
+    scale_out.redeploy(state, scale_out.CONFIG, autoscaling=fast)
+    states = lambda: scale_out.replica_states(state)  # noqa: E731
+    assert _settle(states, {"RUNNING": 1}, 90) == {"RUNNING": 1}  # idle: down to the minimum
+    result = ramp.run_ramp(url, [1, 4, 1], phase_seconds=25, states=states, docs=10, headers=AUTH, settled=1,
+                           settle_seconds=60)
+    ramp.print_ramp(result, target=1)
+    assert result["failures"] == 0, result["failure_examples"]
+    assert result["max_running"] == 2 and result["replicas_seen"] >= 2 and result["first_new_replica_s"] is not None
+    assert result["final"] == {"RUNNING": 1}  # drained back to one, every request answered
+    health = httpx.get(f"{url}/health", timeout=10).json()
+    assert health["ready"] is True and health["started_in_s"] > 0
