@@ -32,6 +32,7 @@ import yaml
 from deploy import scale_out
 from evaluation import ramp
 from evaluation.load import make_documents
+from scoring.synthetic import build_minilm_cross_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ def main() -> int:
                         "the node measures, later ones reuse its choice)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = latency.build_cross_encoder(Path(tmp) / "ce")
+        model = build_minilm_cross_encoder(Path(tmp) / "ce")
         os.environ.update(RERANK_MODEL=str(model), RERANK_BACKEND=args.backend,
                           RAG_AUGMENT_CACHE=str(Path(tmp) / "cache"), HF_HUB_OFFLINE="1")
         scale_out.STATE = Path(tmp) / "state.json"
@@ -101,7 +102,8 @@ def ramp_main(steps: list[int], phase_seconds: float, docs: int, backend: str) -
         url = f"http://127.0.0.1:{port}"
         states = lambda: scale_out.replica_states(state)  # noqa: E731
         result = ramp.run_ramp(url, steps, phase_seconds=phase_seconds, states=states, docs=docs,
-                               settled=scaling["min_replicas"], settle_seconds=scaling["downscale_delay_s"] + 120)
+                               settled=scaling["min_replicas"], settle_seconds=scaling["downscale_delay_s"] + 120,
+                               target=scaling["target_ongoing_requests"])
     finally:
         scale_out.down()
     print(f"Ray Serve autoscaling on {os.cpu_count()} cores (serve_config.yaml as shipped, max_replicas capped to "

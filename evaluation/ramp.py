@@ -42,9 +42,10 @@ class Phase:
 
 
 def run_ramp(url: str, steps: list[int], *, phase_seconds: float, states: Callable[[], dict[str, int]],
-             docs: int = 20, settled: int = 1, settle_seconds: float = 180.0, headers: dict | None = None) -> dict:
+             docs: int = 20, settled: int = 1, settle_seconds: float = 180.0, headers: dict | None = None,
+             target: float = 1.0) -> dict:
     """Drive ``url`` through ``steps`` (clients per phase); the phases, the replica trace, and when a new replica first
-    answered after load first rose above one client (``first_new_replica_s``, seconds from that phase's start)."""
+    answered after the first phase with more clients than one replica's ``target`` began (``first_new_replica_s``)."""
     phases = [Phase(n) for n in steps]
     trace: list[tuple[float, dict[str, int]]] = []
     origin = time.monotonic()
@@ -107,12 +108,13 @@ def run_ramp(url: str, steps: list[int], *, phase_seconds: float, states: Callab
     for w in workers:
         w.join(300)
     sampler.join(10)
-    return _report(phases, trace, seen, health, time.monotonic() - origin)
+    return _report(phases, trace, seen, health, time.monotonic() - origin, target)
 
 
-def _report(phases: list[Phase], trace: list, seen: dict[str, float], health: dict[str, dict], total: float) -> dict:
+def _report(phases: list[Phase], trace: list, seen: dict[str, float], health: dict[str, dict], total: float,
+            target: float) -> dict:
     first = min(seen.values(), default=0.0)
-    rise = next((p for p in phases if p.clients > phases[0].clients), None)
+    rise = next((p for p in phases if p.clients > target), None)  # the first phase that overloads one replica
     new = sorted(t for t in seen.values() if t > first + 1e-9 and rise is not None and t >= rise.started)
     return {"phases": [p.summary(trace) for p in phases], "trace": [(round(t, 1), s) for t, s in trace],
             "replicas_seen": len(seen), "failures": sum(len(p.failures) for p in phases),
@@ -139,7 +141,7 @@ def print_ramp(r: dict, *, target: float | None = None) -> None:
     print("replicas over time: " + "; ".join(changes))
     new = r["first_new_replica_s"]
     print(f"failed requests (no client retry): {r['failures']}; replicas that answered: {r['replicas_seen']}; a new "
-          f"replica first answered {'-' if new is None else f'{new:.1f} s'} after the load first rose"
+          f"replica first answered {'-' if new is None else f'{new:.1f} s'} after the load first overloaded one"
           + (f" (target {target:g} ongoing requests a replica)" if target else "") + f"; after the ramp: {r['final']}")
     for replica, (seconds, how) in r["started"].items():
         print(f"replica {replica}: built its service in {seconds} s; backend {how}")
