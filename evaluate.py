@@ -33,7 +33,7 @@ from pathlib import Path
 from evaluation import end_to_end
 from evaluation.calibrate import calibrate
 from evaluation.fine_tune import Options, check_output, fine_tune, print_fine_tune
-from evaluation.harness import METRIC_NAMES, SCORINGS, evaluate, plot, write_run
+from evaluation.harness import METRIC_NAMES, SCORINGS, check_layout, evaluate, plot, write_run
 from scoring.errors import RerankError
 from scoring.loading import packaged_scorer
 from service import Service, assembly
@@ -192,6 +192,11 @@ def _run(args) -> int:
         return _main_fine_tune(args)
     if not Path(args.dataset_dir).is_dir():
         print(f"evaluate.py: {args.dataset_dir} is not a BEIR-layout folder (no such folder)", file=sys.stderr)
+        return 2
+    try:
+        check_layout(args.dataset_dir)  # before any model loads (a first load may measure backends for minutes)
+    except FileNotFoundError as exc:
+        print(f"evaluate.py: {exc}", file=sys.stderr)
         return 2
     service = evaluation_service(args.model, backend=args.backend)
     if args.end_to_end:

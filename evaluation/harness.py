@@ -56,12 +56,20 @@ def document_text(title: str, text: str) -> str:
     return text if not title or text.lower().startswith(title.lower()) else f"{title} {text}"
 
 
-def load_dataset(folder: str | Path) -> Dataset:
-    """Read corpus.jsonl(.gz), queries.jsonl and qrels/test.tsv."""
+def check_layout(folder: str | Path) -> Path:
+    """The collection's corpus file; FileNotFoundError naming what a BEIR-layout folder holds where ``folder`` lacks it
+    (checked before any model loads)."""
     folder = Path(folder)
     corpus_file = next((folder / n for n in ("corpus.jsonl.gz", "corpus.jsonl") if (folder / n).is_file()), None)
     if corpus_file is None or not (folder / "queries.jsonl").is_file() or not (folder / "qrels" / "test.tsv").is_file():
         raise FileNotFoundError(f"{folder} is not a BEIR-layout folder (corpus.jsonl[.gz], queries.jsonl, qrels/test.tsv)")
+    return corpus_file
+
+
+def load_dataset(folder: str | Path) -> Dataset:
+    """Read corpus.jsonl(.gz), queries.jsonl and qrels/test.tsv."""
+    folder = Path(folder)
+    corpus_file = check_layout(folder)
     corpus = {}
     for n, d in enumerate(_jsonl(corpus_file), start=1):
         if not isinstance(d.get("text"), str) or "_id" not in d:

@@ -86,9 +86,13 @@ def test_harness_on_a_slice_beats_the_first_stage(eval_dir, packaged_scorer, tmp
     assert plot_out.stat().st_size > 10_000
 
 
-def test_missing_collection_is_a_clear_error(tmp_path, capsys):
+def test_missing_collection_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded for a folder that is not a collection")
+
+    monkeypatch.setattr(evaluate, "evaluation_service", no_models)  # refused first: a first load measures for minutes
     assert evaluate.main([str(tmp_path), "--model", str(rerank.packaged_model_path())]) == 2
-    assert "not a BEIR-layout folder" in capsys.readouterr().err
+    assert "not a BEIR-layout folder (corpus.jsonl[.gz], queries.jsonl, qrels/test.tsv)" in capsys.readouterr().err
 
 
 def _collection(folder, documents: dict[str, str], queries: dict[str, str], qrels: dict[str, str]):
