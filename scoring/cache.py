@@ -30,6 +30,11 @@ def _entry_bytes(value) -> int:
     return int(getattr(value, "nbytes", 8)) + ENTRY_BYTES
 
 
+def _bounded(max_bytes: int) -> LRUCache:
+    """An LRU holding at most ``max_bytes`` by :func:`_entry_bytes` (0: off, but still a valid cache)."""
+    return LRUCache(maxsize=max(1, max_bytes), getsizeof=_entry_bytes)
+
+
 def cache_key(*parts: str) -> bytes:
     """A 16-byte digest of the parts; each part is length-prefixed, so parts cannot run into each other."""
     h = hashlib.blake2b(digest_size=16)
@@ -46,7 +51,7 @@ class ScoreCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.capacity = max_bytes
-        self._data: LRUCache = LRUCache(maxsize=max(1, max_bytes), getsizeof=_entry_bytes)
+        self._data: LRUCache = _bounded(max_bytes)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -76,7 +81,7 @@ class ScoreCache:
         """Hold at most ``max_bytes`` from now on (what it held is dropped; every name sharing the cache sees it)."""
         with self._lock:
             self.capacity = max_bytes
-            self._data = LRUCache(maxsize=max(1, max_bytes), getsizeof=_entry_bytes)
+            self._data = _bounded(max_bytes)
 
     def fits(self, entries: int, value_bytes: int) -> bool:
         """Whether ``entries`` values of ``value_bytes`` each take at most half the cache (more would evict what the
@@ -105,7 +110,7 @@ class TokenCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.capacity = max_bytes
-        self._data: LRUCache = LRUCache(maxsize=max(1, max_bytes), getsizeof=_entry_bytes)
+        self._data: LRUCache = _bounded(max_bytes)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -133,7 +138,7 @@ class TokenCache:
         """Hold at most ``max_bytes`` from now on (what it held is dropped)."""
         with self._lock:
             self.capacity = max_bytes
-            self._data = LRUCache(maxsize=max(1, max_bytes), getsizeof=_entry_bytes)
+            self._data = _bounded(max_bytes)
 
     def held(self) -> int:
         """Bytes held now (ids and entries)."""

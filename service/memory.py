@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,8 +53,6 @@ def _glibc() -> ctypes.CDLL | None:
 
 def _preloaded_allocator() -> str | None:
     """A malloc preloaded over glibc's (jemalloc, tcmalloc, mimalloc), which then owns the heap."""
-    import os
-
     names = ("jemalloc", "tcmalloc", "mimalloc")
     preload = os.environ.get("LD_PRELOAD", "")
     return next((name for name in names if name in preload), None)
