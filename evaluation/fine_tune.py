@@ -116,9 +116,9 @@ def mine(train: Dataset, index, negatives: int, *, depth: int = 30, progress: bo
 
 def trainable(base: Scorer) -> None:
     """Refuse a model of a family fine-tuning here does not train."""
-    if base.info.family == "causal-lm":
-        raise FineTuneError(f"{base.info.name} is a causal-LM reranker: fine-tuning here trains cross-encoders and "
-                            "embedding models")
+    if base.info.family in ("causal-lm", "late-interaction"):
+        raise FineTuneError(f"{base.info.name} is a {base.info.family} model: fine-tuning here trains cross-encoders "
+                            "and embedding models")
 
 
 def train_model(base: Scorer, rows: list[dict], options: Options, *, progress: bool = True,

@@ -8,6 +8,9 @@ A model is used the way it was trained (:func:`detect`):
   sentence-transformers CrossEncoder module chain (a text-generation ``Transformer`` and a score head
   such as ``LogitScore``) or a plain ``*ForCausalLM`` checkpoint: logit("yes") - logit("no") at the last
   token, as sentence-transformers scores it, with the checkpoint's own chat template or prompts;
+- a late-interaction model that sentence-transformers loads as a ``MultiVectorEncoder`` (its own saves,
+  PyLate and Stanford ColBERT checkpoints, transformers' ``*ForRetrieval`` retrievers): MaxSim of query and
+  document token vectors, with the checkpoint's prefixes, lengths and skip-list;
 - anything else with an encoder (all-MiniLM-L6-v2, or the seed's all-MiniLM-L12-v2): the cosine
   similarity of its embeddings.
 
@@ -26,13 +29,16 @@ from typing import Literal
 
 from scoring.errors import ModelLoadError
 
-Mode = Literal["cross-encoder", "embedding"]
-Family = Literal["sequence-classification", "causal-lm", "embedding"]
+Mode = Literal["cross-encoder", "embedding", "late-interaction"]
+Family = Literal["sequence-classification", "causal-lm", "embedding", "late-interaction"]
 DESCRIPTIONS = {
     "sequence-classification": "cross-encoder relevance (sigmoid of the trained ranking head)",
     "causal-lm": "causal-LM reranker relevance (sigmoid of logit('yes') - logit('no') at the last token)",
     "embedding": "embedding similarity ((1 + cosine) / 2 of query and document embeddings)",
+    "late-interaction": "late-interaction relevance (MaxSim of query and document token vectors; "
+                        "(1 + MaxSim / query tokens) / 2)",
 }
+_MULTI_VECTOR_TYPES = ("MultiVectorEncoder", "ColBERT")  # sentence-transformers' saves; PyLate's
 PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
 _HEAD_PREFIXES = ("classifier.", "score.")
 _HUB_IGNORE = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*",
@@ -55,7 +61,7 @@ class ModelInfo:
 
     @property
     def kind(self) -> Family:
-        """The model family (sequence-classification, causal-lm or embedding)."""
+        """The model family (sequence-classification, causal-lm, late-interaction or embedding)."""
         return self.family or ("sequence-classification" if self.mode == "cross-encoder" else "embedding")
 
     @property
@@ -223,11 +229,28 @@ def _causal(model_dir: Path, architecture: str, chain: list[dict] | None) -> Det
                      "sentence-transformers' LogitScore", "sentence-transformers")
 
 
+def _late_interaction(model_dir: Path, architectures: list[str]) -> str | None:
+    """Why the checkpoint is a late-interaction (multi-vector) model, as sentence-transformers 6 decides it, or None."""
+    model_type = read_json(model_dir / "config_sentence_transformers.json").get("model_type")
+    if model_type in _MULTI_VECTOR_TYPES:
+        return f"a sentence-transformers MultiVectorEncoder (model_type {model_type})"
+    if "HF_ColBERT" in architectures:
+        return "a Stanford ColBERT checkpoint (HF_ColBERT), loaded as a sentence-transformers MultiVectorEncoder"
+    retrieval = [a for a in architectures if a.endswith("ForRetrieval")]
+    if retrieval:
+        return f"{retrieval[0]}, a late-interaction retriever loaded as a sentence-transformers MultiVectorEncoder"
+    return None
+
+
 def detect(model_dir: Path) -> Detection:
     """Decide how a checkpoint must score (see the module docstring); a checkpoint that fits no kind is refused."""
     config = _config(model_dir)
     architectures = [str(a) for a in config.get("architectures") or []]
     architecture = architectures[0] if architectures else config.get("model_type", "unknown")
+    multi_vector = _late_interaction(model_dir, architectures)
+    if multi_vector:
+        return Detection("late-interaction", "late-interaction", f"{multi_vector}: scored by MaxSim of token vectors",
+                         "sentence-transformers")
     chain = _st_chain(model_dir)
     task = read_json(model_dir / "sentence_bert_config.json").get("transformer_task")
     if any(a.endswith("ForCausalLM") for a in architectures) or (chain is not None and task == "text-generation"):

@@ -136,7 +136,9 @@ def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *,
         elif layout is None:  # modules of its own: sentence-transformers runs it
             replicas, tokenizer, declared = st_replicas(path, mode, trust_remote_code, workers, device=device,
                                                         max_tokens=max_tokens)
-            why = "the checkpoint has sentence-transformers modules beyond Transformer + Pooling + Normalize"
+            why = ("late-interaction models run through sentence-transformers' MultiVectorEncoder"
+                   if detection.family == "late-interaction" else
+                   "the checkpoint has sentence-transformers modules beyond Transformer + Pooling + Normalize")
             pool = WorkerPool(replicas, tokenizer, choosing.Choice(ST_BACKEND, why, device=device))
             max_length, note = capped(declared, max_tokens)
         else:

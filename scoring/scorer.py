@@ -1,7 +1,8 @@
 """A loaded model that scores (query, document) pairs: windows, batches, cost and cache.
 
-Scores are normalised to [0, 1]: the sigmoid of a cross-encoder's ranking logit, or
-(1 + cosine) / 2 for an embedding model; ``raw=True`` gives the logit or the cosine itself.
+Scores are normalised to [0, 1]: the sigmoid of a cross-encoder's ranking logit, (1 + cosine) / 2 for an
+embedding model, or (1 + MaxSim / query tokens) / 2 for a late-interaction model; ``raw=True`` gives the logit,
+the cosine or the MaxSim itself.
 A text longer than the model's window is scored by its best window of overlapping chunks
 (``"chunk"``, the default: Cohere's behaviour) or truncated to one window (``"truncate"``).
 """
@@ -186,10 +187,10 @@ class Scorer:
 
     def _score_units(self, plan: Plan, *, raw: bool, ticket: Ticket) -> np.ndarray:
         """One forward pass per unit (batched) from the texts, cached by engine, query and text."""
-        if self.info.mode == "embedding":
+        if self.info.mode != "cross-encoder":  # vectors (one per text, or one per token) and the engine's similarity
             vectors, q = self._embed(plan.units, ticket, lengths=plan.lengths, query=plan.query)
-            cosine = np.asarray((vectors * q).sum(axis=1), dtype=np.float32)  # row by row: equal texts tie exactly
-            return cosine if raw else (cosine + 1.0) / 2.0
+            similarity = self._pool.replicas[0].similarity(q, vectors)
+            return similarity if raw else self._pool.replicas[0].normalized(similarity, q)
         told = {"instruction": plan.instruction} if plan.instruction else {}
         keys = [cache_key(self.backend.backend, *told.values(), plan.query, u) for u in plan.units]
         if self._pool.replicas[0].merges:  # the batches may share a pass with other requests' (packed engines)
@@ -217,11 +218,13 @@ class Scorer:
         if query:
             cost = sum(min(self.info.max_length, c + 2) for c in self._pool.count(texts))
             return self._pool.run(ticket, [(cost, lambda replica: replica.embed(texts, query=True))])[0]
-        return self._embed(texts, ticket)[0]
+        vectors = self._embed(texts, ticket)[0]
+        return np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
 
     def _embed(self, texts: list[str], ticket: Ticket, *, lengths: Sequence[int] | None = None,
-               query: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Document embeddings (cached) and, with ``query``, the query's, all queued at once so they run side by side."""
+               query: str | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Document vectors (cached; one row per text, or a late-interaction model's one per token) and, with ``query``,
+        the query's, all queued at once so they run side by side."""
         engine = self.backend.backend
         keys = [cache_key(engine, t) for t in texts]
         found = self._cache.get_many(keys)
@@ -239,13 +242,11 @@ class Scorer:
         outputs = self._pool.run(ticket, tasks) if tasks else []
         q = outputs.pop(0)[0] if query is not None else None
         if missing:
-            fresh = np.empty((len(todo), outputs[0].shape[1]), dtype=np.float32)
             for group, vectors in zip(groups, outputs, strict=True):
-                fresh[group] = vectors
-            for i, vector in zip(missing, fresh, strict=True):
-                found[keys[i]] = vector
+                for j, vector in zip(group, vectors, strict=True):
+                    found[keys[missing[j]]] = np.asarray(vector, dtype=np.float32)
             self._cache.put_many({keys[i]: found[keys[i]] for i in missing})
-        return (np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)), q
+        return [found[k] for k in keys], q
 
     def seed_embeddings(self, texts: Sequence[str], vectors: np.ndarray) -> bool:
         """Put stored fp32 document embeddings (the local index's) in the cache; refused on a reduced-precision engine."""

@@ -111,3 +111,28 @@ def build_minilm_cross_encoder(target: Path, *, seed: int = 0) -> Path:
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(str(target))
     return target
+
+
+def build_multi_vector(target: Path, *, dimension: int = 48, seed: int = 0, query_length: int | None = 32,
+                       document_length: int = 128, prefixes: bool = True, skiplist: bool = True) -> Path:
+    """A ColBERT/PyLate-style late-interaction model saved by sentence-transformers' ``MultiVectorEncoder``: the packaged
+    MiniLM encoder, a seeded token-level projection to ``dimension``, the scoring mask (punctuation skipped in
+    documents, as PyLate does) and unit-length vectors; ``[Q] ``/``[D] `` prefixes and its own query and document
+    lengths, the knobs ColBERT checkpoints carry."""
+    import string
+
+    import torch  # lazy: torch loads only on this path
+    from sentence_transformers import MultiVectorEncoder  # lazy: sentence-transformers loads only on this path
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    encoder = Transformer(str(packaged_model_path()), max_seq_length=document_length, query_length=query_length,
+                          document_length=document_length)
+    torch.manual_seed(seed)
+    projection = Dense(in_features=encoder.get_embedding_dimension(), out_features=dimension, bias=False,
+                       activation_function=torch.nn.Identity(), module_input_name="token_embeddings")
+    mask = MultiVectorMask(skiplist_words=list(string.punctuation) if skiplist else [])
+    model = MultiVectorEncoder(modules=[encoder, projection, mask, Normalize(module_input_name="token_embeddings")],
+                               prompts={"query": "[Q] ", "document": "[D] "} if prefixes else None, device="cpu")
+    model.save_pretrained(str(target))
+    return Path(target)

@@ -117,7 +117,8 @@ def index_status(service: Service, private=None) -> tuple[str, bool]:
 def header_line(service: Service, scorer: Scorer) -> str:
     """What ranks, in one plain line: the model, how it scores, where it runs."""
     info, backend = scorer.info, scorer.backend
-    kind = "cross-encoder" if info.mode == "cross-encoder" else "embedding similarity"
+    kind = {"cross-encoder": "cross-encoder", "late-interaction": "late interaction, MaxSim"}.get(info.mode,
+                                                                                            "embedding similarity")
     fell_back = " · fallback model (see details)" if info.fallback_reason else ""
     return (f"**Model:** `{info.name}` ({kind}) · **Runs on:** {backend.backend} on {backend.device}, "
             f"{backend.precision}{fell_back}")

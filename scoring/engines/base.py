@@ -48,3 +48,12 @@ class Engine:
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         """Unit-length embeddings, one row per text (embedding models)."""
         raise NotImplementedError(f"{self.name} has no embeddings")
+
+    def similarity(self, query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:
+        """Raw similarity of a query's embedding to each document's (embedding models: the cosine of unit vectors,
+        row by row, so equal texts tie exactly)."""
+        return np.asarray((np.stack(documents) * query).sum(axis=1), dtype=np.float32)
+
+    def normalized(self, raw: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Raw similarities on [0, 1] (a cosine c as (1 + c) / 2)."""
+        return np.asarray((raw + 1.0) / 2.0, dtype=np.float32)

@@ -12,6 +12,7 @@ import numpy as np
 
 from scoring.checkpoint import Layout, Mode
 from scoring.engines.base import Engine
+from scoring.engines.multi_vector import MultiVectorEngine
 from scoring.errors import BackendError
 from scoring.tokenizer import TextTokenizer
 
@@ -53,6 +54,14 @@ class SentenceTransformersEngine(Engine):
                                  show_progress_bar=False), dtype=np.float32)
 
 
+def _declared_length(model) -> int:
+    """The longest input a loaded model reads: a late-interaction model's document length where it sets one, else its
+    maximum sequence length."""
+    first = model[0] if len(model) else None
+    document = getattr(first, "document_length", None)
+    return int(document or getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or 512)
+
+
 def pair_overhead(model) -> int | None:
     """Tokens a CrossEncoder adds around a (query, document) pair (special tokens, a chat template's text), measured
     on a probe pair: what the cost and the windows of a request must count beyond its own words."""
@@ -71,7 +80,11 @@ def st_replicas(path: Path, mode: Mode, trust_remote_code: bool, workers: int, *
     window the model declares (it serves at most ``max_tokens`` of it). ``backend``: one of :data:`CAUSAL_BACKENDS`,
     which sets the weights' precision (None: the checkpoint as sentence-transformers loads it)."""
     import torch  # lazy: torch loads only on this path
-    from sentence_transformers import CrossEncoder, SentenceTransformer  # lazy: sentence-transformers loads only on this path
+    from sentence_transformers import (  # lazy: sentence-transformers loads only on this path
+        CrossEncoder,
+        MultiVectorEncoder,
+        SentenceTransformer,
+    )
     from tokenizers import Tokenizer  # lazy: tokenizers loads only on this path
 
     from scoring.engines import unavailable
@@ -81,19 +94,21 @@ def st_replicas(path: Path, mode: Mode, trust_remote_code: bool, workers: int, *
         if reason or backend not in causal_backends(device):
             raise BackendError(f"backend {backend!r} is unavailable for this model: "
                                f"{reason or 'not one of ' + ', '.join(causal_backends(device))}")
-    cls = CrossEncoder if mode == "cross-encoder" else SentenceTransformer
+    cls = {"cross-encoder": CrossEncoder, "late-interaction": MultiVectorEncoder}.get(mode, SentenceTransformer)
     kwargs = {"model_kwargs": {"dtype": getattr(torch, _DTYPES[backend])}} if backend else {}
     model = cls(str(path), device=device, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs)
     if workers > 1 and device == "cpu":
         torch.set_num_threads(1)
-    declared = int(getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or 512)
+    declared = _declared_length(model)
     if max_tokens and declared > max_tokens:
         model.max_seq_length = max_tokens  # sentence-transformers truncates there (keeping a chat template's suffix)
     layout = Layout(mode=mode, max_length=min(declared, max_tokens or declared))
     name = backend or ST_BACKEND
-    engines = [SentenceTransformersEngine(model, layout, name)] + [
-        SentenceTransformersEngine(copy.deepcopy(model) if device == "cpu" else model, layout, name)
-        for _ in range(workers - 1)]
+
+    def replica(copied) -> SentenceTransformersEngine | MultiVectorEngine:
+        return MultiVectorEngine(copied, name) if mode == "late-interaction" else SentenceTransformersEngine(copied, layout, name)
+
+    engines = [replica(model)] + [replica(copy.deepcopy(model) if device == "cpu" else model) for _ in range(workers - 1)]
     if backend is not None and mode == "cross-encoder" and device != "cpu":  # a causal-LM reranker on a GPU: packed
         from scoring.engines.causal import packed_or_padded
 

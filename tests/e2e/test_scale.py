@@ -207,7 +207,7 @@ def test_autoscaling_adds_a_replica_under_load_and_drains_one_after_without_a_fa
     scale_out.redeploy(state, scale_out.CONFIG, autoscaling=fast)
     states = lambda: scale_out.replica_states(state)  # noqa: E731
     assert _settle(states, {"RUNNING": 1}, 90) == {"RUNNING": 1}  # idle: down to the minimum
-    result = ramp.run_ramp(url, [1, 4, 1], phase_seconds=25, states=states, docs=10, headers=AUTH, settled=1,
+    result = ramp.run_ramp(url, [1, 4, 1], phase_seconds=20, states=states, docs=10, headers=AUTH, settled=1,
                            settle_seconds=60, target=1)
     ramp.print_ramp(result, target=1)
     assert result["failures"] == 0, result["failure_examples"]

@@ -78,3 +78,17 @@ def test_multi_label_head_and_missing_config_are_refused(tmp_path, tiny_cross_en
         detect(folder)
     with pytest.raises(ModelLoadError, match="has no config.json"):
         detect(tmp_path)
+
+
+@pytest.mark.parametrize("marker", ["MultiVectorEncoder", "ColBERT", "HF_ColBERT", "ColPaliForRetrieval"])
+def test_late_interaction_checkpoints_as_sentence_transformers_loads_them(tmp_path, marker):
+    """A sentence-transformers MultiVectorEncoder save, PyLate's (model_type ColBERT), Stanford ColBERT's (HF_ColBERT) and
+    transformers' retrievers are MaxSim models, never pooled into one embedding."""
+    config = {"architectures": [marker if marker.endswith(("ColBERT", "Retrieval")) and marker != "ColBERT"
+                                else "BertModel"], "model_type": "bert"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if marker in ("MultiVectorEncoder", "ColBERT"):
+        (tmp_path / "config_sentence_transformers.json").write_text(json.dumps({"model_type": marker}))
+    found = detect(tmp_path)
+    assert (found.mode, found.family, found.runner) == ("late-interaction", "late-interaction", "sentence-transformers")
+    assert marker in found.why and "MaxSim" in found.why
