@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +32,7 @@ from scoring.stale_files import remove_if_owner_gone
 
 log = logging.getLogger("rag_augment.index")
 Progress = Callable[[int, int], None]
-SCHEMA_VERSION = "2"  # 2: the BM25 index is stored beside the vectors
+SCHEMA_VERSION = "2"  # 2: the BM25 index is stored beside the vectors (a late-interaction model's in token_vectors)
 
 
 class LocalIndexError(RuntimeError):
@@ -46,6 +47,21 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str], *, query: bool = False, background: bool = False) -> np.ndarray:
         """One unit-length row per text (``background``: yield to requests, as an index build does)."""
         ...
+
+
+class TokenEncoder(Protocol):
+    """A late-interaction model whose document vectors the index stores beside the passages."""
+
+    fingerprint: str
+
+    def document_vectors(self, texts: Sequence[str], *, background: bool = False) -> list[tuple[str, np.ndarray]]:
+        """(piece, token vectors) for each piece the model scores the texts by (a text, or each window of a long one)."""
+        ...
+
+
+def _text_key(text: str) -> bytes:
+    """What names a scored piece's stored vectors: a digest of its text."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,7 @@ class IndexStats:
 
 
 def corpus_hash(passages: Sequence[Passage], fingerprint: str) -> str:
-    """A content hash over every passage and the model's fingerprint."""
+    """A content hash over every passage and the models' fingerprints."""
     digest = hashlib.sha256(f"{SCHEMA_VERSION}\n{fingerprint}\n".encode())
     for p in passages:
         digest.update(json.dumps([p.url, p.text, p.metadata], sort_keys=True, default=str).encode())
@@ -91,10 +107,13 @@ def _stored_hash(path: Path) -> str | None:
 
 
 def _write_index(con, passages: Sequence[Passage], embedder: Embedder, content_hash: str, *,
-                 batch_size: int, progress: Progress | None) -> int:
-    """Embed the passages in batches, index their words, and store both with the hash; returns the embedding size."""
+                 batch_size: int, progress: Progress | None, late: TokenEncoder | None = None) -> int:
+    """Embed the passages in batches (and, with ``late``, store their token vectors), index their words, and store all
+    with the hash; returns the embedding size."""
     total = len(passages)
     dim = 0
+    if late is not None:
+        con.execute("CREATE TABLE token_vectors (key BLOB PRIMARY KEY, tokens INTEGER, dim INTEGER, data BLOB)")
     order = sorted(range(total), key=lambda i: len(passages[i].text))  # similar lengths batch with little padding
     for start in range(0, total, batch_size):
         ids = order[start:start + batch_size]
@@ -114,6 +133,11 @@ def _write_index(con, passages: Sequence[Passage], embedder: Embedder, content_h
         con.register("batch_frame", frame)
         con.execute(f"INSERT INTO passages SELECT id, url, text, metadata, embedding::FLOAT[{dim}] FROM batch_frame")
         con.unregister("batch_frame")
+        if late is not None:
+            pieces = late.document_vectors([p.text for p in chunk], background=True)
+            con.executemany("INSERT OR IGNORE INTO token_vectors VALUES (?, ?, ?, ?)",
+                            [(_text_key(t), int(v.shape[0]), int(v.shape[1]),
+                              np.ascontiguousarray(v, dtype=np.float32).tobytes()) for t, v in pieces])
         if progress:
             progress(min(start + batch_size, total), total)
     lexical = LexicalIndex.build([p.text for p in passages])
@@ -150,6 +174,10 @@ class LocalIndex:
         self._vectors = self._read_vectors()
         files = dict(con.execute("SELECT name, data FROM lexical").fetchall())
         self._lexical = LexicalIndex.from_files(files, stats.passages)
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        self.has_token_vectors = "token_vectors" in tables  # built with a late-interaction model: its vectors are here
+        if self.has_token_vectors:
+            self.description += " (with the ranking model's token vectors)"
 
     def _read_vectors(self) -> np.ndarray:
         """Every passage's embedding, row i for passage id i."""
@@ -168,8 +196,9 @@ class LocalIndex:
 
     @classmethod
     def open(cls, passages: Sequence[Passage], embedder: Embedder, *, path: Path | None, name: str = "corpus",
-             batch_size: int = 256, progress: Progress | None = None) -> LocalIndex:
-        """Load the index at ``path`` if it matches the corpus and model, else (re)build it there.
+             batch_size: int = 256, progress: Progress | None = None, late: TokenEncoder | None = None) -> LocalIndex:
+        """Load the index at ``path`` if it matches the corpus and model(s), else (re)build it there; ``late``: a
+        late-interaction ranking model whose document vectors are stored too (:meth:`token_vectors`).
 
         ``path=None``, or a folder that cannot be written, builds in memory (with a warning).
         """
@@ -178,21 +207,21 @@ class LocalIndex:
         if not passages:
             raise LocalIndexError(f"{name} holds no passages to index")
         started = time.perf_counter()
-        content_hash = corpus_hash(passages, embedder.fingerprint)
+        content_hash = corpus_hash(passages, embedder.fingerprint + (f"\n{late.fingerprint}" if late else ""))
         if path is not None and _stored_hash(path) == content_hash:
             try:
                 return cls._reuse(path, embedder, name, len(passages), started)
             except Exception as exc:  # damaged past its hash (a truncated table): built again below
                 log.warning("index file %s is damaged (%s); it will be rebuilt", path, str(exc).splitlines()[0][:200])
+        build = partial(cls._build, passages, embedder, name=name, content_hash=content_hash, batch_size=batch_size,
+                        progress=progress, started=started, late=late)
         try:
-            return cls._build(passages, embedder, path=path, name=name, content_hash=content_hash,
-                              batch_size=batch_size, progress=progress, started=started)
+            return build(path=path)
         except (OSError, duckdb.Error) as exc:  # a full or unwritable disk (DuckDB reports it at commit)
             if path is None:
                 raise
             log.warning("cannot write the index at %s (%s); building it in memory", path, str(exc).splitlines()[0][:200])
-            return cls._build(passages, embedder, path=None, name=name, content_hash=content_hash,
-                              batch_size=batch_size, progress=progress, started=started)
+            return build(path=None)
 
     @classmethod
     def _reuse(cls, path: Path, embedder: Embedder, name: str, passages: int, started: float) -> LocalIndex:
@@ -212,7 +241,7 @@ class LocalIndex:
 
     @classmethod
     def _build(cls, passages: Sequence[Passage], embedder: Embedder, *, path: Path | None, name: str, content_hash: str,
-               batch_size: int, progress: Progress | None, started: float) -> LocalIndex:
+               batch_size: int, progress: Progress | None, started: float, late: TokenEncoder | None) -> LocalIndex:
         """Embed and index the passages into a temporary file moved to ``path`` once whole (or into memory)."""
         import duckdb  # lazy: duckdb loads only on this path
 
@@ -222,7 +251,8 @@ class LocalIndex:
             _remove_partial(tmp)
         con = duckdb.connect(str(tmp) if tmp is not None else ":memory:")
         try:
-            dim = _write_index(con, passages, embedder, content_hash, batch_size=batch_size, progress=progress)
+            dim = _write_index(con, passages, embedder, content_hash, batch_size=batch_size, progress=progress,
+                               late=late)
             if tmp is not None:
                 con.close()  # flushed whole before it takes the index's name
                 os.replace(tmp, path)
@@ -271,6 +301,23 @@ class LocalIndex:
         finally:
             cursor.close()
         return [r[0] for r in rows], self._vectors
+
+    def token_vectors(self, texts: Sequence[str]) -> list[np.ndarray | None]:
+        """The stored late-interaction vectors of each text that is one of the pieces the index's passages are scored by
+        (a passage, or a window of a long one; None for other texts, and for all where the index was built without a
+        late-interaction model); read from the file, not held in memory."""
+        if not self.has_token_vectors or not texts:
+            return [None] * len(texts)
+        keys = [_text_key(t) for t in texts]
+        with self._lock:
+            cursor = self._con.cursor()
+        try:
+            rows = cursor.execute("SELECT key, tokens, dim, data FROM token_vectors WHERE key IN "
+                                  "(SELECT unnest(?::BLOB[]))", [sorted(set(keys))]).fetchall()
+        finally:
+            cursor.close()
+        found = {bytes(k): np.frombuffer(data, dtype=np.float32).reshape(tokens, dim) for k, tokens, dim, data in rows}
+        return [found.get(k) for k in keys]
 
     def close(self) -> None:
         """Release the DuckDB file."""

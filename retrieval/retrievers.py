@@ -148,8 +148,9 @@ class LocalRetriever(Retriever):
         self.description = index.description
 
     @classmethod
-    def build(cls, *, corpus_path: str | None, cache_dir: Path, embedder=None, progress=None) -> LocalRetriever:
-        """Load or build the index of ``corpus_path`` (None: the built-in stdlib corpus)."""
+    def build(cls, *, corpus_path: str | None, cache_dir: Path, embedder=None, progress=None, late=None) -> LocalRetriever:
+        """Load or build the index of ``corpus_path`` (None: the built-in stdlib corpus); ``late``: a late-interaction
+        ranking model whose document vectors the index stores and then hands it (:meth:`LocalIndex.token_vectors`)."""
         try:
             passages = corpus.builtin_passages() if corpus_path is None else corpus.load_corpus(corpus_path)
         except corpus.CorpusError as exc:
@@ -157,10 +158,12 @@ class LocalRetriever(Retriever):
         embedder = embedder or packaged_scorer()
         name = "the Python standard library docs" if corpus_path is None else Path(corpus_path).name
         index = LocalIndex.open(passages, embedder, path=index_path(cache_dir, corpus_path), name=name,
-                                progress=progress)
+                                progress=progress, late=late)
         seed = getattr(embedder, "seed_embeddings", None)
         if seed is not None:
             seed(*index.stored_vectors())  # reranking retrieved passages then needs no re-encoding (where they fit)
+        if late is not None:
+            late.attach_store(index)
         return cls(index)
 
     def first_stage(self, mode: str | None = None) -> str:

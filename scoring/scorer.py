@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -30,6 +31,14 @@ log = logging.getLogger("rag_augment.scorer")
 
 UNMEASURED = "default until measured on this machine"
 __all__ = ["LongDocuments", "ModelSource", "Plan", "Scorer"]
+
+
+class VectorStore(Protocol):
+    """Document vectors computed earlier by the same model (the local index's), looked up by text."""
+
+    def token_vectors(self, texts: Sequence[str]) -> list[np.ndarray | None]:
+        """Each text's stored vectors, or None where the store has none."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -54,9 +63,11 @@ class Scorer:
         self.info = info
         self._token_budget = token_budget
         self._batch_size = batch_size
+        self._store: VectorStore | None = None
         if isinstance(model, Scorer):  # a second name for an already loaded model: share its workers (and cache)
             self._pool = model._pool
             self._cache = model._cache if cache_bytes is None else ScoreCache(cache_bytes)
+            self._store = model._store
         else:
             self._pool = model
             self._cache = ScoreCache(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
@@ -88,6 +99,20 @@ class Scorer:
             self._cache.resize(cache_bytes)
         if self._pool.tokens.capacity != token_cache_bytes:
             self._pool.tokens.resize(token_cache_bytes)
+
+    def attach_store(self, store: VectorStore) -> None:
+        """Read document vectors from ``store`` (the local index's, stored by this model at its build) before encoding:
+        reranking the index's own passages then costs a late-interaction model one query encoding and MaxSim."""
+        self._store = store
+
+    def _stored(self, texts: list[str]) -> list[np.ndarray | None]:
+        """The attached store's vectors of ``texts``; none where it cannot be read (a closed or damaged index file:
+        the model encodes them as it would without one)."""
+        try:
+            return self._store.token_vectors(texts)
+        except Exception as exc:
+            log.warning("the stored document vectors cannot be read (%s); encoding instead", str(exc).splitlines()[0])
+            return [None] * len(texts)
 
     @property
     def cache(self) -> ScoreCache:
@@ -221,14 +246,29 @@ class Scorer:
         vectors = self._embed(texts, ticket)[0]
         return np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
 
+    def document_vectors(self, texts: Sequence[str], *, background: bool = False) -> list[tuple[str, np.ndarray]]:
+        """(piece, vectors) for each piece this model scores the texts by (a text, or each window of one longer than its
+        window; the windows of a model that reads documents apart from the query do not depend on the query): what
+        an index built with the model stores. ``background``: only when no request's batch waits."""
+        if self.info.mode == "cross-encoder":
+            raise ModelLoadError(f"{self.info.name} is a cross-encoder; its documents have no vectors of their own")
+        plan = self.plan("", texts)
+        units = list(plan.units)
+        with self._pool.ticket(background=background) as own:
+            return list(zip(units, self._embed(units, own, lengths=plan.lengths)[0], strict=True))
+
     def _embed(self, texts: list[str], ticket: Ticket, *, lengths: Sequence[int] | None = None,
                query: str | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
-        """Document vectors (cached; one row per text, or a late-interaction model's one per token) and, with ``query``,
-        the query's, all queued at once so they run side by side."""
+        """Document vectors (cached, else from the attached store; one row per text, or a late-interaction model's one
+        per token) and, with ``query``, the query's, all queued at once so they run side by side."""
         engine = self.backend.backend
         keys = [cache_key(engine, t) for t in texts]
         found = self._cache.get_many(keys)
         missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
+        if missing and self._store is not None:
+            found.update({keys[i]: v for i, v in zip(missing, self._stored([texts[i] for i in missing]), strict=True)
+                          if v is not None})
+            missing = [i for i in missing if keys[i] not in found]
         todo = [texts[i] for i in missing]
         sizes = ([min(self.info.max_length, lengths[i]) for i in missing] if lengths is not None else
                  [min(self.info.max_length, c + 2) for c in self._pool.count(todo)] if todo else [])

@@ -69,15 +69,17 @@ def load_models(settings: Settings, *, model: str | None = None, workers: int | 
     return scorer, extra, embedder
 
 
-def start_retriever(settings: Settings, embedder: Scorer) -> Retriever:
-    """The configured first stage: the remote Space (``RETRIEVAL_URL``), or the local index built in the background."""
+def start_retriever(settings: Settings, embedder: Scorer, scorer: Scorer | None = None) -> Retriever:
+    """The configured first stage: the remote Space (``RETRIEVAL_URL``), or the local index built in the background
+    (holding a late-interaction ``scorer``'s document vectors too)."""
     if settings.retrieval_url:
         return RemoteRetriever(settings.retrieval_url, timeout=settings.retrieval_timeout)
+    late = scorer if scorer is not None and scorer.info.mode == "late-interaction" else None
 
     def build(progress) -> Retriever:
         with terminal_progress(also=progress) as report:
             return LocalRetriever.build(corpus_path=settings.corpus_path, cache_dir=settings.cache_dir,
-                                        embedder=embedder, progress=report)
+                                        embedder=embedder, progress=report, late=late)
 
     return BackgroundRetriever(build, name="local index of " + (settings.corpus_path or "the Python standard library docs"))
 
@@ -99,7 +101,7 @@ def build(settings: Settings, *, scorer: Scorer | None = None, extra: Sequence[S
     if calibration is not None:
         calibration.check(scorer.info.name, scorer.fingerprint)  # refused before anything starts
     if loaded and retriever is None and index:
-        retriever = start_retriever(settings, embedder)
+        retriever = start_retriever(settings, embedder, scorer)
     embedder = embedder or (scorer if scorer.info.mode == "embedding" else None)
     service = Service(Models(scorer, list(extra)), limits=limits_of(settings), api_key=settings.api_key,
                       policy=policy_of(settings), retriever=retriever, embedder=embedder,

@@ -110,3 +110,45 @@ def test_fine_tuning_refuses_a_late_interaction_model(late):
 
     with pytest.raises(FineTuneError, match="late-interaction model: fine-tuning here trains cross-encoders"):
         trainable(late[1])
+
+
+def test_the_local_index_stores_its_passages_vectors_and_reranking_them_encodes_only_the_query(late, packaged_scorer,
+                                                                                              small_corpus, tmp_path):
+    import json
+
+    from retrieval.index import LocalIndex
+    from retrieval.retrievers import LocalRetriever
+
+    folder, _, reference = late
+    scorer = rerank.load_scorer(str(folder), allow_fallback=False)  # its own cache and store
+    corpus = small_corpus[:30]
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"url": p.url, "text": p.text}) + "\n" for p in corpus))
+    retriever = LocalRetriever.build(corpus_path=str(source), cache_dir=tmp_path, embedder=packaged_scorer, late=scorer)
+    assert "token vectors" in retriever.description
+    texts = retriever.search("how do I parse a JSON document", k=10)["text"].tolist()
+    stored = retriever.index.token_vectors([texts[0], "not a passage"])
+    np.testing.assert_allclose(stored[0], reference.encode_document([texts[0]], convert_to_numpy=True)[0], atol=1e-5)
+    assert stored[1] is None
+    scorer.cache.clear()
+    encoded: list[tuple[int, bool]] = []
+    for replica in scorer.pool.replicas:
+        replica.embed = (lambda inner: lambda texts, *, query=False: encoded.append((len(texts), query))
+                         or inner(texts, query=query))(replica.embed)
+    query = "parse a JSON document into Python objects"
+    ranking = rerank.rank(query, texts, scorer=scorer, raw=True)
+    assert encoded == [(1, True)]  # the query only: every passage's (and long ones' windows') vectors from the index
+    assert scorer.plan(query, texts).windows > len(texts)  # some were long: their windows were stored too
+    plan = scorer.plan(query, texts)  # a long passage scores by its best window, as sentence-transformers scores each
+    expected = np.full(len(texts), -np.inf)
+    np.maximum.at(expected, plan.owners, _maxsim(reference, query, list(plan.units)))
+    np.testing.assert_allclose(ranking.scores(len(texts)), expected, rtol=1e-5, atol=1e-5)
+    retriever.index.close()
+    reopened = LocalIndex.open(corpus, packaged_scorer, path=tmp_path / "again.duckdb", late=scorer)
+    reopened.close()
+    again = LocalIndex.open(corpus, packaged_scorer, path=tmp_path / "again.duckdb", late=scorer)
+    assert again.stats.reused and "token vectors" in again.description
+    again.close()
+    plain = LocalIndex.open(corpus, packaged_scorer, path=tmp_path / "plain.duckdb")  # no late model: none stored
+    assert plain.token_vectors([texts[0]]) == [None] and "token vectors" not in plain.description
+    plain.close()
