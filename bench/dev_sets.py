@@ -50,6 +50,22 @@ def parse(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[Pat
     return args, folders, [int(s) for s in args.seeds.split(",")]
 
 
+def parse_training(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[Path]] | int:
+    """A training script's arguments with ``--limit`` and ``--json`` (and ``--collections``, see :func:`parse`), or the
+    exit code when it cannot run: 0 where the collections are missing, 2 where ``--out`` already holds files."""
+    parser.add_argument("--limit", type=int, help="at most this many queries of each half and collection")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parsed = parse(parser)
+    if parsed is None:
+        return 0
+    args, folders, _ = parsed
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"--out {out} exists and is not empty; name a new folder", file=sys.stderr)
+        return 2
+    return args, folders
+
+
 @dataclass
 class Pools:
     """One collection's judged queries of one half of the split, each with its BM25 candidates (best first)."""

@@ -139,16 +139,11 @@ def main() -> int:
     parser.add_argument("--document-length", type=int, default=256)
     parser.add_argument("--depth", type=int, default=100, help="held-out BM25 candidates reranked per query")
     parser.add_argument("--requests", type=int, default=12, help="timed 50-passage SciFact requests")
-    parser.add_argument("--limit", type=int, help="at most this many queries of each half and collection")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    parsed = dev_sets.parse(parser)
-    if parsed is None:
-        return 0
-    args, folders, _ = parsed
+    parsed = dev_sets.parse_training(parser)
+    if isinstance(parsed, int):
+        return parsed
+    args, folders = parsed
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        print(f"--out {out} exists and is not empty; name a new folder", file=sys.stderr)
-        return 2
     rng = random.Random(args.seed)
     rows: dict[str, list[str]] = {"query": [], "positive": [], "negative": []}
     for folder in folders:

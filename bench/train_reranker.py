@@ -124,18 +124,13 @@ def main() -> int:
     parser.add_argument("--train-depth", type=int, default=40, help="candidates per development query to draw from")
     parser.add_argument("--max-length", type=int, default=96, help="tokens per training pair (judging reads 512)")
     parser.add_argument("--depth", type=int, default=50, help="held-out candidates reranked per query")
-    parser.add_argument("--limit", type=int, help="at most this many queries of each half and collection")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("--scores-cache", default=str(dev_sets.SCORES_CACHE),
                         help="where the teacher's scores are kept between runs")
-    parsed = dev_sets.parse(parser)
-    if parsed is None:
-        return 0
-    args, folders, _ = parsed
+    parsed = dev_sets.parse_training(parser)
+    if isinstance(parsed, int):
+        return parsed
+    args, folders = parsed
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        print(f"--out {out} exists and is not empty; name a new folder", file=sys.stderr)
-        return 2
     rng = random.Random(f"{args.seed}-{args.max_length}")  # a later stage draws other lists from the same split
     halves = [dev_sets.split_pools(f, depth=args.train_depth, seed=args.seed, limit=args.limit) for f in folders]
     with tempfile.TemporaryDirectory() as tmp:
