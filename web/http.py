@@ -99,11 +99,15 @@ class TeiResult(BaseModel):
     text: str | None = None
 
 
-def _v1_text(document: str | dict[str, Any], position: int, rank_fields: list[str] | None) -> str:
-    """The text a v1/Jina document is ranked on: the string, its ``text``, or its ``rank_fields``."""
+def _v1_text(document: str | dict[str, Any], position: int, rank_fields: list[str] | None, model: str) -> str:
+    """The text a v1/Jina document is ranked on: the string, its ``text``, or its ``rank_fields``; an image document
+    (Jina's ``{"image": ...}``) is refused naming the model, which reads text only."""
     if isinstance(document, str):
         return document
     fields = rank_fields or ["text"]
+    if "image" in document and not any(f in document for f in fields):
+        raise InvalidInput(f"documents.{position} is an image, and {model} ranks text only: image documents need a "
+                           "model that reads images (a URL is never fetched; send text, or serve such a model)")
     missing = [f for f in fields if f not in document]
     if missing:
         raise InvalidInput(f"documents.{position} has no field {missing[0]!r} (rank_fields: {fields})")
@@ -188,7 +192,8 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
     @api.post("/v1/rerank", tags=["rerank"])
     async def cohere_v1(body: CohereV1Request, request: Request, response: Response) -> dict:
         """Cohere v1 / Jina rerank: strings or objects, ``document`` returned only when asked."""
-        texts = [_v1_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
+        model = service.models.pick(body.model).info.name
+        texts = [_v1_text(d, i, body.rank_fields, model) for i, d in enumerate(body.documents)]
         ranking = await service.rank_async(body.query, texts, face="http", route="/v1/rerank", model=body.model,
                                            max_tokens_per_doc=body.max_tokens_per_doc, instruction=body.instruction,
                                            disconnected=request.is_disconnected, client=client_of(request),

@@ -96,6 +96,10 @@ def test_every_face_serves_maxsim(late, tiny_scorer):
                                    rtol=1e-5, atol=1e-5)
         info = httpx.get(f"{url}/info", timeout=10).json()
         assert info["model"]["family"] == "late-interaction" and "MaxSim" in info["model"]["scoring"]
+        image = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": [DOCUMENTS[0], {
+            "image": "https://example.org/page.png"}]}, timeout=30)
+        assert image.status_code == 422 and image.json()["message"].startswith(
+            "documents.1 is an image, and tiny-colbert ranks text only") and "never fetched" in image.json()["message"]
         table = {"headers": ["text"], "data": [[d] for d in DOCUMENTS], "metadata": None}
         gradio = Client(url, verbose=False).predict(query=QUERY, documents=table, api_name="/rerank")
         assert [row[0] for row in gradio["data"]] == order
