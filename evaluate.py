@@ -32,7 +32,7 @@ from pathlib import Path
 
 from evaluation import end_to_end
 from evaluation.calibrate import calibrate
-from evaluation.fine_tune import Options, check_output, fine_tune, print_fine_tune
+from evaluation.fine_tune import NEGATIVE_MARGIN, Options, check_output, fine_tune, print_fine_tune
 from evaluation.harness import METRIC_NAMES, SCORINGS, check_layout, evaluate, plot, write_run
 from scoring.errors import RerankError
 from scoring.loading import packaged_scorer
@@ -135,7 +135,7 @@ def _main_fine_tune(args) -> int:
         return 2
     options = Options(out=Path(args.fine_tune), test_fraction=args.test_fraction, seed=args.seed, epochs=args.epochs,
                       negatives=args.negatives, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      keep_worse=args.keep_worse)
+                      keep_worse=args.keep_worse, margin=args.negative_margin)
     try:
         check_output(options.out)
         base = assembly.load_model(settings, args.base or args.model)
@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", help="with --fine-tune: the model to start from (default: the served model)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--negatives", type=int, default=4, help="hard negatives mined per relevant passage")
+    parser.add_argument("--negative-margin", type=float, default=NEGATIVE_MARGIN,
+                        help="drop a mined negative the base model scores within this share of the relevant "
+                             "passage's score (likely relevant, never judged; 0 keeps all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--keep-worse", action="store_true", help="write the fine-tuned model even if it is not better")

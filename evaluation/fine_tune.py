@@ -2,7 +2,8 @@
 
 The judged queries are split by query (or the collection's own ``qrels/train.tsv`` trains and ``qrels/test.tsv``
 judges). For each training query, hard negatives are mined from the local hybrid index over the collection's corpus
-(the best-ranked passages not judged relevant). The model is trained in its own family with sentence-transformers'
+(the best-ranked passages not judged relevant, and scored by the base model clearly below the relevant passage:
+an unjudged relevant passage is not taught as a negative). The model is trained in its own family with sentence-transformers'
 trainers: a cross-encoder as a cross-encoder (binary cross-entropy on relevant and mined pairs), an embedding model as
 an embedding model (multiple-negatives ranking loss with the mined negatives), so a fine-tuned embedding default also
 improves the app's own first stage. Base and fine-tuned are judged on the held-out queries (reranking their candidates:
@@ -15,11 +16,14 @@ Training state is kept beside the output (``OUT_DIR.training``) after each epoch
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from evaluation import end_to_end
 from evaluation.calibrate import split_queries
@@ -30,6 +34,7 @@ from scoring.scorer import Scorer
 from service import Service
 
 RERANK_METRICS = ("ndcg@10", "mrr@10")
+NEGATIVE_MARGIN = 0.05  # measured with bench/negatives.py (docs/adapt.md)
 
 
 class FineTuneError(ValueError):
@@ -49,6 +54,7 @@ class Options:
     batch_size: int = 16
     learning_rate: float = 2e-5
     keep_worse: bool = False
+    margin: float = NEGATIVE_MARGIN  # a mined negative scored within this share of the positive's score is dropped
     depth: int = 100  # candidates per held-out query where the collection brings none
 
     def check(self) -> None:
@@ -59,6 +65,8 @@ class Options:
                 raise FineTuneError(f"{name} must be at least {least}, got {value}")
         if not self.learning_rate > 0:
             raise FineTuneError(f"--learning-rate must be above 0, got {self.learning_rate}")
+        if not 0 <= self.margin < 1:
+            raise FineTuneError(f"--negative-margin must be at least 0 and below 1, got {self.margin}")
 
     @property
     def work(self) -> Path:
@@ -94,31 +102,74 @@ def split(dataset: Dataset, own_train: dict | None, options: Options) -> tuple[D
             replace(dataset, qrels={q: dataset.qrels[q] for q in test_ids}))
 
 
-def mine(train: Dataset, index, negatives: int, *, depth: int = 30, progress: bool = True) -> list[dict]:
+def far_enough(positive: float, candidates: np.ndarray, margin: float) -> np.ndarray:
+    """Which candidates a model scores clearly below a relevant passage: at most ``(1 - margin)`` times its score (the
+    relative margin of sentence-transformers' ``mine_hard_negatives``; scores on [0, 1]). A candidate scored as high as
+    a known relevant passage is more likely relevant but never judged than a true negative, and teaching the model
+    to push it down teaches it to push relevant text down."""
+    return np.asarray(candidates) <= positive * (1.0 - margin)
+
+
+def mine(train: Dataset, index, negatives: int, *, depth: int = 30, progress: bool = True, scorer: Scorer | None = None,
+         margin: float = NEGATIVE_MARGIN) -> tuple[list[dict], dict]:
     """For each training query and each passage judged relevant: the ``negatives`` best-ranked passages of the hybrid
-    index that are not judged relevant (hard negatives)."""
+    index that are not judged relevant (hard negatives); with ``scorer``, only those it scores below the relevant
+    passage by ``margin`` (:func:`far_enough`). Also what was mined: candidates seen and how many the margin turned
+    away."""
     from tqdm.auto import tqdm  # lazy: tqdm loads only on this path
 
-    rows = []
+    rows, seen, dropped, easy = [], 0, 0, 0
     level = train.mrr_threshold
+    rng, ids = random.Random(0), sorted(train.corpus)
     for qid in tqdm(sorted(train.qrels), desc="mining hard negatives", unit="query", disable=not progress):
-        relevant = {d for d, label in train.qrels[qid].items() if label >= level and d in train.corpus}
+        relevant = sorted(d for d, label in train.qrels[qid].items() if label >= level and d in train.corpus)
         if not relevant:
             continue
-        found = index.search(train.queries[qid], depth, "hybrid")["url"].tolist()
-        hard = [d for d in found if d not in relevant and train.qrels[qid].get(d, 0) < level][:negatives]
-        rows.extend({"query": train.queries[qid], "positive": train.corpus[d],
-                     "negatives": [train.corpus[n] for n in hard]} for d in sorted(relevant))
+        query = train.queries[qid]
+        found = index.search(query, depth, "hybrid")["url"].tolist()
+        hard = [d for d in found if d not in relevant and train.qrels[qid].get(d, 0) < level]
+        scores = (scorer.score(query, [train.corpus[d] for d in relevant + hard]) if scorer is not None and hard
+                  else None)
+        for n, d in enumerate(relevant):
+            kept = hard if scores is None else [h for h, ok in zip(hard, far_enough(scores[n], scores[len(relevant):],
+                                                                                   margin), strict=True) if ok]
+            seen += len(hard)
+            dropped += len(hard) - len(kept)
+            chosen = kept[:negatives]
+            if len(chosen) < negatives:  # every row the same width: random passages, not judged relevant, fill it
+                chosen += _random_passages(rng, ids, negatives - len(chosen), set(train.qrels[qid]) | set(chosen))
+                easy += negatives - len(kept[:negatives])
+            rows.append({"query": query, "positive": train.corpus[d], "negatives": [train.corpus[h] for h in chosen],
+                         "qid": qid, "negative_ids": chosen})
     if not rows:
         raise FineTuneError("no training query has a passage judged relevant in the corpus: nothing to learn from")
-    return rows
+    return rows, {"candidates": seen, "dropped_by_margin": dropped, "random_fill": easy,
+                  "margin": margin if scorer is not None else None}
+
+
+def false_negatives(rows: list[dict], qrels: dict[str, dict[str, int]], level: int = 1) -> float:
+    """The share of mined negatives that ``qrels`` (fuller judgments than mining saw) judge relevant at ``level``."""
+    mined = [(r["qid"], n) for r in rows for n in r["negative_ids"]]
+    return sum(qrels.get(q, {}).get(n, 0) >= level for q, n in mined) / max(1, len(mined))
+
+
+def _random_passages(rng: random.Random, ids: list[str], count: int, exclude: set[str]) -> list[str]:
+    """``count`` passages drawn at random, none of ``exclude`` (fewer where the corpus has no more)."""
+    out: list[str] = []
+    for _ in range(count * 20):
+        if len(out) == count or len(ids) <= len(exclude):
+            break
+        pick = ids[rng.randrange(len(ids))]
+        if pick not in exclude and pick not in out:
+            out.append(pick)
+    return out
 
 
 def trainable(base: Scorer) -> None:
     """Refuse a model of a family fine-tuning here does not train."""
     if base.info.family in ("causal-lm", "late-interaction"):
-        raise FineTuneError(f"{base.info.name} is a {base.info.family} model: fine-tuning here trains cross-encoders "
-                            "and embedding models")
+        kind = "a causal-LM reranker" if base.info.family == "causal-lm" else "a late-interaction model"
+        raise FineTuneError(f"{base.info.name} is {kind}: fine-tuning here trains cross-encoders and embedding models")
 
 
 def train_model(base: Scorer, rows: list[dict], options: Options, *, progress: bool = True,
@@ -228,7 +279,7 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     embedder = base if base.info.mode == "embedding" else packaged_scorer()  # the app's own first stage
     index = end_to_end.open_collection_index(folder, dataset, embedder, cache_dir)
     try:
-        rows = mine(train, index, options.negatives, progress=progress)
+        rows, mined = mine(train, index, options.negatives, progress=progress, scorer=base, margin=options.margin)
         pools = candidate_pools(folder, held, index, options.depth)
     finally:
         index.close()
@@ -240,6 +291,7 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     after, _ = judge(tuned, held, pools, service_for, report_progress)
     report = {"dataset": dataset.name, "base": base.info.name, "mode": base.info.mode, "seed": options.seed,
               "queries": {"train": len(train.qrels), "held_out": len(held.qrels)}, "training_rows": len(rows),
+              "negatives": mined,
               "epochs": options.epochs, "seconds_per_epoch": trained / max(options.epochs, 1),
               "reranking": {"base": before, "fine_tuned": after}}
     if base.info.mode == "embedding":

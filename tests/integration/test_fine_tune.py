@@ -127,7 +127,7 @@ def test_a_stopped_run_resumes_from_its_last_epoch(collection, tmp_path):
     options = ft.Options(out=tmp_path / "model", epochs=2, seed=1)
     train, _ = ft.split(dataset, None, options)
     index = ft.end_to_end.open_collection_index(collection, dataset, base, tmp_path / "cache")
-    rows = ft.mine(train, index, options.negatives, progress=False)
+    rows, _ = ft.mine(train, index, options.negatives, progress=False)
     index.close()
 
     class StopAfterOneEpoch(TrainerCallback):
@@ -197,3 +197,31 @@ def test_a_pairs_file_without_a_corpus_fine_tunes_and_json_is_all_stdout_carries
     assert code == 0 and report["dataset"] == "labels" and report["queries"] == {"train": 6, "held_out": 6}
     assert "loss" in err and report["written"] == str(tmp_path / "m")
     assert (tmp_path / "m" / "modules.json").is_file()
+
+
+def test_the_margin_keeps_unjudged_relevant_passages_out_of_the_negatives(collection, tmp_path):
+    """One passage judged a query (as a user's labels often are): unfiltered, mining takes the topic's other passages,
+    relevant but unjudged, as negatives; the base model's margin keeps many of them out, and every row keeps its
+    width."""
+    from dataclasses import replace
+
+    base = rerank.packaged_scorer()
+    dataset, _ = ft.load_collection(collection)
+    one_each = replace(dataset, qrels={q: {sorted(j)[0]: 1} for q, j in sorted(dataset.qrels.items())[:12]})
+    index = ft.end_to_end.open_collection_index(collection, dataset, base, tmp_path / "cache")
+    try:
+        plain, _ = ft.mine(one_each, index, 4, progress=False)
+        filtered, mined = ft.mine(one_each, index, 4, progress=False, scorer=base, margin=0.05)
+    finally:
+        index.close()
+    before, after = ft.false_negatives(plain, dataset.qrels), ft.false_negatives(filtered, dataset.qrels)
+    print(f"false negatives: {before:.0%} unfiltered, {after:.0%} with the margin; {mined}")
+    assert before > 0.25 and after < before - 0.1  # deterministic: the packaged model, fixed labels
+    assert mined["dropped_by_margin"] > 0 and mined["margin"] == 0.05
+    assert all(len(r["negatives"]) == 4 for r in filtered)  # filled with random unjudged passages where needed
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.0])
+def test_a_margin_out_of_range_is_refused_naming_the_option(margin, tmp_path):
+    with pytest.raises(ft.FineTuneError, match=f"--negative-margin must be at least 0 and below 1, got {margin}"):
+        ft.Options(out=tmp_path / "m", margin=margin).check()
