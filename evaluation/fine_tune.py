@@ -5,7 +5,8 @@ judges). For each training query, hard negatives are mined from the local hybrid
 (the best-ranked passages not judged relevant, and scored by the base model clearly below the relevant passage:
 an unjudged relevant passage is not taught as a negative). The model is trained in its own family with sentence-transformers'
 trainers: a cross-encoder as a cross-encoder (binary cross-entropy on relevant and mined pairs), an embedding model as
-an embedding model (multiple-negatives ranking loss with the mined negatives), so a fine-tuned embedding default also
+an embedding model (multiple-negatives ranking loss with the mined negatives, gradients cached so activations are held
+for a bounded number of tokens at a time), so a fine-tuned embedding default also
 improves the app's own first stage. Base and fine-tuned are judged on the held-out queries (reranking their candidates:
 nDCG@10, MRR@10; an embedding model also end to end: nDCG@10, MRR@10, Recall@100 of the app's pipeline), and the
 checkpoint is written only when it beats the base there (an embedding model on the pipeline's nDCG@10, a cross-encoder
@@ -35,6 +36,7 @@ from service import Service
 
 RERANK_METRICS = ("ndcg@10", "mrr@10")
 NEGATIVE_MARGIN = 0.05  # measured with bench/negatives.py (docs/adapt.md)
+TRAIN_TOKEN_BUDGET = 8192  # padded tokens one training forward pass holds activations for (an embedding model)
 
 
 class FineTuneError(ValueError):
@@ -215,15 +217,18 @@ def _embedding_trainer(base: Scorer, rows: list[dict], options: Options, progres
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
     model = SentenceTransformer(base.info.path, local_files_only=True)
     width = min(len(r["negatives"]) for r in rows)
     columns = {"anchor": [r["query"] for r in rows], "positive": [r["positive"] for r in rows]}
     columns |= {f"negative_{k + 1}": [r["negatives"][k] for r in rows] for k in range(width)}
     args = _arguments(SentenceTransformerTrainingArguments, options, progress, batch_sampler="no_duplicates")
+    # the same loss as MultipleNegativesRankingLoss, with gradients cached (GradCache): activations are held for at
+    # most TRAIN_TOKEN_BUDGET tokens at a time, not for the whole batch's (queries, positives and negatives)
+    per_pass = max(1, TRAIN_TOKEN_BUDGET // max(1, model.max_seq_length or 512))
     return SentenceTransformerTrainer(model=model, args=args, train_dataset=Table.from_dict(columns),
-                                      loss=MultipleNegativesRankingLoss(model))
+                                      loss=CachedMultipleNegativesRankingLoss(model, mini_batch_size=per_pass))
 
 
 def _cross_encoder_trainer(base: Scorer, rows: list[dict], options: Options, progress: bool):

@@ -225,3 +225,16 @@ def test_the_margin_keeps_unjudged_relevant_passages_out_of_the_negatives(collec
 def test_a_margin_out_of_range_is_refused_naming_the_option(margin, tmp_path):
     with pytest.raises(ft.FineTuneError, match=f"--negative-margin must be at least 0 and below 1, got {margin}"):
         ft.Options(out=tmp_path / "m", margin=margin).check()
+
+
+def test_an_embedding_model_trains_with_activations_for_a_bounded_number_of_tokens(tmp_path, monkeypatch):
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    base = rerank.packaged_scorer()
+    rows = [{"query": f"q{n}", "positive": f"p{n}", "negatives": [f"n{n}"]} for n in range(4)]
+    options = ft.Options(out=tmp_path / "m")
+    monkeypatch.setattr(ft, "TRAIN_TOKEN_BUDGET", 2 * base.info.max_length)
+    trainer = ft._embedding_trainer(base, rows, options, progress=False)
+    assert isinstance(trainer.loss, CachedMultipleNegativesRankingLoss) and trainer.loss.mini_batch_size == 2
+    monkeypatch.setattr(ft, "TRAIN_TOKEN_BUDGET", 1)  # never below one sequence a pass
+    assert ft._embedding_trainer(base, rows, options, progress=False).loss.mini_batch_size == 1
