@@ -1,7 +1,7 @@
 """A trained late-interaction (ColBERT-style) model to measure by: the packaged MiniLM-L6 encoder with a token
 projection, trained on half of the dev collections' judged queries and judged on the other half.
 
-``python bench/late_interaction.py --out DIR [--cross-encoder DIR] [--limit N] [--json]``
+``python bench/late_interaction.py --out DIR | --trained DIR [--cross-encoder DIR] [--limit N] [--json]``
 
 No late-interaction weights can be installed here, so this trains one (sentence-transformers'
 ``MultiVectorEncoderTrainer``, ``MultiVectorMultipleNegativesRankingLoss``: each development query's judged-relevant
@@ -127,9 +127,11 @@ def timings(late, cross, pools: dev_sets.Pools, requests: int) -> dict[str, floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="where the trained late-interaction model is saved")
+    parser.add_argument("--out", help="where the trained late-interaction model is saved")
     parser.add_argument("--cross-encoder", help="a trained cross-encoder of the same size to compare with "
                                                 "(bench/train_reranker.py --out)")
+    parser.add_argument("--trained", help="judge this late-interaction model (an earlier run's --out) instead of "
+                                          "training one")
     parser.add_argument("--seed", type=int, default=0, help="the query split's and the training's seed")
     parser.add_argument("--rounds", type=int, default=2, help="triples drawn afresh for each query, this many times")
     parser.add_argument("--positives", type=int, default=4, help="judged-relevant passages per query and round")
@@ -139,22 +141,28 @@ def main() -> int:
     parser.add_argument("--document-length", type=int, default=256)
     parser.add_argument("--depth", type=int, default=100, help="held-out BM25 candidates reranked per query")
     parser.add_argument("--requests", type=int, default=12, help="timed 50-passage SciFact requests")
+    parser.set_defaults(out="-")
     parsed = dev_sets.parse_training(parser)
     if isinstance(parsed, int):
         return parsed
     args, folders = parsed
-    out = Path(args.out)
+    if (args.out == "-") == (args.trained is None):
+        print("name --out (train a model there) or --trained (judge one trained before)", file=sys.stderr)
+        return 2
+    out = Path(args.trained or args.out)
     rng = random.Random(args.seed)
     rows: dict[str, list[str]] = {"query": [], "positive": [], "negative": []}
     for folder in folders:
         for key, values in triples(dev_sets.split_pools(folder, depth=30, seed=args.seed, limit=args.limit)[0],
                                    positives=args.positives, rounds=args.rounds, rng=rng).items():
             rows[key].extend(values)
-    print(f"training on {len(rows['query'])} triples", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        base = build_multi_vector(Path(tmp) / "base", dimension=args.dimension, seed=args.seed,
-                                  document_length=args.document_length)
-        seconds = train(base, rows, out, args)
+        seconds = None
+        if args.trained is None:
+            print(f"training on {len(rows['query'])} triples", file=sys.stderr, flush=True)
+            base = build_multi_vector(Path(tmp) / "base", dimension=args.dimension, seed=args.seed,
+                                      document_length=args.document_length)
+            seconds = train(base, rows, out, args)
         late = rerank.load_scorer(str(out), allow_fallback=False)
         cross = (rerank.load_scorer(args.cross_encoder, allow_fallback=False, backend="onnxruntime",
                                     cache_dir=Path(tmp) / "cache") if args.cross_encoder else None)
@@ -174,8 +182,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"trained in {seconds:.0f} s on {report['triples']} triples; held-out nDCG@10 "
-              f"(BM25 top {args.depth} reranked):")
+        trained = f"trained in {seconds:.0f} s on {report['triples']} triples" if seconds else f"{out}"
+        print(f"{trained}; held-out nDCG@10 (BM25 top {args.depth} reranked):")
         for name, c in [*report["collections"].items(), ("mean", report["mean"])]:
             print(f"  {name:<24} {c.get('queries', ''):>4}  " + "  ".join(f"{k} {c[k]:.4f}" for k in names))
         for name, s in report.get("seconds_per_50", {}).items():
