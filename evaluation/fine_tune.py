@@ -35,7 +35,7 @@ from scoring.scorer import Scorer
 from service import Service
 
 RERANK_METRICS = ("ndcg@10", "mrr@10")
-NEGATIVE_MARGIN = 0.05  # measured with bench/negatives.py (docs/adapt.md)
+NEGATIVE_MARGIN = 0.05  # sentence-transformers' relative margin; its false negatives: bench/negatives.py (docs/adapt.md)
 TRAIN_TOKEN_BUDGET = 8192  # padded tokens one training forward pass holds activations for (an embedding model)
 
 
