@@ -283,8 +283,8 @@ class Scorer:
         q = outputs.pop(0)[0] if query is not None else None
         if missing:
             for group, vectors in zip(groups, outputs, strict=True):
-                for j, vector in zip(group, vectors, strict=True):
-                    found[keys[missing[j]]] = np.asarray(vector, dtype=np.float32)
+                for j, vector in zip(group, vectors, strict=True):  # a copy: a row view would keep its whole batch
+                    found[keys[missing[j]]] = np.array(vector, dtype=np.float32)  # alive in the cache, uncounted
             self._cache.put_many({keys[i]: found[keys[i]] for i in missing})
         return [found[k] for k in keys], q
 
