@@ -28,11 +28,12 @@ import pandas as pd
 from retrieval import hybrid
 from retrieval.corpus import Passage
 from retrieval.lexical import LexicalIndex
+from scoring.cache import cache_key
 from scoring.stale_files import remove_if_owner_gone
 
 log = logging.getLogger("rag_augment.index")
 Progress = Callable[[int, int], None]
-SCHEMA_VERSION = "2"  # 2: the BM25 index is stored beside the vectors (a late-interaction model's in token_vectors)
+SCHEMA_VERSION = "2"  # 2: the BM25 index is stored beside the vectors
 
 
 class LocalIndexError(RuntimeError):
@@ -57,11 +58,6 @@ class TokenEncoder(Protocol):
     def document_vectors(self, texts: Sequence[str], *, background: bool = False) -> list[tuple[str, np.ndarray]]:
         """(piece, token vectors) for each piece the model scores the texts by (a text, or each window of a long one)."""
         ...
-
-
-def _text_key(text: str) -> bytes:
-    """What names a scored piece's stored vectors: a digest of its text."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 @dataclass(frozen=True)
@@ -136,7 +132,7 @@ def _write_index(con, passages: Sequence[Passage], embedder: Embedder, content_h
         if late is not None:
             pieces = late.document_vectors([p.text for p in chunk], background=True)
             con.executemany("INSERT OR IGNORE INTO token_vectors VALUES (?, ?, ?, ?)",
-                            [(_text_key(t), int(v.shape[0]), int(v.shape[1]),
+                            [(cache_key(t), int(v.shape[0]), int(v.shape[1]),
                               np.ascontiguousarray(v, dtype=np.float32).tobytes()) for t, v in pieces])
         if progress:
             progress(min(start + batch_size, total), total)
@@ -308,7 +304,7 @@ class LocalIndex:
         late-interaction model); read from the file, not held in memory."""
         if not self.has_token_vectors or not texts:
             return [None] * len(texts)
-        keys = [_text_key(t) for t in texts]
+        keys = [cache_key(t) for t in texts]
         with self._lock:
             cursor = self._con.cursor()
         try:
