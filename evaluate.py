@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negatives", type=int, default=4, help="hard negatives mined per relevant passage")
     parser.add_argument("--negative-margin", type=float, default=NEGATIVE_MARGIN,
                         help="drop a mined negative the base model scores within this share of the relevant "
-                             "passage's score (likely relevant, never judged; 0 keeps all)")
+                             "passage's score (likely relevant, never judged; 0 drops only those above it)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--keep-worse", action="store_true", help="write the fine-tuned model even if it is not better")
