@@ -41,7 +41,8 @@ def default_scorer(model: str | None = None) -> Scorer:
 
 def rank(query: str, documents: Sequence[str], top_n: int | None = None, *, model: str | None = None,
          scorer: Scorer | None = None, **options) -> Ranking:
-    """Rank ``documents`` (texts) for ``query``, best first; see :func:`scoring.ranking.rank` for ``options``."""
+    """Rank ``documents`` for ``query``, best first: texts, or PIL images where the model reads them (see
+    :func:`scoring.ranking.prepare`); see :func:`scoring.ranking.rank` for ``options``."""
     return rank_with(scorer or default_scorer(model), query, documents, top_n=top_n, **options)
 
 

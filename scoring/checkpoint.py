@@ -7,7 +7,9 @@ A model is used the way it was trained (:func:`detect`):
 - a causal-LM reranker (the Qwen3-Reranker family and others built the same way), as a
   sentence-transformers CrossEncoder module chain (a text-generation ``Transformer`` and a score head
   such as ``LogitScore``) or a plain ``*ForCausalLM`` checkpoint: logit("yes") - logit("no") at the last
-  token, as sentence-transformers scores it, with the checkpoint's own chat template or prompts;
+  token, as sentence-transformers scores it, with the checkpoint's own chat template or prompts; a chain whose
+  Transformer is ``any-to-any`` with an image processor (Qwen3-VL-Reranker, jina-reranker-m0 style) reads image
+  documents too;
 - a late-interaction model that sentence-transformers loads as a ``MultiVectorEncoder`` (its own saves,
   PyLate and Stanford ColBERT checkpoints, transformers' ``*ForRetrieval`` retrievers): MaxSim of query and
   document token vectors, with the checkpoint's prefixes, lengths and skip-list;
@@ -58,6 +60,7 @@ class ModelInfo:
     family: Family | None = None
     detected: str = ""
     window_note: str | None = None
+    images: bool = False  # it reads image documents (a multimodal reranker)
 
     @property
     def kind(self) -> Family:
@@ -77,6 +80,8 @@ class ModelInfo:
     def describe(self) -> str:
         """The sentence the UI and logs show about the active model."""
         text = f"{self.name} scoring by {self.mode_description}"
+        if self.images:
+            text += "; it ranks image documents too"
         if self.window_note:
             text += f"; {self.window_note}"
         if self.fallback_reason:
@@ -87,6 +92,7 @@ class ModelInfo:
         """JSON-friendly form for /info: no filesystem paths (a fallback reason names none either)."""
         return {"name": self.name, "mode": self.mode, "family": self.kind, "detected": _no_path(self.detected),
                 "max_length": self.max_length, "window": self.window_note, "takes_instruction": self.takes_instruction,
+                "documents": ["text", "image"] if self.images else ["text"],
                 "requested": _no_path(self.requested), "fallback_reason": _no_path(self.fallback_reason),
                 "scoring": self.mode_description}
 
@@ -161,6 +167,7 @@ class Detection:
     family: Family
     why: str
     runner: Literal["graph", "sentence-transformers"] = "graph"
+    images: bool = False
 
 
 def _config(model_dir: Path) -> dict:
@@ -205,9 +212,19 @@ def _st_chain(model_dir: Path) -> list[dict] | None:
     return chain or None
 
 
-def _causal(model_dir: Path, architecture: str, chain: list[dict] | None) -> Detection:
+def _reads_images(model_dir: Path, task: str | None) -> bool:
+    """Whether a CrossEncoder chain's Transformer reads images: an any-to-any model with an image processor."""
+    if task != "any-to-any":
+        return False
+    processor = read_json(model_dir / "processor_config.json")
+    return "image_processor" in processor or (model_dir / "preprocessor_config.json").is_file()
+
+
+def _causal(model_dir: Path, architecture: str, chain: list[dict] | None, task: str | None = None) -> Detection:
     """A causal-LM reranker, checked: its yes/no tokens (plain checkpoints) or its score head (module chains)."""
     if chain is not None:
+        images = _reads_images(model_dir, task)
+        reads = ", reading text and images" if images else ""
         kinds = " + ".join(m["kind"] for m in chain)
         if len(chain) < 2:
             raise ModelLoadError(f"{model_dir.name} is a {architecture} CrossEncoder chain without a score head "
@@ -216,9 +233,10 @@ def _causal(model_dir: Path, architecture: str, chain: list[dict] | None) -> Det
             ids = read_json(model_dir / str(chain[1].get("path", "")) / "config.json")
             true, false = ids.get("true_token_id"), ids.get("false_token_id")
             return Detection("cross-encoder", "causal-lm", f"{architecture} in a sentence-transformers CrossEncoder "
-                             f"chain ({kinds}; true token {true}, false token {false})", "sentence-transformers")
+                             f"chain ({kinds}; true token {true}, false token {false}){reads}", "sentence-transformers",
+                             images)
         return Detection("cross-encoder", "causal-lm", f"{architecture} in a sentence-transformers CrossEncoder chain "
-                         f"({kinds})", "sentence-transformers")
+                         f"({kinds}){reads}", "sentence-transformers", images)
     missing = missing_tokens(model_dir, ("yes", "no"))
     if missing:
         raise ModelLoadError(
@@ -253,8 +271,9 @@ def detect(model_dir: Path) -> Detection:
                          "sentence-transformers")
     chain = _st_chain(model_dir)
     task = read_json(model_dir / "sentence_bert_config.json").get("transformer_task")
-    if any(a.endswith("ForCausalLM") for a in architectures) or (chain is not None and task == "text-generation"):
-        return _causal(model_dir, architecture, chain)
+    if any(a.endswith("ForCausalLM") for a in architectures) or (chain is not None and task in ("text-generation",
+                                                                                               "any-to-any")):
+        return _causal(model_dir, architecture, chain, task)
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         return Detection("embedding", "embedding", f"{architecture}: no ranking head, scored by its embeddings")
     keys = _weight_keys(model_dir)

@@ -10,6 +10,7 @@ import numpy as np
 
 from scoring.checkpoint import ModelInfo
 from scoring.errors import LimitExceeded, RerankError
+from scoring.media import ImageDocument, ImageLimits, from_pil, is_pil
 
 
 def unicode_problem(text: str) -> str | None:
@@ -93,6 +94,32 @@ def validate_texts(texts: Sequence[object], *, field: str = "documents", max_doc
         if problem:
             raise RerankError(f"{field}[{i}] {problem}")
     return texts  # type: ignore[return-value]
+
+
+def has_images(documents: Sequence[object]) -> bool:
+    """Whether any document is an image (an :class:`ImageDocument` or a PIL image)."""
+    return any(isinstance(d, ImageDocument) or is_pil(d) for d in documents)
+
+
+def validate_media(documents: Sequence[object], info: ModelInfo, *, field: str = "documents",
+                   max_documents: int | None = None, limits: ImageLimits = ImageLimits()) -> list[str | ImageDocument]:
+    """Documents of which some are images, checked: the model must read images (else the refusal names it and the
+    first image's field); PIL images are encoded and bounded by ``limits``; the texts are checked as texts."""
+    documents = list(documents)
+    if max_documents is not None and len(documents) > max_documents:
+        raise LimitExceeded(f"{field} has {len(documents)} entries; the limit is {max_documents} (RERANK_MAX_DOCUMENTS)")
+    if not info.images:
+        first = next(i for i, d in enumerate(documents) if isinstance(d, ImageDocument) or is_pil(d))
+        raise RerankError(f"{field}[{first}] is an image, and {info.name} ranks text only: image documents need a model "
+                          "that reads images (a multimodal reranker)")
+    out: list[str | ImageDocument] = []
+    for i, document in enumerate(documents):
+        if is_pil(document):
+            document = from_pil(document, field=f"{field}[{i}]", limits=limits)
+        if not isinstance(document, ImageDocument):
+            validate_texts([document], field=f"{field}[{i}]")
+        out.append(document)
+    return out
 
 
 def _positions(field: str, positions: Sequence[int], limit: int = 10) -> str:

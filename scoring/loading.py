@@ -148,7 +148,8 @@ def _load(path: Path, requested: str, fallback_reason: str | None, name: str, *,
     except Exception as exc:
         raise ModelLoadError(f"cannot load {name!r} as a {detection.family} model: {exc}") from exc
     info = ModelInfo(name=name, path=str(path), mode=mode, max_length=max_length, requested=requested,
-                     fallback_reason=fallback_reason, family=detection.family, detected=detection.why, window_note=note)
+                     fallback_reason=fallback_reason, family=detection.family, detected=detection.why, window_note=note,
+                     images=detection.images)
     scorer = Scorer(info, pool, **batching_for(device))
     log.info("model ready: %s (detected: %s)", scorer.describe(), detection.why)
     return scorer

@@ -16,6 +16,7 @@ import numpy as np
 
 from scoring.checkpoint import ModelInfo
 from scoring.errors import LimitExceeded, RerankError
+from scoring.media import PIXELS_PER_TOKEN, ImageDocument
 from scoring.pool import Ticket, WorkerPool
 from scoring.tokenizer import Tokens, word_count
 
@@ -27,7 +28,7 @@ class Plan:
     """What scoring a request computes: the pieces of text (windows), which document each belongs to, their tokens."""
 
     query: str
-    units: Sequence[str]  # each window's text
+    units: Sequence  # each window's text (or an image document, where the model reads images)
     owners: np.ndarray
     lengths: list[int]
     documents: int
@@ -110,6 +111,28 @@ class Planner:
         names = [texts[i] if n is None else f"{texts[i]}\x00{label} {n}" for i, n in places]
         return Plan(query, Windows(texts, places, lambda i: self._window_texts(texts[i], cutting)),
                     np.asarray(owners, dtype=np.int64), lengths, len(texts), query_encoding, pieces, instruction, names)
+
+    def plan_media(self, query: str, documents: Sequence[str | ImageDocument], *, instruction: str | None = None,
+                   budget: int | None = None) -> Plan:
+        """A request with image documents: each document one unit, read whole by the model's processor (a text up to
+        the model's length, an image as its patches), its cost an image's pixels counted as tokens
+        (:attr:`ImageDocument.cost`) plus the query's; over ``budget`` it is refused before any text is tokenized."""
+        documents = list(documents)
+        told = [instruction] if instruction else []
+        head = self._pool.encode([*told, query], spans=False)
+        room = sum(len(e) for e in head) + self._pool.tokenizer.special_tokens(pair=True)
+        images = sum(room + d.cost for d in documents if isinstance(d, ImageDocument))
+        if budget is not None and images > budget:
+            raise LimitExceeded(f"the request needs at least {images:,} tokens for its images (a token for every "
+                                f"{PIXELS_PER_TOKEN} pixels, with the query); the limit is {budget:,} "
+                                "(RERANK_MAX_REQUEST_TOKENS)")
+        texts = [d for d in documents if isinstance(d, str)]
+        read = iter(len(e) for e in (self._pool.encode(texts, spans=False) if texts else []))
+        lengths = [room + d.cost if isinstance(d, ImageDocument) else min(self.info.max_length, room + next(read))
+                   for d in documents]
+        names = [d.key if isinstance(d, ImageDocument) else d for d in documents]
+        return Plan(query, documents, np.arange(len(documents), dtype=np.int64), lengths, len(documents),
+                    instruction=instruction, names=names)
 
     def _cost_floor(self, tokens: int, *, cutting: dict, room: int) -> int:
         """The fewest tokens the model reads for a text of ``tokens`` tokens, cut as ``cutting`` says (``room``: the

@@ -23,13 +23,16 @@ from scoring.errors import RerankError
 from scoring.inputs import (
     InstructionUse,
     Threshold,
+    has_images,
     instruction_use,
     validate_instruction,
+    validate_media,
     validate_min_score,
     validate_query,
     validate_texts,
     validate_top_n,
 )
+from scoring.media import ImageDocument, ImageLimits
 from scoring.pool import Ticket
 from scoring.scorer import LongDocuments, Plan, Scorer
 
@@ -136,7 +139,7 @@ class RankedDocument:
     index: int
     score: float
     model_score: float
-    text: str
+    text: str | ImageDocument
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ class Prepared:
     """A checked ranking request, planned: what it will cost is known before any forward pass runs."""
 
     scorer: Scorer
-    texts: list[str]
+    texts: list  # str, or ImageDocument where the model reads images
     unique: list[int]
     duplicates: list[Duplicate]
     plan: Plan
@@ -234,25 +237,31 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
             long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None,
             truncate_left: bool = False, raw: bool = False, max_documents: int | None = None,
             instruction: str | None = None, budget: int | None = None, ticket: Ticket | None = None,
-            min_score: float | None = None, calibration: Calibration | None = None) -> Prepared:
+            min_score: float | None = None, calibration: Calibration | None = None,
+            image_limits: ImageLimits = ImageLimits()) -> Prepared:
     """Check the inputs, drop duplicates and plan the windows (no model call yet); ``instruction`` reaches models
     that take one (causal-LM rerankers) and is reported as ignored by the others. ``budget``: the most tokens the
     request may cost, refused (:class:`LimitExceeded`) as soon as planning shows it is over; ``ticket``: a large
     request tokenizes in turns with other requests' work (see :meth:`Scorer.plan`). ``min_score``: documents scoring
     below it are dropped and counted (:class:`Threshold`), before ``top_n``. ``calibration``: the reported scores are
-    its map of the model's (unless ``raw``; the order is the model's own)."""
+    its map of the model's (unless ``raw``; the order is the model's own). Documents may be images
+    (:class:`ImageDocument` or PIL images) where the model reads them: each is read whole, an image's pixels counted in
+    the cost (``image_limits`` bound each one), equal images dropped as duplicates."""
     query = validate_query(query)
     min_score = validate_min_score(min_score)
     use = instruction_use(scorer.info, validate_instruction(instruction))
-    texts = validate_texts(documents, max_documents=max_documents)
+    media = has_images(documents)
+    texts = (validate_media(documents, scorer.info, max_documents=max_documents, limits=image_limits) if media
+             else validate_texts(documents, max_documents=max_documents))
     top_n = validate_top_n(top_n)
     first: dict[str, int] = {}
     unique, duplicates = [], []
     for i, text in enumerate(texts):
-        if text in first:
-            duplicates.append(Duplicate(i, first[text]))
+        key = text.key if isinstance(text, ImageDocument) else text
+        if key in first:
+            duplicates.append(Duplicate(i, first[key]))
         else:
-            first[text] = i
+            first[key] = i
             unique.append(i)
     stage = None
     if first_stage is not None:
@@ -260,9 +269,13 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
         if len(values) != len(texts) or not np.all(np.isfinite(values)):
             raise RerankError("first-stage scores must be finite numbers, one per document")
         stage = values[unique]
-    plan = scorer.plan(query, [texts[i] for i in unique], long_documents=long_documents,
-                       max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left,
-                       instruction=use.text if use and use.applied else None, budget=budget, ticket=ticket)
+    told = use.text if use and use.applied else None
+    if media:  # each document read whole by the model's processor
+        plan = scorer.plan_media(query, [texts[i] for i in unique], instruction=told, budget=budget)
+    else:
+        plan = scorer.plan(query, [texts[i] for i in unique], long_documents=long_documents,
+                           max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left, instruction=told,
+                           budget=budget, ticket=ticket)
     return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw, use, min_score,
                     calibration if not raw else None)
 

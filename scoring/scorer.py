@@ -133,6 +133,11 @@ class Scorer:
                                                   max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left,
                                                   instruction=instruction, budget=budget, ticket=ticket)
 
+    def plan_media(self, query: str, documents: Sequence, *, instruction: str | None = None,
+                   budget: int | None = None) -> Plan:
+        """A request with image documents, one unit each (see :meth:`scoring.planning.Planner.plan_media`)."""
+        return Planner(self._pool, self.info).plan_media(query, documents, instruction=instruction, budget=budget)
+
     # --- scoring ---------------------------------------------------------------------------------
 
     def score(self, query: str, texts: Sequence[str], *, raw: bool = False, long_documents: LongDocuments = "chunk",
@@ -217,7 +222,7 @@ class Scorer:
             similarity = self._pool.replicas[0].similarity(q, vectors)
             return similarity if raw else self._pool.replicas[0].normalized(similarity, q)
         told = {"instruction": plan.instruction} if plan.instruction else {}
-        keys = [cache_key(self.backend.backend, *told.values(), plan.query, u) for u in plan.units]
+        keys = [cache_key(self.backend.backend, *told.values(), plan.query, plan.name(i)) for i in range(len(plan.units))]
         if self._pool.replicas[0].merges:  # the batches may share a pass with other requests' (packed engines)
             def batch(positions: list[int]) -> Callable:
                 triples = [(plan.instruction, plan.query, plan.units[m]) for m in positions]

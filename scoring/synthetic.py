@@ -1,6 +1,6 @@
 """Checkpoints built here from the packaged model's files, nothing downloaded: what the tests and benchmarks score
-(a tiny BERT cross-encoder, a MiniLM-L6 cross-encoder on the packaged encoder, Qwen3-shaped causal-LM rerankers, tiny
-or at the real 0.6B shape).
+(a tiny BERT cross-encoder, a MiniLM-L6 cross-encoder on the packaged encoder, Qwen3-shaped causal-LM rerankers (tiny
+or at the real 0.6B shape), a tiny LLaVA-layout vision reranker).
 
 A Qwen3-shaped causal-LM reranker gets a word-level tokenizer made from the packaged model's
 vocabulary (with or without the "yes"/"no" tokens) and a Qwen3-Reranker-style chat template that
@@ -135,4 +135,52 @@ def build_multi_vector(target: Path, *, dimension: int = 48, seed: int = 0, quer
     model = MultiVectorEncoder(modules=[encoder, projection, mask, Normalize(module_input_name="token_embeddings")],
                                prompts={"query": "[Q] ", "document": "[D] "} if prefixes else None, device="cpu")
     model.save_pretrained(str(target))
+    return Path(target)
+
+
+# a Qwen3-VL-Reranker-style prompt over the roles sentence-transformers gives a pair: an image document is its
+# processor's image token, which the processor expands to the image's patches
+VISION_RERANKER_TEMPLATE = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    "provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"
+    "{%- for m in messages if m.role in ('query', 'document') -%}"
+    "{{ '<' ~ (m.role | capitalize) ~ '>: ' }}"
+    "{%- if m.content is string -%}{{ m.content }}{%- else -%}{%- for c in m.content -%}"
+    "{%- if c.type == 'image' -%}<image>{%- elif c.type == 'text' -%}{{ c.text }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}\n{%- endfor -%}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def build_vision_reranker(target: Path, *, seed: int = 0, image_size: int = 28) -> Path:
+    """A tiny multimodal reranker saved by sentence-transformers as the hub's vision rerankers are: a LLaVA-layout
+    model (a CLIP vision tower, a projector, a Qwen3-shaped language model, random weights) behind an ``any-to-any``
+    Transformer with its processor (the word-level tokenizer plus an ``<image>`` token, a CLIP image processor at
+    ``image_size`` pixels), and a LogitScore head reading "yes" against "no"."""
+    import torch  # lazy: torch loads only on this path
+    from sentence_transformers import CrossEncoder  # lazy: sentence-transformers loads only on this path
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.cross_encoder.modules import LogitScore
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = word_tokenizer(chat_template=None)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    patch = image_size // 2
+    processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer, chat_template=VISION_RERANKER_TEMPLATE, patch_size=patch,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    text = {"model_type": "qwen3", "vocab_size": len(tokenizer), "max_position_embeddings": 4096,
+            "tie_word_embeddings": True, **TINY}
+    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": image_size, "patch_size": patch, "projection_dim": 32}
+    config = LlavaConfig(text_config=text, vision_config=vision, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-1, vision_feature_select_strategy="default", tie_word_embeddings=True,
+                         pad_token_id=0)
+    torch.manual_seed(seed)
+    plain = Path(target).with_name(Path(target).name + "-plain")
+    LlavaForConditionalGeneration(config).eval().save_pretrained(str(plain))
+    processor.save_pretrained(str(plain))
+    head = LogitScore(true_token_id=tokenizer.convert_tokens_to_ids("yes"),
+                      false_token_id=tokenizer.convert_tokens_to_ids("no"))
+    CrossEncoder(modules=[Transformer(str(plain), transformer_task="any-to-any"), head],
+                 device="cpu").save_pretrained(str(target))
     return Path(target)

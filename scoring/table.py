@@ -2,7 +2,9 @@
 
 Every other column is kept as it came; a ``rank`` column (the score, higher is better) is added or
 replaced; duplicate texts are dropped and reported by their index labels; a numeric ``distance``
-column (the seed's retrieval table) is the first stage that the scoring policy may fuse in.
+column (the seed's retrieval table) is the first stage that the scoring policy may fuse in. Where the
+model reads images, a row whose ``text`` is empty and whose ``image`` column holds an image (a data URI,
+or a PIL image from Python) is an image document.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import pandas as pd
 from scoring.checkpoint import ModelInfo
 from scoring.errors import LimitExceeded, RerankError
 from scoring.inputs import validate_query, validate_top_n
+from scoring.media import ImageLimits, from_data_uri
 from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy, rank
 from scoring.scorer import LongDocuments, Scorer
 
 TEXT_COLUMN = "text"
+IMAGE_COLUMN = "image"
 SCORE_COLUMN = "rank"
 RankFn = Callable[..., Ranking]  # (query, texts, *, top_n, first_stage, policy, long_documents) -> Ranking
 
@@ -48,12 +52,43 @@ def validate_documents(documents: object, *, max_documents: int) -> pd.DataFrame
         raise LimitExceeded(f"documents has {len(documents)} rows; the limit is {max_documents} "
                           "(RERANK_MAX_DOCUMENTS)")
     texts = documents[TEXT_COLUMN].tolist()
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    images = image_cells(documents)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) and not (images[i] is not None and _empty(t))]
     if bad:
         kinds = sorted({type(texts[i]).__name__ if texts[i] is not None else "None" for i in bad})
         raise RerankError(f"documents.text must be text in every row; rows {_row_labels(documents.index, bad)} "
                           f"hold {', '.join(kinds)}")
     return documents
+
+
+def _empty(cell: object) -> bool:
+    return cell is None or (isinstance(cell, float) and np.isnan(cell)) or (isinstance(cell, str) and not cell.strip())
+
+
+def image_cells(documents: pd.DataFrame) -> list:
+    """Each row's image (None where its ``image`` cell is empty, or where the table has no ``image`` column)."""
+    if sum(1 for c in documents.columns if c == IMAGE_COLUMN) != 1:
+        return [None] * len(documents)
+    return [None if _empty(cell) else cell for cell in documents[IMAGE_COLUMN].tolist()]
+
+
+def table_documents(documents: pd.DataFrame, limits: ImageLimits = ImageLimits()) -> list:
+    """What each row of a checked table ranks on: its text, or its image where the text is empty (a data URI is
+    decoded and bounded by ``limits``; a row holding both is refused: a document is one or the other)."""
+    texts = documents[TEXT_COLUMN].tolist()
+    out: list = []
+    for i, (text, image) in enumerate(zip(texts, image_cells(documents), strict=True)):
+        if image is None:
+            out.append(text)
+            continue
+        label = _row_labels(documents.index, [i])
+        if not _empty(text):
+            raise RerankError(f"documents row {label} has both text and an image; a document is one or the other "
+                              "(leave its text empty to rank the image)")
+        if isinstance(image, str):
+            image = from_data_uri(image, field=f"documents.image (row {label})", limits=limits)
+        out.append(image)
+    return out
 
 
 def first_stage_scores(table: pd.DataFrame, column: str) -> np.ndarray | None:
@@ -91,7 +126,8 @@ class RerankResult:
 
 def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, *, scorer: Scorer | None = None,
                  rank_fn: RankFn | None = None, max_documents: int = 1000, long_documents: LongDocuments = "chunk",
-                 policy: ScoringPolicy = DEFAULT_POLICY, min_score: float | None = None) -> RerankResult:
+                 policy: ScoringPolicy = DEFAULT_POLICY, min_score: float | None = None,
+                 image_limits: ImageLimits = ImageLimits()) -> RerankResult:
     """Rerank a documents table and report what was dropped (see the module docstring; ``min_score``: rows scoring
     below it are dropped and counted, before ``top_n``).
 
@@ -106,7 +142,8 @@ def rerank_table(query: str, documents: pd.DataFrame, top_n: int | None = None, 
             raise ValueError("rerank_table needs a scorer or a rank_fn")
         rank_fn = lambda q, texts, **kw: rank(scorer, q, texts, **kw)  # noqa: E731
     threshold = {"min_score": min_score} if min_score is not None else {}
-    ranking = rank_fn(query, documents[TEXT_COLUMN].tolist(), top_n=top_n, policy=policy, long_documents=long_documents,
+    ranking = rank_fn(query, table_documents(documents, image_limits), top_n=top_n, policy=policy,
+                      long_documents=long_documents,
                       first_stage=first_stage_scores(documents, policy.first_stage_column), **threshold)
     table = documents.iloc[[r.index for r in ranking]].copy()
     if SCORE_COLUMN in table.columns:

@@ -14,6 +14,7 @@ from scoring.checkpoint import Layout, Mode
 from scoring.engines.base import Engine
 from scoring.engines.multi_vector import MultiVectorEngine
 from scoring.errors import BackendError
+from scoring.media import ImageDocument
 from scoring.tokenizer import TextTokenizer
 
 ST_BACKEND = "torch (sentence-transformers)"
@@ -38,11 +39,13 @@ class SentenceTransformersEngine(Engine):
         self.model, self.layout, self.name = model, layout, name
 
     def score_pairs(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
-        """Raw ranking logits of (query, document) pairs; ``instruction`` is the prompt sentence-transformers gives the
-        model (a chat template's system message, else text before the query); None: the checkpoint's default prompt."""
+        """Raw ranking logits of (query, document) pairs (a document may be an image, for models that read them);
+        ``instruction`` is the prompt sentence-transformers gives the model (a chat template's system message, else text
+        before the query); None: the checkpoint's default prompt."""
         import torch  # lazy: torch loads only on this path
 
-        return np.asarray(self.model.predict([(query, d) for d in documents], batch_size=max(1, len(documents)),
+        pairs = [(query, d.image() if isinstance(d, ImageDocument) else d) for d in documents]
+        return np.asarray(self.model.predict(pairs, batch_size=max(1, len(documents)),
                                              prompt=instruction or None, show_progress_bar=False,
                                              activation_fn=torch.nn.Identity()),
                           dtype=np.float32).reshape(len(documents))
