@@ -109,17 +109,36 @@ def _rerank_tab(service: Service, scorer: Scorer, handlers: Handlers) -> None:
         min_score = gr.Number(label="Drop scores below (0: none)", value=0, minimum=0, maximum=1, step=0.05, scale=1,
                               elem_id="min-score")
         submit = gr.Button("Rerank", variant="primary", elem_id="submit", scale=2)
+    images, uploaded, ranked_images = _image_documents(service, scorer, handlers)
     status = gr.Markdown(elem_id="status")
     reranked = gr.Dataframe(label="Reranked: best first (# = new position, row = input row)", wrap=True,
                             interactive=False, elem_id="reranked", column_widths=RERANK_WIDTHS,
                             headers=["#", "score", "row", "text"])
+    ranked_images.render()
     gr.Examples(examples=EXAMPLES, inputs=[query, documents], outputs=[reranked, status],
                 fn=handlers.rerank_example, run_on_click=True, cache_examples=True, cache_mode="lazy",
                 label="Examples (click to run)", elem_id="rerank-examples")
-    ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n, instruction, min_score],
-                          outputs=[reranked, status],
+    ranked = submit.click(handlers.rerank_ui, inputs=[query, documents, top_n, instruction, min_score, images],
+                          outputs=[reranked, status, ranked_images],
                           api_visibility="private", concurrency_limit=None)
     ranked.failure(lambda: "Not ranked: see the error message.", outputs=[status], api_visibility="private")
+
+
+def _image_documents(service: Service, scorer: Scorer, handlers: Handlers) -> tuple[gr.State, gr.Gallery, gr.Gallery]:
+    """Where the model reads images: an upload that adds image documents to the table's (kept for the session), their
+    thumbnails, and the ranked thumbnails (rendered under the reranked table)."""
+    images = gr.State([])
+    with gr.Row(visible=scorer.info.images):
+        upload = gr.UploadButton("Add image documents", file_types=["image"], file_count="multiple",
+                                 elem_id="image-upload", scale=1)
+        clear = gr.Button("Remove the images", elem_id="image-clear", scale=1)
+    uploaded = gr.Gallery(label="Image documents (ranked with the table's rows)", visible=scorer.info.images,
+                          columns=8, height=170, object_fit="contain", elem_id="image-documents", allow_preview=False)
+    ranked = gr.Gallery(label="Ranked images: best first (# = new position, row = input row)", columns=8, height=210,
+                        object_fit="contain", visible=scorer.info.images, elem_id="ranked-images", render=False)
+    upload.upload(handlers.add_images, inputs=[upload, images], outputs=[images, uploaded], api_visibility="private")
+    clear.click(lambda: ([], []), outputs=[images, uploaded], api_visibility="private")
+    return images, uploaded, ranked
 
 
 def _pipeline_tab(service: Service, handlers: Handlers, private: gr.State) -> gr.Markdown:

@@ -17,6 +17,7 @@ from retrieval.retrievers import BackgroundRetriever, LocalRetriever, RemoteRetr
 from scoring.cache import MIB
 from scoring.calibration import Calibration
 from scoring.loading import get_scorer, load_scorer, packaged_scorer
+from scoring.media import ImageLimits
 from scoring.ranking import ScoringPolicy
 from scoring.scorer import Scorer
 from service.core import Limits, Service
@@ -31,7 +32,8 @@ def limits_of(settings: Settings) -> Limits:
     return Limits(max_documents=settings.max_documents, max_request_tokens=settings.max_request_tokens,
                   max_in_flight=settings.max_queue, max_in_flight_per_client=settings.max_in_flight_per_client,
                   max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes,
-                  max_upload_passages=settings.max_upload_passages, upload_ttl_seconds=settings.upload_ttl)
+                  max_upload_passages=settings.max_upload_passages, upload_ttl_seconds=settings.upload_ttl,
+                  images=ImageLimits(settings.max_image_bytes, settings.max_image_pixels))
 
 
 def policy_of(settings: Settings) -> ScoringPolicy:

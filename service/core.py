@@ -30,6 +30,7 @@ from retrieval.retrievers import NoRetriever
 from scoring import inputs, ranking
 from scoring.calibration import Calibration
 from scoring.errors import Cancelled, LimitExceeded, RerankError
+from scoring.media import ImageLimits
 from scoring.pool import Ticket, WorkerPool
 from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy
 from scoring.scorer import Scorer
@@ -56,6 +57,7 @@ class Limits:
     max_upload_bytes: int = 5 * 1024 * 1024
     max_upload_passages: int = 5000
     upload_ttl_seconds: float = 3600.0
+    images: ImageLimits = ImageLimits()  # one image document's bytes and pixels
 
 
 class CancelToken:
@@ -245,7 +247,8 @@ class Service:
         if self.calibration is not None and scorer is self.models.default:  # fitted for that model only
             options["calibration"] = self.calibration
         prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents,
-                                   budget=self.limits.max_request_tokens, ticket=ticket, **options)
+                                   budget=self.limits.max_request_tokens, ticket=ticket,
+                                   image_limits=self.limits.images, **options)
         call.documents = len(prepared.texts)
         if prepared.cost > self.limits.max_request_tokens:
             raise TooLarge(f"the request needs {prepared.cost:,} tokens ({prepared.plan.windows:,} windows of query "
@@ -301,7 +304,8 @@ class Service:
             table = parse(documents) if parse else documents
             rank_fn = partial(self._rank, call, instruction=instruction)
             return rerank_table(query, table, top_n, rank_fn=rank_fn, policy=self.policy,
-                                max_documents=self.limits.max_documents, min_score=_threshold(min_score))
+                                max_documents=self.limits.max_documents, min_score=_threshold(min_score),
+                                image_limits=self.limits.images)
 
     # --- retrieval -------------------------------------------------------------------------------
 
@@ -388,7 +392,8 @@ class Service:
                            "max_in_flight": limits.max_in_flight,
                            "max_in_flight_per_client": limits.max_in_flight_per_client,
                            "max_body_bytes": limits.max_body_bytes,
-                           "max_upload_bytes": limits.max_upload_bytes, "max_upload_passages": limits.max_upload_passages},
+                           "max_upload_bytes": limits.max_upload_bytes, "max_upload_passages": limits.max_upload_passages,
+                           "max_image_bytes": limits.images.max_bytes, "max_image_pixels": limits.images.max_pixels},
                 "auth": self.keys.required}
 
 

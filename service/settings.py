@@ -100,6 +100,8 @@ class Settings:
     max_queue: int = 64
     max_in_flight_per_client: int = 16
     max_request_tokens: int = 262_144
+    max_image_bytes: int = 8 * 1024 * 1024  # one image document's encoded bytes
+    max_image_pixels: int = 4096 * 4096  # one image document's width x height
     max_upload_bytes: int = 5 * 1024 * 1024
     max_upload_passages: int = 5000
     upload_ttl: float = 3600.0
@@ -138,6 +140,8 @@ class Settings:
             max_queue=_int(env, "RERANK_MAX_QUEUE", 64),
             max_in_flight_per_client=_int(env, "RERANK_MAX_IN_FLIGHT_PER_CLIENT", 16),
             max_request_tokens=_int(env, "RERANK_MAX_REQUEST_TOKENS", 262_144),
+            max_image_bytes=_int(env, "RERANK_MAX_IMAGE_BYTES", 8 * 1024 * 1024),
+            max_image_pixels=_int(env, "RERANK_MAX_IMAGE_PIXELS", 4096 * 4096),
             max_upload_bytes=_int(env, "RERANK_MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
             max_upload_passages=_int(env, "RERANK_MAX_UPLOAD_PASSAGES", 5000),
             upload_ttl=_float(env, "RERANK_UPLOAD_TTL", 3600.0),

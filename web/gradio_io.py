@@ -10,6 +10,8 @@ import pandas as pd
 from gradio.utils import get_function_description
 
 from scoring.errors import LimitExceeded, RerankError
+from scoring.media import ImageLimits, from_data_uri
+from scoring.table import IMAGE_COLUMN, TEXT_COLUMN
 
 
 def documents_from_payload(payload: object, *, max_documents: int) -> pd.DataFrame:
@@ -37,6 +39,20 @@ def documents_from_payload(payload: object, *, max_documents: int) -> pd.DataFra
     # object cells: what arrives is kept as sent (a string dtype would fail on text that is not valid Unicode before
     # the ranking can name the cell)
     return pd.DataFrame([] if rows == [[]] else rows, columns=[str(h) for h in headers], dtype=object)
+
+
+def with_images(table: pd.DataFrame, images: list[str]) -> pd.DataFrame:
+    """The page's documents table with the session's uploaded images (data URIs) appended as image rows: empty
+    text, the image in an ``image`` column, other columns empty."""
+    if not images:
+        return table
+    rows = pd.DataFrame({TEXT_COLUMN: [""] * len(images), IMAGE_COLUMN: images}, dtype=object)
+    return pd.concat([table.astype(object), rows], ignore_index=True)
+
+
+def thumbnails(images: list[str], limits: ImageLimits) -> list:
+    """The session's uploaded images (checked against ``limits`` when they came) as the gallery shows them."""
+    return [from_data_uri(uri, field="image", limits=limits).image() for uri in images]
 
 
 def face_of(request: gr.Request | None) -> str:

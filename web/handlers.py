@@ -9,9 +9,20 @@ from pathlib import Path
 import gradio as gr
 
 from retrieval.retrievers import BackgroundRetriever
+from scoring.errors import RerankError
+from scoring.media import read_image
 from service import Service, ServiceError
 from web import views
-from web.gradio_io import client_of, documents_from_payload, face_of, min_score_of, table_payload, top_n_of
+from web.gradio_io import (
+    client_of,
+    documents_from_payload,
+    face_of,
+    min_score_of,
+    table_payload,
+    thumbnails,
+    top_n_of,
+    with_images,
+)
 
 
 class Handlers:
@@ -56,10 +67,26 @@ class Handlers:
         return table_payload(result.table, result.ranking)
 
     async def rerank_ui(self, query: str, documents, top_n, instruction: str = "", min_score: float | None = None,
-                        request: gr.Request = None):
-        result = await self._rank_table(query, documents, top_n_of(top_n), "gradio", "rerank_ui", instruction, request,
+                        images: list[str] | None = None, request: gr.Request = None):
+        table = with_images(documents, images or [])
+        result = await self._rank_table(query, table, top_n_of(top_n), "gradio", "rerank_ui", instruction, request,
                                         min_score_of(min_score))
-        return views.ranked_view(result), views.summary(result, len(documents))
+        return views.ranked_view(result), views.summary(result, len(table)), views.ranked_images(result)
+
+    def add_images(self, files: list[str] | None, images: list[str] | None):
+        """Uploaded image files as image documents: checked against the image limits, kept as data URIs for this
+        session (the files themselves are not kept)."""
+        images = list(images or [])
+        for file in files or []:
+            path = Path(file)
+            try:
+                document = read_image(path.read_bytes(), field=f"image {path.name!r}", limits=self.service.limits.images)
+            except RerankError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            finally:
+                path.unlink(missing_ok=True)
+            images.append(document.data_uri())
+        return images, thumbnails(images, self.service.limits.images)
 
     async def rerank_example(self, query: str, documents):
         result = await self._rank_table(query, documents, None, "gradio", "example")

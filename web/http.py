@@ -22,7 +22,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import InvalidInput, Service, ServiceError, Unauthorized
+from scoring.errors import LimitExceeded, RerankError
+from scoring.media import ImageDocument, ImageLimits, from_data_uri
+from service import InvalidInput, Service, ServiceError, TooLarge, Unauthorized
 from service.auth import COOKIE
 from service.settings import VERSION
 from web.door import Guard, client_of, error_response
@@ -99,15 +101,24 @@ class TeiResult(BaseModel):
     text: str | None = None
 
 
-def _v1_text(document: str | dict[str, Any], position: int, rank_fields: list[str] | None, model: str) -> str:
-    """The text a v1/Jina document is ranked on: the string, its ``text``, or its ``rank_fields``; an image document
-    (Jina's ``{"image": ...}``) is refused naming the model, which reads text only."""
+def _v1_document(document: str | dict[str, Any], position: int, rank_fields: list[str] | None, info,
+                 limits: ImageLimits) -> str | ImageDocument:
+    """What a v1/Jina document is ranked on: the string, its ``text``, or its ``rank_fields``; an image document
+    (Jina's ``{"image": "data:image/...;base64,..."}``) where the model reads images, else refused naming the model.
+    A URL is never fetched."""
     if isinstance(document, str):
         return document
     fields = rank_fields or ["text"]
     if "image" in document and not any(f in document for f in fields):
-        raise InvalidInput(f"documents.{position} is an image, and {model} ranks text only: image documents need a "
-                           "model that reads images (a URL is never fetched; send text, or serve such a model)")
+        if not info.images:
+            raise InvalidInput(f"documents.{position} is an image, and {info.name} ranks text only: image documents need "
+                               "a model that reads images (a URL is never fetched; send text, or serve such a model)")
+        try:
+            return from_data_uri(document["image"], field=f"documents.{position}.image", limits=limits)
+        except LimitExceeded as exc:
+            raise TooLarge(str(exc)) from None
+        except RerankError as exc:
+            raise InvalidInput(str(exc)) from None
     missing = [f for f in fields if f not in document]
     if missing:
         raise InvalidInput(f"documents.{position} has no field {missing[0]!r} (rank_fields: {fields})")
@@ -192,8 +203,8 @@ def _rerank_routes(api: FastAPI, service: Service) -> None:
     @api.post("/v1/rerank", tags=["rerank"])
     async def cohere_v1(body: CohereV1Request, request: Request, response: Response) -> dict:
         """Cohere v1 / Jina rerank: strings or objects, ``document`` returned only when asked."""
-        model = service.models.pick(body.model).info.name
-        texts = [_v1_text(d, i, body.rank_fields, model) for i, d in enumerate(body.documents)]
+        info = service.models.pick(body.model).info
+        texts = [_v1_document(d, i, body.rank_fields, info, service.limits.images) for i, d in enumerate(body.documents)]
         ranking = await service.rank_async(body.query, texts, face="http", route="/v1/rerank", model=body.model,
                                            max_tokens_per_doc=body.max_tokens_per_doc, instruction=body.instruction,
                                            disconnected=request.is_disconnected, client=client_of(request),

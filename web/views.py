@@ -10,8 +10,9 @@ from __future__ import annotations
 import pandas as pd
 
 from retrieval.retrievers import BackgroundRetriever
+from scoring.media import ImageDocument
 from scoring.scorer import Scorer
-from scoring.table import SCORE_COLUMN, TEXT_COLUMN, RerankResult
+from scoring.table import IMAGE_COLUMN, SCORE_COLUMN, TEXT_COLUMN, RerankResult
 from service import Service
 
 SCORE = "score"
@@ -19,14 +20,25 @@ POSITION = "#"
 
 
 def ranked_view(result: RerankResult) -> pd.DataFrame:
-    """The reranked table for reading: position and score first, then the text, then every other column."""
+    """The reranked table for reading: position and score first, then the text (an image document named in words;
+    its picture is in :func:`ranked_images`), then every other column."""
     table = result.table
-    others = [c for c in table.columns if c not in (SCORE_COLUMN, TEXT_COLUMN)]
+    others = [c for c in table.columns if c not in (SCORE_COLUMN, TEXT_COLUMN, IMAGE_COLUMN)]
+    named = [str(r.text) if isinstance(r.text, ImageDocument) else r.text for r in result.ranking] if result.ranking \
+        else table[TEXT_COLUMN].tolist()
     view = pd.DataFrame({POSITION: range(1, len(table) + 1), SCORE: table[SCORE_COLUMN].round(3).tolist(),
-                         "row": list(table.index), TEXT_COLUMN: table[TEXT_COLUMN].tolist()})
+                         "row": list(table.index), TEXT_COLUMN: named})
     for column in others:
         view[str(column)] = table[column].tolist()
     return view
+
+
+def ranked_images(result: RerankResult) -> list[tuple]:
+    """The ranked image documents as thumbnails, best first, each captioned with its position, score and input row."""
+    ranking = result.ranking or []
+    return [(r.text.image(), f"#{position} · {r.score:.3f} · row {label}")
+            for position, (r, label) in enumerate(zip(ranking, result.table.index, strict=True), 1)
+            if isinstance(r.text, ImageDocument)]
 
 
 def summary(result: RerankResult, rows_in: int) -> str:
@@ -120,6 +132,7 @@ def header_line(service: Service, scorer: Scorer) -> str:
     kind = {"cross-encoder": "cross-encoder", "late-interaction": "late interaction, MaxSim"}.get(info.mode,
                                                                                             "embedding similarity")
     fell_back = " · fallback model (see details)" if info.fallback_reason else ""
+    kind += "; text and image documents" if info.images else ""
     return (f"**Model:** `{info.name}` ({kind}) · **Runs on:** {backend.backend} on {backend.device}, "
             f"{backend.precision}{fell_back}")
 

@@ -246,3 +246,51 @@ def test_an_error_is_shown_on_the_page(page):
     page.wait_for_function(RANKED)  # the page recovers: the next question is ranked
     top = _cells(page, "reranked")[3].lower()
     assert any(word in top for word in ("bread", "loaf", "dough")) and "stock markets" not in top
+
+
+def test_image_documents_are_uploaded_ranked_and_shown(browser_and_url, page, tmp_path):
+    """A multimodal reranker's page takes image files beside the table's rows and shows them ranked; a text-only
+    model's page offers no upload."""
+    from PIL import Image
+
+    import app as app_module
+    import rerank
+    from scoring.synthetic import build_vision_reranker
+    from service.settings import Settings
+    from tests.support import serve_in_thread
+
+    assert not page.locator("#image-upload").is_visible()  # the packaged model reads text only
+    scorer = rerank.load_scorer(str(build_vision_reranker(tmp_path / "tiny-vision", seed=3)), allow_fallback=False)
+    files = []
+    for n, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        files.append(tmp_path / f"picture-{n}.png")
+        Image.new("RGB", (48 + 8 * n, 40), colour).save(files[-1])
+    url, server = serve_in_thread(app_module.build_server(Settings(), scorer, None, []))
+    browser, _ = browser_and_url
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(90_000)
+        tab.goto(url)
+        tab.locator("#documents [role=gridcell]").nth(9).wait_for()
+        tab.locator("#image-upload").wait_for()
+        with tab.expect_file_chooser() as chooser:
+            tab.locator("#image-upload").click()
+        chooser.value.set_files([str(f) for f in files])
+        tab.wait_for_function("document.querySelectorAll('#image-documents img').length === 3")
+        tab.locator("#query textarea").fill("a red picture")
+        tab.locator("#submit").click()
+        tab.wait_for_function(RANKED)
+        assert "8 documents in, 7 ranked" in tab.locator("#status").inner_text()  # 5 rows (one repeated) + 3 images
+        tab.wait_for_function("document.querySelectorAll('#ranked-images img').length === 3")
+        cells = _cells(tab, "reranked")
+        named = [cells[i + 3] for i in range(0, len(cells), 5)]
+        assert sum(text.startswith("[image ") for text in named) == 3  # named in the table, pictured below it
+        captions = tab.locator("#ranked-images").inner_text()
+        positions = [int(line.split(" · ")[0][1:]) for line in captions.splitlines() if line.startswith("#")]
+        assert len(positions) == 3 and positions == sorted(positions)
+        tab.locator("#ranked-images").scroll_into_view_if_needed()
+        tab.screenshot(path=str(ARTIFACTS / "image-documents.png"), full_page=True)
+    finally:
+        context.close()
+        server.should_exit = True
