@@ -11,6 +11,7 @@ so their pairs share forward passes. ``serve_config.yaml`` deploys it (``make ra
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 
@@ -49,6 +50,7 @@ class Reranker:
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id if context else str(os.getpid())
+        gc.freeze()  # what loading built stays out of the collector's scans: the releasing thread's passes stay short
         log.info("replica %s ready in %.1f s, serving %s (backend %s)", self.replica, self.service.started_in_s,
                  self.scorer.describe(), self.scorer.backend.how)
 
