@@ -212,12 +212,15 @@ def _st_chain(model_dir: Path) -> list[dict] | None:
     return chain or None
 
 
+def _image_processor(model_dir: Path) -> bool:
+    """Whether the checkpoint's processor reads images."""
+    return "image_processor" in read_json(model_dir / "processor_config.json") or \
+        (model_dir / "preprocessor_config.json").is_file()
+
+
 def _reads_images(model_dir: Path, task: str | None) -> bool:
     """Whether a CrossEncoder chain's Transformer reads images: an any-to-any model with an image processor."""
-    if task != "any-to-any":
-        return False
-    processor = read_json(model_dir / "processor_config.json")
-    return "image_processor" in processor or (model_dir / "preprocessor_config.json").is_file()
+    return task == "any-to-any" and _image_processor(model_dir)
 
 
 def _causal(model_dir: Path, architecture: str, chain: list[dict] | None, task: str | None = None) -> Detection:
@@ -267,8 +270,10 @@ def detect(model_dir: Path) -> Detection:
     architecture = architectures[0] if architectures else config.get("model_type", "unknown")
     multi_vector = _late_interaction(model_dir, architectures)
     if multi_vector:
-        return Detection("late-interaction", "late-interaction", f"{multi_vector}: scored by MaxSim of token vectors",
-                         "sentence-transformers")
+        images = _image_processor(model_dir)
+        reads = " (text and page images, ColPali-style)" if images else ""
+        return Detection("late-interaction", "late-interaction", f"{multi_vector}: scored by MaxSim of token "
+                         f"vectors{reads}", "sentence-transformers", images)
     chain = _st_chain(model_dir)
     task = read_json(model_dir / "sentence_bert_config.json").get("transformer_task")
     if any(a.endswith("ForCausalLM") for a in architectures) or (chain is not None and task in ("text-generation",

@@ -96,13 +96,15 @@ def read_image(data: bytes, *, field: str, limits: ImageLimits = ImageLimits()) 
 
 
 def from_data_uri(value: object, *, field: str, limits: ImageLimits = ImageLimits()) -> ImageDocument:
-    """An image document from a ``data:image/...;base64,...`` URI; a URL is refused, never fetched."""
+    """An image document from a ``data:image/...;base64,...`` URI, or bare base64 of the image's bytes (as Jina's API
+    also takes it); a URL is refused, never fetched."""
     if not isinstance(value, str):
         raise RerankError(f"{field} must be a data URI (data:image/png;base64,...), got {type(value).__name__}")
+    if "://" in value[:16]:
+        raise RerankError(f"{field} is a URL: {NEVER_FETCHED}")
     head, comma, body = value.partition(",")
     if not comma or not head.lower().startswith("data:"):
-        kind = "a URL" if "://" in value[:16] else "not a data URI"
-        raise RerankError(f"{field} is {kind}: {NEVER_FETCHED}")
+        head, body = "data:image/*;base64", value  # bare base64
     if not head.lower().startswith("data:image/") or not head.lower().endswith(";base64"):
         raise RerankError(f"{field} must be a base64 image data URI (data:image/...;base64,...), got {head[:40]!r}")
     if len(body) > limits.max_bytes * 4 // 3 + 4:  # refused before decoding what cannot fit
@@ -111,7 +113,8 @@ def from_data_uri(value: object, *, field: str, limits: ImageLimits = ImageLimit
     try:
         data = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
-        raise RerankError(f"{field} is not valid base64 after its data:image/...;base64, header") from None
+        raise RerankError(f"{field} is not valid base64: send a data URI (data:image/png;base64,...) or the image's "
+                          "bytes in base64") from None
     return read_image(data, field=field, limits=limits)
 
 

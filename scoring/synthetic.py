@@ -1,6 +1,6 @@
 """Checkpoints built here from the packaged model's files, nothing downloaded: what the tests and benchmarks score
 (a tiny BERT cross-encoder, a MiniLM-L6 cross-encoder on the packaged encoder, Qwen3-shaped causal-LM rerankers (tiny
-or at the real 0.6B shape), a tiny LLaVA-layout vision reranker).
+or at the real 0.6B shape), a ColBERT-style model, a tiny LLaVA-layout vision reranker and a ColPali-style model).
 
 A Qwen3-shaped causal-LM reranker gets a word-level tokenizer made from the packaged model's
 vocabulary (with or without the "yes"/"no" tokens) and a Qwen3-Reranker-style chat template that
@@ -150,15 +150,17 @@ VISION_RERANKER_TEMPLATE = (
     "{%- endfor -%}{%- endif -%}\n{%- endfor -%}<|im_end|>\n<|im_start|>assistant\n")
 
 
-def build_vision_reranker(target: Path, *, seed: int = 0, image_size: int = 28) -> Path:
-    """A tiny multimodal reranker saved by sentence-transformers as the hub's vision rerankers are: a LLaVA-layout
-    model (a CLIP vision tower, a projector, a Qwen3-shaped language model, random weights) behind an ``any-to-any``
-    Transformer with its processor (the word-level tokenizer plus an ``<image>`` token, a CLIP image processor at
-    ``image_size`` pixels), and a LogitScore head reading "yes" against "no"."""
+# any message's content in order, an image as the processor's image token: what a ColPali-style encoder reads
+PLAIN_TEMPLATE = ("{%- for m in messages -%}{%- if m.content is string -%}{{ m.content }}{%- else -%}"
+                  "{%- for c in m.content -%}{%- if c.type == 'image' -%}<image>{%- elif c.type == 'text' -%}{{ c.text }}"
+                  "{%- endif -%}{%- endfor -%}{%- endif -%}{%- endfor -%}")
+
+
+def _tiny_llava(target: Path, *, seed: int, image_size: int) -> tuple[Path, object]:
+    """A LLaVA-layout model (a CLIP vision tower, a projector, a Qwen3-shaped language model, random weights) saved
+    with its processor (the word-level tokenizer plus an ``<image>`` token, a CLIP image processor at ``image_size``
+    pixels) beside ``target``: the folder and the tokenizer."""
     import torch  # lazy: torch loads only on this path
-    from sentence_transformers import CrossEncoder  # lazy: sentence-transformers loads only on this path
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.cross_encoder.modules import LogitScore
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer = word_tokenizer(chat_template=None)
@@ -179,8 +181,40 @@ def build_vision_reranker(target: Path, *, seed: int = 0, image_size: int = 28) 
     plain = Path(target).with_name(Path(target).name + "-plain")
     LlavaForConditionalGeneration(config).eval().save_pretrained(str(plain))
     processor.save_pretrained(str(plain))
+    return plain, tokenizer
+
+
+def build_vision_reranker(target: Path, *, seed: int = 0, image_size: int = 28) -> Path:
+    """A tiny multimodal reranker saved by sentence-transformers as the hub's vision rerankers are: the LLaVA-layout
+    model (:func:`_tiny_llava`) behind an ``any-to-any`` Transformer with its processor, and a LogitScore head reading
+    "yes" against "no"."""
+    from sentence_transformers import CrossEncoder  # lazy: sentence-transformers loads only on this path
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.cross_encoder.modules import LogitScore
+
+    plain, tokenizer = _tiny_llava(target, seed=seed, image_size=image_size)
     head = LogitScore(true_token_id=tokenizer.convert_tokens_to_ids("yes"),
                       false_token_id=tokenizer.convert_tokens_to_ids("no"))
     CrossEncoder(modules=[Transformer(str(plain), transformer_task="any-to-any"), head],
                  device="cpu").save_pretrained(str(target))
+    return Path(target)
+
+
+def build_vision_multi_vector(target: Path, *, seed: int = 0, image_size: int = 28, dimension: int = 16) -> Path:
+    """A tiny ColPali-style late-interaction model saved by sentence-transformers' ``MultiVectorEncoder``: the
+    LLaVA-layout model's hidden states (a feature-extraction Transformer reading text and page images), a seeded
+    token-level projection to ``dimension`` and unit-length vectors."""
+    import torch  # lazy: torch loads only on this path
+    from sentence_transformers import MultiVectorEncoder  # lazy: sentence-transformers loads only on this path
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+
+    plain, _ = _tiny_llava(target, seed=seed, image_size=image_size)
+    encoder = Transformer(str(plain), transformer_task="feature-extraction")
+    encoder.processor.chat_template = PLAIN_TEMPLATE
+    torch.manual_seed(seed)
+    projection = Dense(in_features=TINY["hidden_size"], out_features=dimension, bias=False,
+                       activation_function=torch.nn.Identity(), module_input_name="token_embeddings")
+    model = MultiVectorEncoder(modules=[encoder, projection, Normalize(module_input_name="token_embeddings")],
+                               device="cpu")
+    model.save_pretrained(str(target))
     return Path(target)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from scoring.engines.base import Engine
+from scoring.media import ImageDocument
 
 
 def maxsim(query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:
@@ -44,7 +45,8 @@ class MultiVectorEngine(Engine):
         """Each text's token vectors (as many rows as it has scoring tokens), as the checkpoint encodes a query or a
         document."""
         method = self.model.encode_query if query else self.model.encode_document
-        vectors = method(list(texts), batch_size=max(1, len(texts)), convert_to_numpy=True, show_progress_bar=False)
+        inputs = [t.image() if isinstance(t, ImageDocument) else t for t in texts]  # page images, ColPali-style
+        vectors = method(inputs, batch_size=max(1, len(inputs)), convert_to_numpy=True, show_progress_bar=False)
         return [np.asarray(v, dtype=np.float32) for v in vectors]
 
     def similarity(self, query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:

@@ -150,3 +150,32 @@ def test_a_text_only_model_refuses_an_image_row_in_the_table(packaged_scorer):
     table = pd.DataFrame({"text": [TEXTS[0], ""], "image": [None, _uri(PICTURES[0])]})
     with pytest.raises(RerankError, match=r"documents\[1\] is an image, and all-MiniLM-L6-v2 \(packaged\) ranks text only"):
         rerank.rerank(QUERY, table, scorer=packaged_scorer)
+
+
+def test_page_images_are_scored_by_maxsim_colpali_style(tmp_path_factory, tiny_scorer):
+    """A late-interaction model whose processor reads images ranks page images by MaxSim of token vectors, as
+    sentence-transformers' MultiVectorEncoder scores them, in Python and over /v1/rerank."""
+    from sentence_transformers import MultiVectorEncoder
+
+    from scoring.synthetic import build_vision_multi_vector
+
+    folder = build_vision_multi_vector(tmp_path_factory.mktemp("colpali") / "tiny-colpali", seed=4)
+    scorer = rerank.load_scorer(str(folder), allow_fallback=False)
+    assert scorer.info.images and scorer.info.family == "late-interaction" and "page images" in scorer.info.detected
+    reference = MultiVectorEncoder(str(folder), device="cpu", local_files_only=True)
+    documents = [PICTURES[0], TEXTS[0], PICTURES[2], PICTURES[1]]
+    expected = reference.similarity(reference.encode_query([QUERY]), reference.encode_document(documents)).numpy()[0]
+    raw = rerank.rank(QUERY, documents, scorer=scorer, raw=True)
+    np.testing.assert_allclose(raw.scores(len(documents)), expected, rtol=1e-5, atol=1e-5)
+    hits = scorer.cache.hits
+    rerank.rank("another question", documents, scorer=scorer)
+    assert scorer.cache.hits - hits == len(documents)  # the pages' vectors were kept by content: only the query ran
+    url, server = serve_in_thread(app_module.build_server(Settings(), scorer, None, [tiny_scorer]))
+    try:
+        answer = httpx.post(f"{url}/rerank", json={"query": QUERY, "texts": [TEXTS[0]]}, timeout=30)
+        assert answer.status_code == 200  # text still ranks on the text-only routes
+        jina = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": [
+            d if isinstance(d, str) else {"image": _uri(d)} for d in documents]}, timeout=60).json()
+        assert [r["index"] for r in jina["results"]] == list(np.argsort(-expected, kind="stable"))
+    finally:
+        server.should_exit = True

@@ -47,5 +47,9 @@ def test_an_image_is_identified_by_its_bytes_and_costs_a_token_per_784_pixels():
     assert (red.width, red.height, red.format, red.cost) == (56, 28, "PNG", 2)
     assert from_pil(Image.new("RGB", (29, 28)), field="x").cost == 2 and from_pil(Image.new("RGB", (1, 1)), field="x").cost == 1
     assert red.image().getpixel((0, 0)) == (200, 0, 0) and red.data_uri() == _uri(Image.new("RGB", (56, 28), (200, 0, 0)))
+    bare = from_data_uri(_uri(Image.new("RGB", (56, 28), (200, 0, 0))).split(",", 1)[1], field="documents.2.image")
+    assert bare.key == red.key  # bare base64, as Jina's API also takes an image
+    with pytest.raises(RerankError, match="documents.3.image is not valid base64"):
+        from_data_uri("not base64 at all!", field="documents.3.image")
     with pytest.raises(LimitExceeded, match=r"documents\[2\] is an image of 30 x 30 = 900 pixels; the limit is 800"):
         from_pil(Image.new("RGB", (30, 30)), field="documents[2]", limits=ImageLimits(max_pixels=800))
