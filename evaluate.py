@@ -4,8 +4,9 @@
 [--limit N] [--plot FILE.png] [--json] [--scoring NAME] [--end-to-end]``
 ``python evaluate.py DATASET_DIR --calibrate OUT.json [--method isotonic|platt] [--test-fraction F] [--seed S]
 [--plot FILE.png]``
-``python evaluate.py DATASET --fine-tune OUT_DIR [--test-fraction F] [--seed S] [--epochs N] [--base MODEL]
-[--keep-worse]`` (DATASET: a BEIR-layout folder, or a JSONL/CSV file of query, passage, label rows)
+``python evaluate.py DATASET --fine-tune OUT_DIR [--test-fraction F] [--validation-fraction F] [--seed S]
+[--epochs N] [--base MODEL] [--keep-worse]`` (DATASET: a BEIR-layout folder, or a JSONL/CSV file of query, passage,
+label rows)
 
 It reranks every judged query's first-stage candidates and reports nDCG@10, MRR@10 and Recall@10
 (ir-measures, trec_eval conventions: graded gains; MRR counts label >= 2 on TREC DL, else >= 1)
@@ -16,8 +17,8 @@ lexical only, dense only, hybrid, and hybrid + rerank. With ``--calibrate`` it f
 model's scores to P(relevant) on a query-level training split and reports expected calibration error and Brier score
 on the held-out queries before and after (:mod:`evaluation.calibrate`); ``RERANK_CALIBRATION=OUT.json`` serves it.
 With ``--fine-tune`` it trains the served model (or ``--base``) on the training queries with hard negatives mined from
-the local hybrid index, and writes the checkpoint only if it beats the base on the held-out queries
-(:mod:`evaluation.fine_tune`); ``RERANK_MODEL=OUT_DIR`` serves it.
+the local hybrid index (candidate recipes compared on a validation part of them first), and writes the checkpoint only
+if it beats the base on the held-out queries (:mod:`evaluation.fine_tune`); ``RERANK_MODEL=OUT_DIR`` serves it.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def _main_fine_tune(args) -> int:
         return 2
     options = Options(out=Path(args.fine_tune), test_fraction=args.test_fraction, seed=args.seed, epochs=args.epochs,
                       negatives=args.negatives, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      keep_worse=args.keep_worse, margin=args.negative_margin)
+                      keep_worse=args.keep_worse, margin=args.negative_margin,
+                      validation_fraction=args.validation_fraction)
     try:
         check_output(options.out)
         base = assembly.load_model(settings, args.base or args.model)
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negative-margin", type=float, default=NEGATIVE_MARGIN,
                         help="drop a mined negative the base model scores within this share of the relevant "
                              "passage's score (likely relevant, never judged; 0 drops only those above it)")
+    parser.add_argument("--validation-fraction", type=float, default=0.25,
+                        help="training queries that choose among candidate recipes (learning rate, negatives) before "
+                             "the held-out queries judge the chosen one (0: train only the given recipe)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--keep-worse", action="store_true", help="write the fine-tuned model even if it is not better")

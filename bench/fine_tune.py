@@ -2,7 +2,9 @@
 (reranking the collection's candidates, and the app's pipeline end to end), and training time per epoch, per collection
 and seed (``python evaluate.py DATASET --fine-tune OUT --keep-worse`` for each, 50/50 query splits).
 
-``python bench/fine_tune.py [--seeds 0,1,2] [--epochs 1] [--collections DIR ...] [--learning-rate 2e-5]``
+``python bench/fine_tune.py [--seeds 0,1,2] [--epochs 1] [--collections DIR ...] [--learning-rate 2e-5]
+[--validation-fraction 0.25]`` (with a validation fraction, each run first chooses among the candidate recipes on that
+part of its training queries, and every candidate's validation nDCG@10 is printed)
 
 The shared collections are read from ``../shared/eval``; where they are absent the script says so and stops. Each run
 trains from the packaged model; every fine-tuned model is written to a temporary folder and removed.
@@ -29,6 +31,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--validation-fraction", type=float, default=0.0)
     asked = dev_sets.parse(parser)
     if asked is None:
         return 2
@@ -43,7 +46,8 @@ def main() -> int:
         for collection in folders:
             for seed in seeds:
                 options = ft.Options(out=Path(folder) / f"{collection.name}-{seed}", seed=seed, epochs=args.epochs,
-                                     learning_rate=args.learning_rate, keep_worse=True)
+                                     learning_rate=args.learning_rate, keep_worse=True,
+                                     validation_fraction=args.validation_fraction)
                 r = ft.fine_tune(collection, base=base, options=options, cache_dir=Path(folder) / "cache", progress=False,
                                  service_for=lambda scorer: assembly.build(settings, scorer=scorer))
                 rr, e2e = r["reranking"], r["end_to_end"]
@@ -55,6 +59,12 @@ def main() -> int:
                       f"{rr['fine_tuned']['ndcg@10']:.4f} | {e2e['base']['reranked']['ndcg@10']:.4f} -> "
                       f"{e2e['fine_tuned']['reranked']['ndcg@10']:.4f} | {e2e['base']['reranked']['recall@100']:.4f} -> "
                       f"{e2e['fine_tuned']['reranked']['recall@100']:.4f}", flush=True)
+                if r["recipes"]:
+                    chosen = r["recipes"]
+                    print(f"  validation nDCG@10 on {r['queries']['validation']} queries: base "
+                          f"{chosen['base']['ndcg@10']:.4f}; " + "; ".join(
+                              f"{c['recipe']} {c['validation']['ndcg@10']:.4f} ({c['seconds']:.0f} s)"
+                              for c in chosen["candidates"]) + f"; chosen: {chosen['chosen']}", flush=True)
                 ft.shutil.rmtree(options.out, ignore_errors=True)
     for name, values in gains.items():
         print(f"{name}: mean nDCG@10 gain {statistics.mean(values):+.4f}, worst {min(values):+.4f}")

@@ -21,8 +21,8 @@ from pathlib import Path
 import dev_sets
 
 from evaluation import end_to_end
-from evaluation.fine_tune import false_negatives, mine
 from evaluation.harness import load_dataset
+from evaluation.mining import false_negatives, mine
 from scoring.loading import packaged_scorer
 
 

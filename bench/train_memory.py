@@ -20,7 +20,7 @@ from pathlib import Path
 
 import dev_sets
 
-from evaluation import end_to_end
+from evaluation import end_to_end, mining
 from evaluation import fine_tune as ft
 from evaluation.harness import load_dataset
 from scoring.loading import packaged_scorer
@@ -64,7 +64,7 @@ def main() -> int:
     base = packaged_scorer()
     index = end_to_end.open_collection_index(folder, dataset, base, Path(args.cache))
     try:
-        rows, _ = ft.mine(dataset, index, args.negatives, progress=False, scorer=base)
+        rows, _ = mining.mine(dataset, index, args.negatives, progress=False, scorer=base)
     finally:
         index.close()
     rows = rows[: args.steps * args.batch_size]

@@ -1,9 +1,11 @@
 """Fine-tuning the served model on your labels: ``python evaluate.py DATASET --fine-tune OUT_DIR``.
 
 The judged queries are split by query (or the collection's own ``qrels/train.tsv`` trains and ``qrels/test.tsv``
-judges). For each training query, hard negatives are mined from the local hybrid index over the collection's corpus
-(the best-ranked passages not judged relevant, and scored by the base model clearly below the relevant passage:
-an unjudged relevant passage is not taught as a negative). The model is trained in its own family with sentence-transformers'
+judges); with ``validation_fraction``, part of the training queries first chooses among candidate recipes
+(:mod:`evaluation.recipes`), so the held-out queries judge one model, once. For each training query, hard negatives
+are mined from the local hybrid index over the collection's corpus (the best-ranked passages not judged relevant, and
+scored by the base model clearly below the relevant passage: an unjudged relevant passage is not taught as a
+negative). The model is trained in its own family with sentence-transformers'
 trainers: a cross-encoder as a cross-encoder (binary cross-entropy on relevant and mined pairs), an embedding model as
 an embedding model (multiple-negatives ranking loss with the mined negatives, gradients cached so activations are held
 for a bounded number of tokens at a time), so a fine-tuned embedding default also
@@ -17,25 +19,23 @@ Training state is kept beside the output (``OUT_DIR.training``) after each epoch
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
-from evaluation import end_to_end
-from evaluation.calibrate import split_queries
+from evaluation import end_to_end, recipes
+from evaluation.calibrate import MIN_QUERIES_PER_SIDE, SplitError, split_queries
 from evaluation.harness import Dataset, build_run, load_dataset, measure, read_qrels, read_run, score_candidates
+from evaluation.mining import NEGATIVE_MARGIN, mine
 from evaluation.pairs import is_pairs_file, read_pairs
+from evaluation.recipes import Recipe
 from scoring.loading import load_scorer, packaged_scorer
 from scoring.scorer import Scorer
 from service import Service
 
 RERANK_METRICS = ("ndcg@10", "mrr@10")
-NEGATIVE_MARGIN = 0.05  # sentence-transformers' relative margin; its false negatives: bench/negatives.py (docs/adapt.md)
 TRAIN_TOKEN_BUDGET = 8192  # padded tokens one training forward pass holds activations for (an embedding model)
 
 
@@ -58,6 +58,9 @@ class Options:
     keep_worse: bool = False
     margin: float = NEGATIVE_MARGIN  # a mined negative scored within this share of the positive's score is dropped
     depth: int = 100  # candidates per held-out query where the collection brings none
+    validation_fraction: float = 0.0  # training queries that choose among recipes (0: train the options' own recipe)
+    recipes: tuple[Recipe, ...] = ()  # what validation chooses among (empty: recipes.candidates of these options)
+    work_dir: Path | None = None  # the trainer's state (default: beside the output)
 
     def check(self) -> None:
         """Refuse settings that cannot train, naming the option and its bound."""
@@ -69,11 +72,17 @@ class Options:
             raise FineTuneError(f"--learning-rate must be above 0, got {self.learning_rate}")
         if not 0 <= self.margin < 1:
             raise FineTuneError(f"--negative-margin must be at least 0 and below 1, got {self.margin}")
+        if not 0 <= self.validation_fraction < 1:
+            raise FineTuneError(f"--validation-fraction must be at least 0 and below 1, got {self.validation_fraction}")
 
     @property
     def work(self) -> Path:
         """Where the trainer's per-epoch state lives until the run ends (a stopped run resumes from it)."""
-        return self.out.with_name(self.out.name + ".training")
+        return self.work_dir or self.out.with_name(self.out.name + ".training")
+
+    def candidates(self, embedding: bool) -> tuple[Recipe, ...]:
+        """The recipes validation chooses among."""
+        return self.recipes or recipes.candidates(self.learning_rate, self.epochs, self.negatives, embedding=embedding)
 
 
 def check_output(out: Path) -> None:
@@ -104,69 +113,6 @@ def split(dataset: Dataset, own_train: dict | None, options: Options) -> tuple[D
             replace(dataset, qrels={q: dataset.qrels[q] for q in test_ids}))
 
 
-def far_enough(positive: float, candidates: np.ndarray, margin: float) -> np.ndarray:
-    """Which candidates a model scores clearly below a relevant passage: at most ``(1 - margin)`` times its score (the
-    relative margin of sentence-transformers' ``mine_hard_negatives``; scores on [0, 1]). A candidate scored as high as
-    a known relevant passage is more likely relevant but never judged than a true negative, and teaching the model
-    to push it down teaches it to push relevant text down."""
-    return np.asarray(candidates) <= positive * (1.0 - margin)
-
-
-def mine(train: Dataset, index, negatives: int, *, depth: int = 30, progress: bool = True, scorer: Scorer | None = None,
-         margin: float = NEGATIVE_MARGIN) -> tuple[list[dict], dict]:
-    """For each training query and each passage judged relevant: the ``negatives`` best-ranked passages of the hybrid
-    index that are not judged relevant (hard negatives); with ``scorer``, only those it scores below the relevant
-    passage by ``margin`` (:func:`far_enough`). Also what was mined: candidates seen and how many the margin turned
-    away."""
-    from tqdm.auto import tqdm  # lazy: tqdm loads only on this path
-
-    rows, seen, dropped, easy = [], 0, 0, 0
-    level = train.mrr_threshold
-    rng, ids = random.Random(0), sorted(train.corpus)
-    for qid in tqdm(sorted(train.qrels), desc="mining hard negatives", unit="query", disable=not progress):
-        relevant = sorted(d for d, label in train.qrels[qid].items() if label >= level and d in train.corpus)
-        if not relevant:
-            continue
-        query = train.queries[qid]
-        found = index.search(query, depth, "hybrid")["url"].tolist()
-        hard = [d for d in found if d not in relevant and train.qrels[qid].get(d, 0) < level]
-        scores = (scorer.score(query, [train.corpus[d] for d in relevant + hard]) if scorer is not None and hard
-                  else None)
-        for n, d in enumerate(relevant):
-            kept = hard if scores is None else [h for h, ok in zip(hard, far_enough(scores[n], scores[len(relevant):],
-                                                                                   margin), strict=True) if ok]
-            seen += len(hard)
-            dropped += len(hard) - len(kept)
-            chosen = kept[:negatives]
-            if len(chosen) < negatives:  # every row the same width: random passages, not judged relevant, fill it
-                chosen += _random_passages(rng, ids, negatives - len(chosen), set(train.qrels[qid]) | set(chosen))
-                easy += negatives - len(kept[:negatives])
-            rows.append({"query": query, "positive": train.corpus[d], "negatives": [train.corpus[h] for h in chosen],
-                         "qid": qid, "negative_ids": chosen})
-    if not rows:
-        raise FineTuneError("no training query has a passage judged relevant in the corpus: nothing to learn from")
-    return rows, {"candidates": seen, "dropped_by_margin": dropped, "random_fill": easy,
-                  "margin": margin if scorer is not None else None}
-
-
-def false_negatives(rows: list[dict], qrels: dict[str, dict[str, int]], level: int = 1) -> float:
-    """The share of mined negatives that ``qrels`` (fuller judgments than mining saw) judge relevant at ``level``."""
-    mined = [(r["qid"], n) for r in rows for n in r["negative_ids"]]
-    return sum(qrels.get(q, {}).get(n, 0) >= level for q, n in mined) / max(1, len(mined))
-
-
-def _random_passages(rng: random.Random, ids: list[str], count: int, exclude: set[str]) -> list[str]:
-    """``count`` passages drawn at random, none of ``exclude`` (fewer where the corpus has no more)."""
-    out: list[str] = []
-    for _ in range(count * 20):
-        if len(out) == count or len(ids) <= len(exclude):
-            break
-        pick = ids[rng.randrange(len(ids))]
-        if pick not in exclude and pick not in out:
-            out.append(pick)
-    return out
-
-
 def trainable(base: Scorer) -> None:
     """Refuse a model of a family fine-tuning here does not train."""
     if base.info.family in ("causal-lm", "late-interaction"):
@@ -191,12 +137,41 @@ def train_model(base: Scorer, rows: list[dict], options: Options, *, progress: b
     resume = any(work.glob("checkpoint-*"))
     trainer = (_embedding_trainer if base.info.mode == "embedding" else _cross_encoder_trainer)(base, rows, options,
                                                                                                progress)
-    for callback in callbacks or []:
+    for callback in [*(callbacks or []), _estimate_callback()]:
         trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=True if resume else None)
     saved = work / "model"
     trainer.model.save_pretrained(str(saved))
     return saved
+
+
+def _estimate_callback():
+    """A trainer callback that states, on stderr, what the run will take once its first step is timed: steps an epoch,
+    seconds a step, and the estimate for the whole training (the trainer's own bar shows progress)."""
+    import sys
+
+    from transformers import TrainerCallback  # lazy: transformers loads only on this path
+
+    class Estimate(TrainerCallback):
+        def __init__(self) -> None:
+            self.started: float | None = None
+            self.told = False
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.started is None:
+                self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.told or self.started is None:
+                return
+            self.told = True
+            step = time.perf_counter() - self.started
+            per_epoch = max(1, state.max_steps // max(1, int(args.num_train_epochs)))
+            print(f"training: {state.max_steps} steps ({per_epoch} an epoch); the first took {step:.1f} s, so about "
+                  f"{step * per_epoch:.0f} s an epoch and {step * (state.max_steps - state.global_step):.0f} s more",
+                  file=sys.stderr)
+
+    return Estimate()
 
 
 def _arguments(cls, options: Options, progress: bool, **extra):
@@ -283,22 +258,34 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     folder = Path(source)
     embedder = base if base.info.mode == "embedding" else packaged_scorer()  # the app's own first stage
     index = end_to_end.open_collection_index(folder, dataset, embedder, cache_dir)
+    fit, validation = split_validation(train, options)
+    width = max([options.negatives, *(r.negatives for r in options.candidates(base.info.mode == "embedding"))])
     try:
-        rows, mined = mine(train, index, options.negatives, progress=progress, scorer=base, margin=options.margin)
+        rows, mined = mine(train, index, width if validation else options.negatives, progress=progress, scorer=base,
+                           margin=options.margin)
+        if not rows:
+            raise FineTuneError("no training query has a passage judged relevant in the corpus: nothing to learn from")
         pools = candidate_pools(folder, held, index, options.depth)
+        checks = candidate_pools(folder, validation, index, options.depth) if validation else {}
     finally:
         index.close()
     trained_at = time.perf_counter()
-    saved = train_model(base, rows, options, progress=progress)
+    chosen = None
+    if validation:
+        saved, chosen = _choose(base, [r for r in rows if r["qid"] in fit.qrels], validation, checks, options,
+                                service_for, progress)
+    else:
+        saved = train_model(base, rows, options, progress=progress)
     trained = time.perf_counter() - trained_at
     tuned = load_scorer(str(saved), allow_fallback=False, backend="torch")
     before, _ = judge(base, held, pools, service_for, report_progress)
     after, _ = judge(tuned, held, pools, service_for, report_progress)
     report = {"dataset": dataset.name, "base": base.info.name, "mode": base.info.mode, "seed": options.seed,
-              "queries": {"train": len(train.qrels), "held_out": len(held.qrels)}, "training_rows": len(rows),
-              "negatives": mined,
+              "queries": {"train": len(fit.qrels), "validation": len(validation.qrels) if validation else 0,
+                          "held_out": len(held.qrels)},
+              "training_rows": len(rows), "negatives": mined,
               "epochs": options.epochs, "seconds_per_epoch": trained / max(options.epochs, 1),
-              "reranking": {"base": before, "fine_tuned": after}}
+              "recipes": chosen, "reranking": {"base": before, "fine_tuned": after}}
     if base.info.mode == "embedding":
         report["end_to_end"] = {name: _end_to_end(folder, held, scorer, service_for, cache_dir)
                                 for name, scorer in (("base", base), ("fine_tuned", tuned))}
@@ -322,6 +309,41 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     return report
 
 
+def split_validation(train: Dataset, options: Options) -> tuple[Dataset, Dataset | None]:
+    """(fitting, validation) views of the training queries; no validation where ``validation_fraction`` is 0. Too
+    few queries to spare for validation is refused, naming the option."""
+    if not options.validation_fraction:
+        return train, None
+    try:
+        return split(train, None, replace(options, test_fraction=options.validation_fraction))
+    except SplitError:
+        raise FineTuneError(f"--validation-fraction {options.validation_fraction} of {len(train.qrels)} training queries "
+                            f"leaves fewer than {MIN_QUERIES_PER_SIDE} to train on or to validate on (use 0 to train "
+                            "one recipe without validation)") from None
+
+
+def _choose(base: Scorer, rows: list[dict], validation: Dataset, checks: dict, options: Options, service_for,
+            progress: bool) -> tuple[Path, dict]:
+    """Train each candidate recipe on the fitting queries' rows and keep the best on the validation queries: its
+    saved folder, and every candidate's validation figures beside the base's (the others' folders are removed)."""
+    def train(position: int, recipe: Recipe) -> Path:
+        trimmed = [{**r, "negatives": r["negatives"][:recipe.negatives],
+                    "negative_ids": r["negative_ids"][:recipe.negatives]} for r in rows]
+        return train_model(base, trimmed, replace(options, learning_rate=recipe.learning_rate, epochs=recipe.epochs,
+                                                  work_dir=options.work / f"recipe-{position}"), progress=progress)
+
+    def validate(saved: Path) -> dict[str, float]:
+        return judge(load_scorer(str(saved), allow_fallback=False, backend="torch"), validation, checks, service_for)[0]
+
+    best, tried, made = recipes.choose(options.candidates(base.info.mode == "embedding"), train, validate)
+    for position, folder in enumerate(made):
+        if position != best:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+    return made[best], {"chosen": tried[best].recipe.name, "chosen_by": f"validation {recipes.CHOSEN_BY}",
+                        "base": judge(base, validation, checks, service_for)[0],
+                        "candidates": [t.as_dict() for t in tried]}
+
+
 def _end_to_end(folder: Path, held: Dataset, scorer: Scorer, service_for, cache_dir: Path) -> dict:
     """The app's pipeline with this model as embedder and reranker, on the held-out queries."""
     report = end_to_end.evaluate_end_to_end(folder, service=service_for(scorer), embedder=scorer, cache_dir=cache_dir,
@@ -335,6 +357,12 @@ def print_fine_tune(report: dict) -> None:
     print(f"{report['dataset']}: {report['base']} ({report['mode']}) fine-tuned on {q['train']} queries "
           f"({report['training_rows']} rows, {report['epochs']} epoch(s), {report['seconds_per_epoch']:.0f} s an epoch); "
           f"judged on {q['held_out']} held-out queries")
+    chosen = report.get("recipes")
+    if chosen:
+        print(f"recipes on {q['validation']} validation queries (reranking nDCG@10; base "
+              f"{chosen['base']['ndcg@10']:.4f}): " + "; ".join(f"{c['recipe']} {c['validation']['ndcg@10']:.4f} "
+                                                              f"({c['seconds']:.0f} s)" for c in chosen["candidates"])
+              + f"; chosen: {chosen['chosen']}")
     rows = [("reranking", report["reranking"])]
     if "end_to_end" in report:
         rows.append(("end to end (hybrid + rerank)", {k: v["reranked"] for k, v in report["end_to_end"].items()}))

@@ -17,6 +17,7 @@ import pytest
 import evaluate
 import rerank
 from evaluation import fine_tune as ft
+from evaluation import mining
 from scoring.checkpoint import packaged_model_path
 from scoring.synthetic import build_causal_reranker
 from service import assembly
@@ -97,7 +98,7 @@ def test_a_model_no_better_than_the_base_is_not_written(collection, tmp_path, mo
     monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "model"
     code = evaluate.main([str(collection), "--fine-tune", str(out), "--model", str(packaged_model_path()),
-                          "--backend", "torch", "--seed", "2"])
+                          "--backend", "torch", "--seed", "2", "--validation-fraction", "0"])
     printed = capsys.readouterr().out
     assert code == 1 and not out.exists()
     assert "not written: it did not beat the base on the held-out queries (end-to-end hybrid + rerank nDCG@10 short " \
@@ -127,7 +128,7 @@ def test_a_stopped_run_resumes_from_its_last_epoch(collection, tmp_path):
     options = ft.Options(out=tmp_path / "model", epochs=2, seed=1)
     train, _ = ft.split(dataset, None, options)
     index = ft.end_to_end.open_collection_index(collection, dataset, base, tmp_path / "cache")
-    rows, _ = ft.mine(train, index, options.negatives, progress=False)
+    rows, _ = mining.mine(train, index, options.negatives, progress=False)
     index.close()
 
     class StopAfterOneEpoch(TrainerCallback):
@@ -164,6 +165,8 @@ def test_bad_inputs_are_refused_naming_the_field(collection, tmp_path, capsys, m
     assert (busy / "keep.txt").read_text() == "mine"
     assert "--epochs must be at least 1, got 0" in _refused(capsys, collection, "--fine-tune", tmp_path / "a",
                                                             "--epochs", "0")
+    assert "--validation-fraction must be at least 0 and below 1, got 1.0" in _refused(
+        capsys, collection, "--fine-tune", tmp_path / "a", "--validation-fraction", "1")
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"query": "q", "passage": "p", "label": 1}\n{"query": "q", "passage": "r", "label": "yes"}\n')
     assert "pairs.jsonl line 2: label must be a number, got 'yes'" in _refused(capsys, pairs, "--fine-tune", tmp_path / "b")
@@ -178,7 +181,8 @@ def test_bad_inputs_are_refused_naming_the_field(collection, tmp_path, capsys, m
         ft.train_model(base, [{"query": "q", "positive": "p", "negatives": []}], ft.Options(out=tmp_path / "d"))
 
 
-def test_a_pairs_file_without_a_corpus_fine_tunes_and_json_is_all_stdout_carries(tmp_path, capsys, monkeypatch):
+def test_a_pairs_file_without_a_corpus_fine_tunes_a_recipe_chosen_on_validation_and_json_is_all_stdout_carries(
+        tmp_path, capsys, monkeypatch):
     rows = [{"query": f"what do you know about {code}", "passage": text, "label": 1}
             for code, texts in TOPICS.values() for text in texts[:3]]
     rows += [{"query": f"facts on {code}", "passage": text, "label": 1} for code, texts in TOPICS.values()
@@ -191,12 +195,21 @@ def test_a_pairs_file_without_a_corpus_fine_tunes_and_json_is_all_stdout_carries
     pd.DataFrame(rows).to_csv(pairs, index=False)
     monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
     code = evaluate.main([str(pairs), "--fine-tune", str(tmp_path / "m"), "--keep-worse", "--json",
-                          "--base", str(packaged_model_path())])
+                          "--base", str(packaged_model_path()), "--validation-fraction", "0.34"])
     out, err = capsys.readouterr()
-    report = json.loads(out)  # the report alone: the trainer's logs and the progress went to stderr
-    assert code == 0 and report["dataset"] == "labels" and report["queries"] == {"train": 6, "held_out": 6}
+    report = json.loads(out)  # the report alone: the trainer's logs, its estimate and the progress went to stderr
+    assert code == 0 and report["dataset"] == "labels"
+    assert report["queries"] == {"train": 4, "validation": 2, "held_out": 6}
     assert "loss" in err and report["written"] == str(tmp_path / "m")
+    assert err.count("training: ") == 3 and "s an epoch" in err  # each candidate's estimate, from its first step
     assert (tmp_path / "m" / "modules.json").is_file()
+    chosen = report["recipes"]
+    figures = [c["validation"]["ndcg@10"] for c in chosen["candidates"]]
+    assert [c["negatives"] for c in chosen["candidates"]] == [4, 4, 0] and set(chosen["base"]) == {"ndcg@10", "mrr@10"}
+    assert chosen["chosen"] == chosen["candidates"][figures.index(max(figures))]["recipe"]  # the best on validation
+    judged = rerank.load_scorer(str(tmp_path / "m"), allow_fallback=False, backend="torch")
+    assert judged.fingerprint != rerank.packaged_scorer().fingerprint  # the chosen one was written, the others removed
+    assert not (tmp_path / "m.training").exists()
 
 
 def test_the_margin_keeps_unjudged_relevant_passages_out_of_the_negatives(collection, tmp_path):
@@ -210,11 +223,11 @@ def test_the_margin_keeps_unjudged_relevant_passages_out_of_the_negatives(collec
     one_each = replace(dataset, qrels={q: {sorted(j)[0]: 1} for q, j in sorted(dataset.qrels.items())[:12]})
     index = ft.end_to_end.open_collection_index(collection, dataset, base, tmp_path / "cache")
     try:
-        plain, _ = ft.mine(one_each, index, 4, progress=False)
-        filtered, mined = ft.mine(one_each, index, 4, progress=False, scorer=base, margin=0.05)
+        plain, _ = mining.mine(one_each, index, 4, progress=False)
+        filtered, mined = mining.mine(one_each, index, 4, progress=False, scorer=base, margin=0.05)
     finally:
         index.close()
-    before, after = ft.false_negatives(plain, dataset.qrels), ft.false_negatives(filtered, dataset.qrels)
+    before, after = mining.false_negatives(plain, dataset.qrels), mining.false_negatives(filtered, dataset.qrels)
     print(f"false negatives: {before:.0%} unfiltered, {after:.0%} with the margin; {mined}")
     assert before > 0.25 and after < before - 0.1  # deterministic: the packaged model, fixed labels
     assert mined["dropped_by_margin"] > 0 and mined["margin"] == 0.05

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.fine_tune import false_negatives, far_enough
+from evaluation.mining import false_negatives, far_enough
 
 pytestmark = pytest.mark.unit
 
