@@ -11,7 +11,7 @@ Each round first collects Python's cyclic garbage. Requests leave reference cycl
 and its frames, which hold the request's documents and arrays); Python's own collector reaches the oldest generation
 only every minute or two under load, so RSS climbed by tens of MiB between its passes and fell back after them. The
 objects loaded at start-up are frozen out of the collector's scans (``gc.freeze``, web/server.py), so a full pass
-takes ~10 ms on 2 cores.
+takes ~10 ms on 2 cores; until they are, no round collects (a pass would walk every object the models hold, ~0.5 s).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ class Releaser:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            gc.collect()  # cycles freed now, not at the collector's next full pass; then their pages returned
+            if gc.get_freeze_count():  # start-up is frozen: a full pass is short (before, it walks every model object)
+                gc.collect()  # cycles freed now, not at the collector's next full pass; then their pages returned
             if release():
                 self.releases += 1
             else:

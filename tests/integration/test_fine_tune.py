@@ -45,7 +45,7 @@ def written(collection, tmp_path_factory):
 
 def test_an_embedding_model_is_trained_as_one_and_judged_on_held_out_queries(written):
     out, report = written
-    assert report["mode"] == "embedding" and report["queries"] == {"train": 12, "held_out": 12}
+    assert report["mode"] == "embedding" and report["queries"] == {"train": 12, "validation": 0, "held_out": 12}
     assert report["training_rows"] == 12 * 5  # every relevant passage of every training query, with mined negatives
     for stage in ("base", "fine_tuned"):
         assert set(report["reranking"][stage]) == {"ndcg@10", "mrr@10"}
