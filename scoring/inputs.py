@@ -10,7 +10,7 @@ import numpy as np
 
 from scoring.checkpoint import ModelInfo
 from scoring.errors import LimitExceeded, RerankError
-from scoring.media import ImageDocument, ImageLimits, from_pil, is_pil
+from scoring.media import ImageDocument, ImageLimits, from_pil, is_image, is_pil
 
 
 def unicode_problem(text: str) -> str | None:
@@ -98,7 +98,7 @@ def validate_texts(texts: Sequence[object], *, field: str = "documents", max_doc
 
 def has_images(documents: Sequence[object]) -> bool:
     """Whether any document is an image (an :class:`ImageDocument` or a PIL image)."""
-    return any(isinstance(d, ImageDocument) or is_pil(d) for d in documents)
+    return any(is_image(d) for d in documents)
 
 
 def validate_media(documents: Sequence[object], info: ModelInfo, *, field: str = "documents",
@@ -109,7 +109,7 @@ def validate_media(documents: Sequence[object], info: ModelInfo, *, field: str =
     if max_documents is not None and len(documents) > max_documents:
         raise LimitExceeded(f"{field} has {len(documents)} entries; the limit is {max_documents} (RERANK_MAX_DOCUMENTS)")
     if not info.images:
-        first = next(i for i, d in enumerate(documents) if isinstance(d, ImageDocument) or is_pil(d))
+        first = next(i for i, d in enumerate(documents) if is_image(d))
         raise RerankError(f"{field}[{first}] is an image, and {info.name} ranks text only: image documents need a model "
                           "that reads images (a multimodal reranker)")
     out: list[str | ImageDocument] = []

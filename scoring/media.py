@@ -129,6 +129,16 @@ def from_pil(image, *, field: str, limits: ImageLimits = ImageLimits()) -> Image
                                                                          limits.max_pixels))
 
 
+def is_image(value: object) -> bool:
+    """Whether a document is an image: an :class:`ImageDocument` or a PIL image."""
+    return isinstance(value, ImageDocument) or is_pil(value)
+
+
+def identity(document: str | ImageDocument) -> str:
+    """What identifies a document (duplicates, caches): a text itself, an image its :attr:`ImageDocument.key`."""
+    return document.key if isinstance(document, ImageDocument) else document
+
+
 def is_pil(value: object) -> bool:
     """Whether ``value`` is a PIL image (without importing Pillow where nobody sent one)."""
     import sys

@@ -16,7 +16,7 @@ import numpy as np
 
 from scoring.checkpoint import ModelInfo
 from scoring.errors import LimitExceeded, RerankError
-from scoring.media import PIXELS_PER_TOKEN, ImageDocument
+from scoring.media import PIXELS_PER_TOKEN, ImageDocument, identity
 from scoring.pool import Ticket, WorkerPool
 from scoring.tokenizer import Tokens, word_count
 
@@ -130,7 +130,7 @@ class Planner:
         read = iter(len(e) for e in (self._pool.encode(texts, spans=False) if texts else []))
         lengths = [room + d.cost if isinstance(d, ImageDocument) else min(self.info.max_length, room + next(read))
                    for d in documents]
-        names = [d.key if isinstance(d, ImageDocument) else d for d in documents]
+        names = [identity(d) for d in documents]
         return Plan(query, documents, np.arange(len(documents), dtype=np.int64), lengths, len(documents),
                     instruction=instruction, names=names)
 

@@ -32,7 +32,7 @@ from scoring.inputs import (
     validate_texts,
     validate_top_n,
 )
-from scoring.media import ImageDocument, ImageLimits
+from scoring.media import ImageDocument, ImageLimits, identity
 from scoring.pool import Ticket
 from scoring.scorer import LongDocuments, Plan, Scorer
 
@@ -257,7 +257,7 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
     first: dict[str, int] = {}
     unique, duplicates = [], []
     for i, text in enumerate(texts):
-        key = text.key if isinstance(text, ImageDocument) else text
+        key = identity(text)
         if key in first:
             duplicates.append(Duplicate(i, first[key]))
         else:

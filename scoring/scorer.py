@@ -24,7 +24,7 @@ from scoring.cache import DEFAULT_CACHE_BYTES, ScoreCache, cache_key
 from scoring.checkpoint import Layout, ModelInfo, file_list
 from scoring.engines.st_engine import causal_backends, st_replicas
 from scoring.errors import ModelLoadError
-from scoring.media import ImageDocument
+from scoring.media import identity
 from scoring.planning import LongDocuments, Plan, Planner
 from scoring.pool import Shared, Ticket, WorkerPool
 
@@ -268,7 +268,7 @@ class Scorer:
         """Document vectors (cached, else from the attached store; one row per text, or a late-interaction model's one
         per token) and, with ``query``, the query's, all queued at once so they run side by side."""
         engine = self.backend.backend
-        keys = [cache_key(engine, t.key if isinstance(t, ImageDocument) else t) for t in texts]
+        keys = [cache_key(engine, identity(t)) for t in texts]
         found = self._cache.get_many(keys)
         missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
         stored = [i for i in missing if isinstance(texts[i], str)]  # the index stores passages' vectors, not images'
