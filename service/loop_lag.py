@@ -4,20 +4,81 @@ Gradio, MCP and the HTTP APIs share one asyncio loop per port. A blocking call i
 handler or middleware stalls all of them; the monitor sees it as a late wake-up of its own sleep.
 Every lag goes to a Prometheus histogram (``rerank_event_loop_lag_seconds`` in ``/metrics``); a lag
 over the warning threshold is logged in one line. ``worst`` is kept so a test can fail on any stall.
+
+A late wake-up has two causes with different cures: the loop itself was kept busy or blocked (a handler's blocking
+call: fix the handler), or the whole process was starved (the CPU taken by other processes, or the GIL held by a long
+C call of another thread): a plain thread in the process, :class:`Heartbeat`, was late over the same span, and the
+loop's thread used little CPU meanwhile. Each stall says which (``Stall.starved``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import threading
 import time
+from typing import NamedTuple
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
 log = logging.getLogger("rag_augment.loop")
 
 WARN_SECONDS = 0.25
 INTERVAL_SECONDS = 0.05
+
+
+class Stall(NamedTuple):
+    """One wake-up later than the warning threshold."""
+
+    at: float  # wall time
+    lag: float  # seconds late
+    starved: bool  # the whole process was held up, not the loop alone
+
+
+class Heartbeat:
+    """A daemon thread that wakes every ``interval`` seconds and keeps when it did: the process's own pulse, against
+    which a late loop is judged (a thread with no work of its own is late only when the process is starved)."""
+
+    def __init__(self, interval: float = INTERVAL_SECONDS, keep: int = 4096) -> None:
+        self.interval = interval
+        self.beats: collections.deque[float] = collections.deque([time.perf_counter()], maxlen=keep)
+        self._thread = threading.Thread(target=self._run, name="loop-lag-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.beats.append(time.perf_counter())
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest time without a beat between ``start`` and ``end`` (perf_counter seconds)."""
+        beats = list(self.beats)
+        before = [b for b in beats if b < start][-1:] or [start]
+        points = before + [b for b in beats if start <= b <= end] + [end]
+        return float(np.diff(points).max())
+
+
+_HEARTBEAT: Heartbeat | None = None
+_HEARTBEAT_LOCK = threading.Lock()
+
+
+def heartbeat() -> Heartbeat:
+    """The process's one heartbeat thread, started on first use."""
+    global _HEARTBEAT
+    with _HEARTBEAT_LOCK:
+        if _HEARTBEAT is None:
+            _HEARTBEAT = Heartbeat()
+        return _HEARTBEAT
+
+
+def starved(lag: float, *, loop_cpu: float, pulse_gap: float) -> bool:
+    """Whether a late wake-up was the process being starved rather than the loop being blocked: the heartbeat thread
+    went without a beat for at least half the lag, while the loop's own thread used under half of it in CPU (a handler
+    computing on the loop, even in a C call that holds the GIL, uses its thread's CPU; a handler blocked in I/O or a
+    sleep leaves the heartbeat beating)."""
+    return pulse_gap >= lag / 2 and loop_cpu < lag / 2
 
 
 class LoopLagMonitor:
@@ -30,7 +91,7 @@ class LoopLagMonitor:
                                    "delays every route)", registry=registry,
                                    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.worst = 0.0
-        self.stalls: list[tuple[float, float]] = []  # (wall time, lag) of each wake-up later than ``warn``
+        self.stalls: list[Stall] = []  # each wake-up later than ``warn``, the newest 100
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -48,19 +109,30 @@ class LoopLagMonitor:
                 pass
             self._task = None
 
-    def record(self, lag: float) -> None:
+    def record(self, lag: float, *, starved: bool = False) -> None:
         """One wake-up's lateness: into the histogram, the worst case, and the log when over ``warn``."""
         lag = max(0.0, lag)
         self.histogram.observe(lag)
         self.worst = max(self.worst, lag)
         if lag > self.warn:
-            self.stalls.append((time.time(), lag))
+            self.stalls.append(Stall(time.time(), lag, starved))
             del self.stalls[:-100]
-            log.warning("the event loop was blocked for %.0f ms (every route waited); a handler or middleware made a "
-                        "blocking call", lag * 1000)
+            if starved:
+                log.warning("the event loop woke %.0f ms late because the whole process was held up (the CPU taken by "
+                            "other processes, or the GIL held by another thread's long call)", lag * 1000)
+            else:
+                log.warning("the event loop was blocked for %.0f ms (every route waited); a handler or middleware "
+                            "made a blocking call", lag * 1000)
 
     async def _watch(self) -> None:
+        pulse = heartbeat()
         while True:
-            due = time.perf_counter() + self.interval
+            cpu, slept = time.thread_time(), time.perf_counter()
             await asyncio.sleep(self.interval)
-            self.record(time.perf_counter() - due)
+            now = time.perf_counter()
+            lag = now - slept - self.interval
+            if lag > self.warn:
+                self.record(lag, starved=starved(lag, loop_cpu=time.thread_time() - cpu,
+                                                 pulse_gap=pulse.longest_gap(slept, now)))
+            else:
+                self.record(lag)

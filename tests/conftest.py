@@ -10,7 +10,7 @@ import pytest
 
 import rerank
 from scoring.synthetic import build_tiny_cross_encoder
-from tests.support import EVAL_DIR, LOOP_MONITORS, MAX_LOOP_LAG, stand_in_space
+from tests.support import EVAL_DIR, LOOP_MONITORS, MAX_LOOP_LAG, MAX_STARVED_LAG, stand_in_space
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 TIERS = ("unit", "integration", "e2e")
@@ -83,21 +83,29 @@ def local_retriever(packaged_scorer, small_corpus):
 
 @pytest.fixture(autouse=True)
 def loop_lag_guard(request):
-    """Fails the test during which any served event loop was blocked for more than 250 ms (every route waits then)."""
+    """Fails the test during which any served event loop was blocked for more than 250 ms (every route waits then), or
+    woke over 2 s late because the whole test process was starved (the test's own work, other processes on the CPU:
+    what a served app's handlers cannot cure, yet bounded)."""
     marks = {id(m): len(m.stalls) for m in LOOP_MONITORS}
     yield
-    stalls = [lag for m in LOOP_MONITORS for _, lag in m.stalls[marks.get(id(m), 0):] if lag > MAX_LOOP_LAG]
-    if stalls:
-        pytest.fail(f"the server's event loop was blocked for {max(stalls) * 1000:.0f} ms during {request.node.name} "
-                    f"({len(stalls)} wake-up(s) over {MAX_LOOP_LAG * 1000:.0f} ms)", pytrace=False)
+    stalls = [s for m in LOOP_MONITORS for s in m.stalls[marks.get(id(m), 0):]]
+    blocked = [s.lag for s in stalls if not s.starved and s.lag > MAX_LOOP_LAG]
+    starved = [s.lag for s in stalls if s.starved and s.lag > MAX_STARVED_LAG]
+    if blocked or starved:
+        worst, limit = (max(blocked), MAX_LOOP_LAG) if blocked else (max(starved), MAX_STARVED_LAG)
+        what = "was blocked" if blocked else "woke late with the whole process starved"
+        pytest.fail(f"the server's event loop {what} for {worst * 1000:.0f} ms during {request.node.name} "
+                    f"({len(blocked or starved)} wake-up(s) over {limit * 1000:.0f} ms)", pytrace=False)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """The worst event-loop lag any served app saw over the run (the guard fails a test past 250 ms)."""
     if LOOP_MONITORS:
         worst = max(m.worst for m in LOOP_MONITORS)
+        starved = [s.lag for m in LOOP_MONITORS for s in m.stalls if s.starved]
         terminalreporter.write_line(f"event-loop lag: worst {worst * 1000:.0f} ms over {len(LOOP_MONITORS)} served apps "
-                                    f"(limit {MAX_LOOP_LAG * 1000:.0f} ms)")
+                                    f"(limit {MAX_LOOP_LAG * 1000:.0f} ms blocked, {MAX_STARVED_LAG * 1000:.0f} ms with "
+                                    f"the process starved: {len(starved)} such wake-up(s))")
 
 
 def _hypothesis_profile() -> None:

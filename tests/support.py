@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EVAL_DIR = ROOT.parent / "shared" / "eval"
 LOOP_MONITORS: list = []  # the loop-lag monitor of every server the tests started (see conftest's loop_lag_guard)
 MAX_LOOP_LAG = 0.25
+MAX_STARVED_LAG = 2.0
 
 PASSAGES = pd.DataFrame({
     "url": ["https://e.org/ai", "https://e.org/bread", "https://e.org/ml"],
