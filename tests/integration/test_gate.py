@@ -53,26 +53,32 @@ def cache(tmp_path_factory):
     return folder
 
 
-def _replicas(name, packaged, cache, workers=1):
+def _replicas(name, packaged, cache, workers=2):
     path, layout, tokenizer = packaged
     return engines.replicas(name, path, layout, tokenizer, cache_dir=cache, workers=workers)
 
 
-def test_the_gate_admits_a_faithful_engine_and_rejects_noise_that_reorders_the_top(packaged, cache):
+@pytest.fixture(scope="module")
+def fp32(packaged, cache):
+    """fp32 torch's scores of the fidelity probe: the ranking every candidate is judged against."""
+    return choice.fidelity_scores(_replicas("torch", packaged, cache), packaged[1])
+
+
+def _judged(name: str, replicas: list, layout, fp32, seconds: float) -> choice.Measurement:
+    return choice.Measurement.of(name, seconds, fidelity.compare(choice.fidelity_scores(replicas, layout), fp32))
+
+
+def test_the_gate_admits_a_faithful_engine_and_rejects_noise_that_reorders_the_top(packaged, cache, fp32):
     layout = packaged[1]
-    reference = _replicas("torch", packaged, cache)
-    candidates = {"onnxruntime": lambda: _replicas("onnxruntime", packaged, cache),
-                  "noisy": lambda: [Noisy(r, 0.08) for r in _replicas("onnxruntime", packaged, cache)]}
-    measured, skipped, _ = choice.measure(reference, candidates, layout, rounds=1)
-    by_name = {m.backend: m for m in measured}
-    assert not skipped
-    faithful, noisy = by_name["onnxruntime"], by_name["noisy"]
+    faithful = _judged("onnxruntime", _replicas("onnxruntime", packaged, cache), layout, fp32, 1.0)
+    noisy = _judged("noisy", [Noisy(r, 0.08) for r in _replicas("onnxruntime", packaged, cache)], layout, fp32, 0.01)
     assert faithful.faithful and faithful.ndcg > 0.999 and faithful.top10 == 1.0, faithful
     assert not noisy.faithful and "reorders the top of fp32's ranking" in noisy.verdict(), noisy
-    assert choice.pick(measured) != "noisy"  # however fast, what the gate turns away never serves
+    reference = choice.Measurement("torch", 1.0, 1.0, 1.0, 1.0, 1.0, 0.0)
+    assert choice.pick([reference, faithful, noisy]) != "noisy"  # however fast, what the gate turns away never serves
 
 
-def test_static_quantization_is_calibrated_cached_and_a_damaged_graph_is_turned_away(packaged, cache):
+def test_static_quantization_is_calibrated_cached_and_a_damaged_graph_is_turned_away(packaged, cache, fp32):
     import onnx
     from onnx import numpy_helper
 
@@ -86,17 +92,16 @@ def test_static_quantization_is_calibrated_cached_and_a_damaged_graph_is_turned_
     assert _replicas("onnxruntime-int8-static", packaged, cache)[0].name == "onnxruntime-int8-static"
     assert graph.stat().st_mtime_ns == made
     texts = ["json.loads parses a JSON document", "tulips bloom in spring", "subprocess.run runs a command"]
-    fp32 = _replicas("onnxruntime", packaged, cache)[0]
+    plain = _replicas("onnxruntime", packaged, cache)[0]
     assert fidelity.spearman(static[0].embed(texts) @ static[0].embed(["parse json"], query=True)[0],
-                           fp32.embed(texts) @ fp32.embed(["parse json"], query=True)[0]) > 0.4
+                             plain.embed(texts) @ plain.embed(["parse json"], query=True)[0]) > 0.4
 
     scales = [i for i in model.graph.initializer if i.name.endswith("_scale") and "MatMul" in i.name]
     for initializer in scales[: len(scales) // 2]:  # a damaged graph: half the weight scales off by 4x
         initializer.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(initializer) * 4.0, initializer.name))
     damaged_path = graph.with_name("damaged.onnx")
     onnx.save(model, str(damaged_path))
-    damaged = onnx_engines.onnxruntime_engine(damaged_path, layout, packaged[2].copy(), name="damaged")
-    measured, _, _ = choice.measure(_replicas("torch", packaged, cache), {"damaged": lambda: [damaged]}, layout,
-                                    rounds=1)
-    verdict = {m.backend: m for m in measured}["damaged"]
+    damaged = [onnx_engines.onnxruntime_engine(damaged_path, layout, packaged[2].copy(), name="damaged")
+               for _ in range(2)]
+    verdict = _judged("damaged", damaged, layout, fp32, 0.01)
     assert not verdict.faithful and verdict.ndcg < 1.0, verdict
