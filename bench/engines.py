@@ -1,7 +1,8 @@
 """One table: every engine that runs here x (p50 for 50 SciFact passages over HTTP, pairs/s, nDCG@10 on each dev
 collection, the gate's verdict), for the trained cross-encoder and the embedded default, beside the seed's way.
 
-``python bench/engines.py --model DIR [--requests 12] [--depth 50] [--limit N] [--scores-cache DIR]``
+``python bench/engines.py --model DIR [--requests 12] [--depth 50] [--limit N] [--scores-cache DIR]
+[--models trained,default]``
 
 Speed: ``python app.py`` serves each engine in turn (``RERANK_BACKEND`` set, graphs exported beforehand so no start
 measures), and once from a fresh start with an empty cache, where it picks its engine by its own measurement (the
@@ -184,25 +185,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     dev_sets.judged_model_arguments(parser, limit="held-out queries per collection")
     parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--models", default="trained,default",
+                        help="which of the two to measure: the trained cross-encoder (--model) and/or the embedded default")
     parsed = dev_sets.parse(parser)
     if parsed is None:
         return 0
     args, folders, _ = parsed
+    if not set(args.models.split(",")) <= {"trained", "default"}:
+        parser.error(f"--models takes trained and/or default, comma-separated; got {args.models!r}")
     held = [dev_sets.split_pools(f, depth=args.depth, limit=args.limit)[1] for f in folders]
     scifact = next(f for f in folders if f.name == "scifact")
     requests = requests_from(dev_sets.split_pools(scifact, depth=50)[1], args.requests)
     scores, rows = Path(args.scores_cache), []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        seed_proc, seed_client = seed_app(args.model, tmp)
-        try:
-            rows += measure_model("trained cross-encoder", args.model, requests, held, tmp, scores, seed_client)
-        finally:
-            stop(seed_proc)
-        rows += measure_model("embedded default", str(rerank.packaged_model_path()), requests, held, tmp, scores, None)
-        picked = next(r["engine"].split(": ")[1] for r in rows if r["model"] == "embedded default"
-                      and r["engine"].startswith("auto"))
-        builds = index_builds(sorted({FP32, picked}), tmp / "index-cache")
+        models, builds = set(args.models.split(",")), []
+        if "trained" in models:
+            seed_proc, seed_client = seed_app(args.model, tmp)
+            try:
+                rows += measure_model("trained cross-encoder", args.model, requests, held, tmp, scores, seed_client)
+            finally:
+                stop(seed_proc)
+        if "default" in models:
+            rows += measure_model("embedded default", str(rerank.packaged_model_path()), requests, held, tmp, scores,
+                                  None)
+            picked = next(r["engine"].split(": ")[1] for r in rows if r["model"] == "embedded default"
+                          and r["engine"].startswith("auto"))
+            builds = index_builds(sorted({FP32, picked}), tmp / "index-cache")
     print_table(rows, [p.name for p in held], len(requests))
     for engine, seconds, passages in builds:
         print(f"local index of the built-in corpus ({passages:,} passages) built with the embedded default on {engine}: "
