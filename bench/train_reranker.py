@@ -35,6 +35,8 @@ from scoring.synthetic import build_minilm_cross_encoder
 from service import assembly
 from service.settings import Settings
 
+JUDGE_WINDOW = 512  # the window the saved instrument reads pairs in: the seed's CrossEncoder.predict reads 512 tokens
+
 
 def teacher(pools: dev_sets.Pools, service) -> dict[str, np.ndarray]:
     """The embedded default's ranking of each query's candidates as the app makes it (cosine fused with the first
@@ -94,6 +96,7 @@ def train(base: Path, rows: dict[str, list], out: Path, args: argparse.Namespace
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log lines: stdout stays the report's
             trainer.train()
+    model.max_seq_length = JUDGE_WINDOW  # trained on short pairs, saved to read what the seed reads
     model.save_pretrained(str(out))
     return time.perf_counter() - started
 
@@ -122,7 +125,8 @@ def main() -> int:
     parser.add_argument("--list-size", type=int, default=16, help="passages per training list")
     parser.add_argument("--positives", type=int, default=4, help="judged-relevant passages per list, at most")
     parser.add_argument("--train-depth", type=int, default=40, help="candidates per development query to draw from")
-    parser.add_argument("--max-length", type=int, default=96, help="tokens per training pair (judging reads 512)")
+    parser.add_argument("--max-length", type=int, default=96, help="tokens per training pair (the saved model reads "
+                                                                             f"{JUDGE_WINDOW}, as judged and served)")
     parser.add_argument("--depth", type=int, default=50, help="held-out candidates reranked per query")
     parser.add_argument("--scores-cache", default=str(dev_sets.SCORES_CACHE),
                         help="where the teacher's scores are kept between runs")

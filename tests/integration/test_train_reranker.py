@@ -32,6 +32,7 @@ def test_the_bench_script_trains_saves_and_judges_a_cross_encoder(tmp_path):
     subprocess.run([sys.executable, "-c", export, str(out), str(tmp_path / "cache")], check=True, timeout=300, cwd=ROOT)
     scorer = rerank.load_scorer(str(out), allow_fallback=False, backend="onnxruntime", cache_dir=tmp_path / "cache")
     assert scorer.info.mode == "cross-encoder" and scorer.backend.backend == "onnxruntime"  # the graph engines run it
+    assert scorer.info.max_length == 512  # trained on 48-token pairs, saved to read 512 as it is judged and served
     scores = scorer.score("facts on plimbo", ["Yeast makes bread dough rise.", "The goalkeeper saved a penalty kick."])
     assert len(scores) == 2 and scores[0] != scores[1]  # a trained head, not a constant
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_reranker.py"), "--collections", str(collection),
