@@ -131,8 +131,5 @@ class LoopLagMonitor:
             await asyncio.sleep(self.interval)
             now = time.perf_counter()
             lag = now - slept - self.interval
-            if lag > self.warn:
-                self.record(lag, starved=starved(lag, loop_cpu=time.thread_time() - cpu,
-                                                 pulse_gap=pulse.longest_gap(slept, now)))
-            else:
-                self.record(lag)
+            self.record(lag, starved=lag > self.warn and starved(lag, loop_cpu=time.thread_time() - cpu,
+                                                                 pulse_gap=pulse.longest_gap(slept, now)))
