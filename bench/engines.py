@@ -53,13 +53,13 @@ def call(client, query: str, docs: list[str]) -> float:
 
 def serve(model: str, env: dict[str, str], tmp: Path, name: str):
     """``python app.py`` on a free port for ``model`` (a small corpus, so no index build competes): (process, client,
-    port, seconds to its first answer)."""
+    port, seconds to its first answer). A fresh start measures both models' engines first: minutes on 2 cores."""
     from gradio_client import Client
 
     port = free_port()
     env = {"RERANK_MODEL": model, "CORPUS_PATH": str(ROOT / "README.md"), "GRADIO_SERVER_PORT": str(port),
            "GRADIO_SERVER_NAME": "127.0.0.1", **env}
-    proc, cold = start_server([sys.executable, str(ROOT / "app.py")], env, port, tmp)
+    proc, cold = start_server([sys.executable, str(ROOT / "app.py")], env, port, tmp, deadline_s=1200)
     return proc, Client(f"http://127.0.0.1:{port}/", verbose=False), port, cold
 
 
