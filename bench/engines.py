@@ -107,7 +107,8 @@ def measure_model(label: str, model: str, requests: list, held: list[dev_sets.Po
         stop(proc)
     verdicts = {m["backend"]: m for m in info["measurements"]}
     print(f"{label}: the fresh start picked {info['backend']} ({info.get('how', '')}); its probe seconds: "
-          + ", ".join(f"{m['backend']} {m['seconds']:.3f}" for m in info["measurements"] if m.get("seconds")),
+          + ", ".join(f"{m['backend']} {m['seconds']:.3f} (x{m.get('relative') or 1:.2f})" for m in info["measurements"]
+                     if m.get("seconds")),
           file=sys.stderr, flush=True)
     picked = FP32 if engines.PRECISION.get(info["backend"]) == "fp32" else info["backend"]
     rows.append({"model": label, "engine": f"auto: {info['backend']}", "times": ours, "cold": cold,

@@ -3,8 +3,10 @@
 :func:`choose` times every available candidate on the timing probe, one replica per worker as the pool runs
 them, and keeps the fastest that ranks the fidelity probe's questions as fp32 torch does
 (:mod:`scoring.fidelity`: nDCG@10 with fp32's scores as gains, and top-10 agreement; reduced precision is
-admitted only by measurement, never assumed). Among candidates within 5% of the fastest, the one that starts
-quickest wins.
+admitted only by measurement, never assumed). Each candidate is timed in rounds alternating with the reference and
+judged by its time relative to the reference's in the same rounds, so a machine that slows down or speeds up over
+the minutes of measuring (other load, clocks) moves both alike. Among candidates within 5% of the fastest (more
+where those relative times were noisier), the one that starts quickest wins.
 """
 
 from __future__ import annotations
@@ -93,12 +95,20 @@ class Measurement:
     spearman: float | None = None  # reported, not gated
     max_diff_of_range: float | None = None  # reported, not gated
     note: str = ""
+    relative: float | None = None  # median over rounds of its time / the reference's time in the same round
 
     @classmethod
-    def of(cls, backend: str, seconds: float, agreement: Agreement) -> Measurement:
-        """A timed candidate and its agreement with fp32 on the fidelity probe."""
+    def of(cls, backend: str, seconds: float, relative: float, agreement: Agreement | None) -> Measurement:
+        """A timed candidate and, where judged, its agreement with fp32 on the fidelity probe."""
+        if agreement is None:
+            return cls(backend, seconds, relative=relative)
         return cls(backend, seconds, agreement.ndcg, agreement.top10, agreement.worst_ndcg, agreement.spearman,
-                   agreement.max_diff_of_range)
+                   agreement.max_diff_of_range, relative=relative)
+
+    @property
+    def speed(self) -> float | None:
+        """What candidates are compared by: the time relative to the reference where measured so, else seconds."""
+        return self.relative if self.relative is not None else self.seconds
 
     @property
     def agreement(self) -> Agreement | None:
@@ -154,14 +164,16 @@ def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: 
     candidate's ranking of the fidelity probe with the reference's (one that fails is timed once, not in rounds).
 
     Candidates are built and dropped one at a time (memory stays at two copies of the model beside the
-    serving one), and each is timed in rounds alternating with the reference so background load hits both alike.
-    Returns the measurements, the candidates that could not be built (or were not reached within
-    ``budget_s`` seconds) and the reference's run-to-run noise.
+    serving one), and each is timed in rounds alternating with the reference so background load hits both alike;
+    its ``relative`` time is the median of its round-by-round ratios to the reference. Returns the measurements, the
+    candidates that could not be built (or were not reached within ``budget_s`` seconds) and the noise of those
+    ratios (:func:`ratio_noise`).
     """
     started = time.perf_counter()
     documents = probe_documents()
     expected = fidelity_scores(reference, layout, device) if judge else None
     reference_times: list[float] = []
+    ratios: list[list[float]] = []
     measured, skipped = [], []
 
     def timed(replicas: list) -> float:
@@ -180,18 +192,20 @@ def measure(reference: list, candidates: dict[str, Callable[[], list]], layout: 
             continue
         agreement = compare(fidelity_scores(replicas, layout, device), expected) if expected is not None else None
         probe_scores(replicas, layout, documents, device)  # the warm-up
-        times = []
+        times, paired = [], []
         for _ in range(rounds if agreement is None or agreement.admitted else 1):
             reference_times.append(timed(reference))
             times.append(timed(replicas))
-        seconds = float(np.median(times))
-        measured.append(Measurement.of(name, seconds, agreement) if agreement else Measurement(name, seconds))
+            paired.append(times[-1] / reference_times[-1])
+        ratios.append(paired)
+        measured.append(Measurement.of(name, float(np.median(times)), float(np.median(paired)), agreement))
         del replicas
     if not reference_times:
         reference_times = [timed(reference) for _ in range(rounds)]
     seconds = float(np.median(reference_times))
-    first = Measurement(reference_name, seconds, 1.0, 1.0, 1.0, 1.0, 0.0) if judge else Measurement(reference_name, seconds)
-    return [first, *measured], skipped, noise(reference_times)
+    first = (Measurement(reference_name, seconds, 1.0, 1.0, 1.0, 1.0, 0.0, relative=1.0) if judge
+             else Measurement(reference_name, seconds, relative=1.0))
+    return [first, *measured], skipped, ratio_noise(ratios) if ratios else noise(reference_times)
 
 
 def pick(measurements: Sequence[Measurement], *, margin: float = TIE) -> str:
@@ -200,8 +214,8 @@ def pick(measurements: Sequence[Measurement], *, margin: float = TIE) -> str:
     faithful = [m for m in measurements if m.faithful]
     if not faithful:  # the fp32 reference of the device measured
         return "cuda-fp32" if any(m.backend in engines.CUDA_BACKENDS for m in measurements) else "torch"
-    best = min(m.seconds for m in faithful)  # type: ignore[type-var]
-    close = [m for m in faithful if m.seconds <= best * (1 + max(TIE, margin))]  # type: ignore[operator]
+    best = min(m.speed for m in faithful)  # type: ignore[type-var]
+    close = [m for m in faithful if m.speed <= best * (1 + max(TIE, margin))]  # type: ignore[operator]
     return min(close, key=lambda m: _START_COST.get(m.backend, 9)).backend
 
 
@@ -216,6 +230,14 @@ def noise(times: Sequence[float]) -> float:
         return float((max(times) - min(times)) / np.median(times))
     low, high = np.percentile(times, [25, 75])
     return float((high - low) / np.median(times))
+
+
+def ratio_noise(ratios: Sequence[Sequence[float]]) -> float:
+    """How far one comparison with the reference can be trusted: the median over candidates of the spread of each one's
+    round-by-round ratios (:func:`noise`). A machine that drifts between candidates adds nothing (each ratio's two
+    timings are seconds apart); a round disturbed by other work widens the margin."""
+    spreads = [noise(r) for r in ratios if len(r) > 1]
+    return float(np.median(spreads)) if spreads else 0.0
 
 
 def choose(model_dir: Path, layout: Layout, tokenizer: TextTokenizer, *, cache_dir: Path, reference_model=None,
@@ -278,10 +300,9 @@ def choose_shape(build: Callable[[int, int], list], layout: Layout, cores: int, 
     measured, skipped, spread = measure(baseline, candidates, layout, reference_name=f"{cores}x1", budget_s=budget_s,
                                         judge=False)
     rows = [{"shape": m.backend, "seconds": m.seconds, "note": m.note} for m in measured + skipped]
-    best = min((m for m in measured if m.seconds is not None), key=lambda m: m.seconds)
-    base = measured[0].seconds or 0.0
+    best = min((m for m in measured if m.speed is not None), key=lambda m: m.speed)
     workers, threads = None, 1
-    if best.backend != f"{cores}x1" and best.seconds < base / (1 + max(margin, spread)):
+    if best.backend != f"{cores}x1" and best.speed < 1 / (1 + max(margin, spread)):
         workers, threads = (int(x) for x in best.backend.split("x"))
     engines.set_torch_threads(threads)  # torch's thread count is one per process: leave it as the chosen shape runs
     return workers, threads, rows

@@ -353,9 +353,10 @@ class Scorer:
             self._pool.swap(build(choice.backend), choice)
         else:
             self._pool.choice = choice
-        log.info("backend for %s: %s; measured (probe seconds, the gate's verdict): %s", self.info.name,
-                 choice.describe(), ", ".join(f"{m.backend} {m.seconds:.3f}s, {m.verdict()}" if m.seconds is not None
-                                              else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
+        log.info("backend for %s: %s; measured (probe seconds, x the reference's time in the same rounds, the gate's "
+                 "verdict): %s", self.info.name, choice.describe(), ", ".join(
+                     f"{m.backend} {m.seconds:.3f}s x{m.relative or 1:.2f}, {m.verdict()}" if m.seconds is not None
+                     else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
         return choice
 
 

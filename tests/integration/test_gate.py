@@ -65,7 +65,7 @@ def fp32(packaged, cache):
 
 
 def _judged(name: str, replicas: list, layout, fp32, seconds: float) -> choice.Measurement:
-    return choice.Measurement.of(name, seconds, fidelity.compare(choice.fidelity_scores(replicas, layout), fp32))
+    return choice.Measurement.of(name, seconds, seconds, fidelity.compare(choice.fidelity_scores(replicas, layout), fp32))
 
 
 def test_the_gate_admits_a_faithful_engine_and_rejects_noise_that_reorders_the_top(packaged, cache, fp32):

@@ -79,3 +79,34 @@ def test_one_stray_timing_does_not_make_every_candidate_a_tie():
     assert choice.noise(steady + [0.65]) < 0.1  # the middle half's spread
     assert choice.noise([0.30, 0.33]) == pytest.approx(0.03 / 0.315)  # few timings: the full range
     assert choice.noise([0.3]) == 0.0
+
+
+class _Drifting:
+    """A stand-in replica ``speed`` times as slow as the reference, on a machine whose load is ``state['factor']``."""
+
+    def __init__(self, speed: float, state: dict) -> None:
+        self.speed, self.state = speed, state
+
+    def score_pairs(self, query, texts):
+        time.sleep(0.005 * self.speed * self.state["factor"])
+        return np.array([len(t) for t in texts], dtype=np.float64)
+
+
+def test_a_machine_that_slows_midway_does_not_hide_the_faster_candidate():
+    state = {"factor": 1.0}
+    layout = Layout(mode="cross-encoder", max_length=512)
+
+    def slowed_then(speed: float) -> list:
+        state["factor"] = 2.0  # other work starts on the machine just as this candidate is measured
+        return [_Drifting(speed, state)]
+
+    candidates = {"onnxruntime-int8": lambda: [_Drifting(0.7, state)], "openvino-int8": lambda: slowed_then(0.5)}
+    measured, _, spread = choice.measure([_Drifting(1.0, state)], candidates, layout, judge=False)
+    by_name = {m.backend: m for m in measured}
+    for m in measured:  # the timing is under test here; the gate has its own tests
+        m.ndcg, m.top10 = 1.0, 1.0
+    assert by_name["openvino-int8"].seconds > by_name["onnxruntime-int8"].seconds  # in seconds the drift hides it
+    assert by_name["openvino-int8"].relative == pytest.approx(0.5, rel=0.15)
+    assert by_name["onnxruntime-int8"].relative == pytest.approx(0.7, rel=0.15)
+    assert spread < 0.1  # the slowdown between candidates is not noise of a comparison
+    assert choice.pick(measured, margin=spread) == "openvino-int8"
