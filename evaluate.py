@@ -37,7 +37,8 @@ from evaluation.fine_tune import NEGATIVE_MARGIN, Options, check_output, fine_tu
 from evaluation.harness import METRIC_NAMES, SCORINGS, check_layout, evaluate, plot, write_run
 from scoring.errors import RerankError
 from scoring.loading import packaged_scorer
-from service import Service, assembly
+from service import Service, assembly, memory
+from service.memory import AllocatorPolicy
 from service.settings import Settings
 
 
@@ -236,4 +237,7 @@ def _run(args) -> int:
 
 
 if __name__ == "__main__":
+    # a fine-tuning run holds what it uses, as the server does: glibc's defaults grew RSS step by step
+    # (bench/train_memory.py), the allocator policy kept it flat
+    memory.keep_flat(AllocatorPolicy(interval=Settings.from_env().memory_release_s))
     sys.exit(main())
