@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import dev_sets
 from evaluation import end_to_end, mining
 from evaluation import fine_tune as ft
 from evaluation.harness import load_dataset
+from evaluation.load import rss_mb
 from scoring.loading import packaged_scorer
 from service import memory
 
@@ -35,18 +37,13 @@ VARIANTS = {"whole": ("the whole batch at once, glibc's allocator", False),
             "flat": ("{budget:,} tokens at a time, the server's allocator policy", True)}
 
 
-def rss_mib() -> float:
-    """This process's resident memory now."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
-
-
 def _rss_trace(trace: list[float]):
     """A trainer callback appending the RSS after each step to ``trace``."""
     from transformers import TrainerCallback
 
     class Trace(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            trace.append(rss_mib())
+            trace.append(rss_mb(os.getpid()))
 
     return Trace()
 
