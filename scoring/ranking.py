@@ -11,7 +11,7 @@ the documents, the :class:`ScoringPolicy` says how they are fused in; ties keep 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -35,6 +35,8 @@ from scoring.inputs import (
 from scoring.media import ImageDocument, ImageLimits, identity
 from scoring.pool import Ticket
 from scoring.scorer import LongDocuments, Plan, Scorer
+from scoring.skim import Skim, capped, head, merge
+from scoring.skim import order as order_read
 
 Fusion = Literal["none", "rrf", "interpolate"]
 
@@ -225,10 +227,12 @@ class Prepared:
     instruction: InstructionUse | None = None
     min_score: float | None = None
     calibration: Calibration | None = None
+    skim: Skim | None = None  # where set, ``plan`` is the skim and ``reread`` plans the best documents' full read
+    reread: Callable[[Sequence[int], Ticket | None], Plan] | None = None
 
     @property
     def cost(self) -> int:
-        """Tokens the model will read."""
+        """Tokens the model will read (a skimmed request: its skim; the full read of its best is planned later)."""
         return self.plan.cost
 
 
@@ -238,7 +242,7 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
             truncate_left: bool = False, raw: bool = False, max_documents: int | None = None,
             instruction: str | None = None, budget: int | None = None, ticket: Ticket | None = None,
             min_score: float | None = None, calibration: Calibration | None = None,
-            image_limits: ImageLimits = ImageLimits()) -> Prepared:
+            image_limits: ImageLimits = ImageLimits(), skim: Skim | None = None) -> Prepared:
     """Check the inputs, drop duplicates and plan the windows (no model call yet); ``instruction`` reaches models
     that take one (causal-LM rerankers) and is reported as ignored by the others. ``budget``: the most tokens the
     request may cost, refused (:class:`LimitExceeded`) as soon as planning shows it is over; ``ticket``: a large
@@ -246,7 +250,8 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
     below it are dropped and counted (:class:`Threshold`), before ``top_n``. ``calibration``: the reported scores are
     its map of the model's (unless ``raw``; the order is the model's own). Documents may be images
     (:class:`ImageDocument` or PIL images) where the model reads them: each is read whole, an image's pixels counted in
-    the cost (``image_limits`` bound each one), equal images dropped as duplicates."""
+    the cost (``image_limits`` bound each one), equal images dropped as duplicates. ``skim``: every text read at its
+    first tokens, the best read whole (:mod:`scoring.skim`), where that reads less."""
     query = validate_query(query)
     min_score = validate_min_score(min_score)
     use = instruction_use(scorer.info, validate_instruction(instruction))
@@ -270,19 +275,37 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
             raise RerankError("first-stage scores must be finite numbers, one per document")
         stage = values[unique]
     told = use.text if use and use.applied else None
+    reread = None
     if media:  # each document read whole by the model's processor
         plan = scorer.plan_media(query, [texts[i] for i in unique], instruction=told, budget=budget)
     else:
-        plan = scorer.plan(query, [texts[i] for i in unique], long_documents=long_documents,
-                           max_tokens_per_doc=max_tokens_per_doc, truncate_left=truncate_left, instruction=told,
+        kept = [texts[i] for i in unique]
+        options = {"long_documents": long_documents, "max_tokens_per_doc": max_tokens_per_doc,
+                   "truncate_left": truncate_left, "instruction": told}
+        skim = skim if skim is not None and skim.applies(len(unique), max_tokens_per_doc) else None
+        plan = scorer.plan(query, kept, **{**options, "max_tokens_per_doc": skim.tokens if skim else max_tokens_per_doc},
                            budget=budget, ticket=ticket)
+        if skim is not None:
+            left = None if budget is None else budget - plan.cost
+            reread = lambda positions, turn: scorer.plan(query, [kept[i] for i in positions], **options,  # noqa: E731
+                                                         budget=left, ticket=turn)
     return Prepared(scorer, texts, unique, duplicates, plan, top_n, stage, policy, raw, use, min_score,
-                    calibration if not raw else None)
+                    calibration if not raw else None, skim if reread else None, reread)
 
 
 def complete(prepared: Prepared, *, ticket: Ticket | None = None) -> Ranking:
     """Score a prepared request and rank it."""
-    return _ranked(prepared, prepared.scorer.score_plan(prepared.plan, raw=prepared.raw, ticket=ticket))
+    scores = prepared.scorer.score_plan(prepared.plan, raw=prepared.raw, ticket=ticket)
+    return _ranked(prepared, scores) if prepared.reread is None else _read_best(prepared, scores, ticket)
+
+
+def _read_best(prepared: Prepared, skimmed: np.ndarray, ticket: Ticket | None) -> Ranking:
+    """A skimmed request's ranking: its best by the skim read as the request asks, then ranked ahead of the rest."""
+    p = prepared
+    positions = head(p.policy.combine(p.scorer.info.mode, skimmed, p.first_stage), p.skim.keep)
+    plan = p.reread(positions, ticket)
+    scores, whole = merge(skimmed, p.scorer.score_plan(plan, raw=p.raw, ticket=ticket), positions)
+    return _ranked(p, scores, whole=whole, cost=p.cost + plan.cost)
 
 
 def complete_many(prepared: Sequence[Prepared], *, ticket: Ticket | None = None) -> list[Ranking]:
@@ -291,6 +314,9 @@ def complete_many(prepared: Sequence[Prepared], *, ticket: Ticket | None = None)
     out: dict[int, Ranking] = {}
     groups: dict[tuple, list[int]] = {}
     for n, p in enumerate(prepared):
+        if p.reread is not None:  # its second read depends on its first
+            out[n] = complete(p, ticket=ticket)
+            continue
         groups.setdefault((id(p.scorer), p.raw), []).append(n)
     for members in groups.values():
         first = prepared[members[0]]
@@ -300,17 +326,22 @@ def complete_many(prepared: Sequence[Prepared], *, ticket: Ticket | None = None)
     return [out[n] for n in range(len(prepared))]
 
 
-def _ranked(prepared: Prepared, model_scores: np.ndarray) -> Ranking:
-    """The ranking from a request's model scores: fused where asked, best first, cut to top_n."""
+def _ranked(prepared: Prepared, model_scores: np.ndarray, *, whole: np.ndarray | None = None,
+            cost: int | None = None) -> Ranking:
+    """The ranking from a request's model scores: fused where asked, best first, cut to top_n (``whole``: a skimmed
+    request's documents read in full, ranked first)."""
     p = prepared
     model_scores = np.asarray(model_scores, dtype=np.float64)
     mode = p.scorer.info.mode
     scores = p.policy.combine(mode, model_scores, p.first_stage)
-    order = np.argsort(-scores, kind="stable")  # decided on the model's own scores: a calibration never reorders
+    # decided on the model's own scores: a calibration never reorders
+    order = np.argsort(-scores, kind="stable") if whole is None else order_read(scores, whole)
     fused = p.first_stage is not None and p.policy.method_for(mode) != "none"
     if p.calibration is not None:  # probabilities reported; a fused score stays the fusion's
         model_scores = p.calibration(model_scores)
         scores = scores if fused else model_scores
+    if whole is not None:
+        scores = capped(scores, whole)
     threshold = None
     if p.min_score is not None:
         below = scores[order] < p.min_score
@@ -325,7 +356,8 @@ def _ranked(prepared: Prepared, model_scores: np.ndarray) -> Ranking:
     if p.top_n is not None and stage:
         kept = {r.index for r in results}
         stage = {i: v for i, v in stage.items() if i in kept}
-    return Ranking(results, list(p.duplicates), p.scorer.info, p.scorer.backend.backend, fused, p.cost, stage,
+    return Ranking(results, list(p.duplicates), p.scorer.info, p.scorer.backend.backend, fused,
+                   p.cost if cost is None else cost, stage,
                    p.instruction, threshold)
 
 
@@ -333,13 +365,14 @@ def rank(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int 
          first_stage: Sequence[float] | None = None, policy: ScoringPolicy = DEFAULT_POLICY,
          long_documents: LongDocuments = "chunk", max_tokens_per_doc: int | None = None, truncate_left: bool = False,
          raw: bool = False, max_documents: int | None = None, ticket: Ticket | None = None,
-         instruction: str | None = None, min_score: float | None = None) -> Ranking:
+         instruction: str | None = None, min_score: float | None = None, skim: Skim | None = None) -> Ranking:
     """Rank ``documents`` for ``query``: the best first, duplicates reported, those below ``min_score`` dropped and
     counted (``Ranking.threshold``), cut to ``top_n``.
 
     ``first_stage``: the retriever's scores, higher is better, one per document (fused in as ``policy``
     says). ``raw``: the model's logit or cosine rather than the normalised [0, 1] score. ``instruction``: a task
     instruction for instruction-following rerankers (reported in ``Ranking.instruction`` as applied or ignored).
+    ``skim``: read every document's first tokens, then only the best whole (:mod:`scoring.skim`).
 
     >>> ranking = rank(scorer, "What is AI?", ["Bread needs yeast.", "AI is machine intelligence."])
     >>> ranking[0].index, round(ranking[0].score, 2)   # doctest: +SKIP
@@ -348,4 +381,4 @@ def rank(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: int 
     return complete(prepare(scorer, query, documents, top_n=top_n, first_stage=first_stage, policy=policy,
                             long_documents=long_documents, max_tokens_per_doc=max_tokens_per_doc,
                             truncate_left=truncate_left, raw=raw, max_documents=max_documents,
-                            instruction=instruction, min_score=min_score), ticket=ticket)
+                            instruction=instruction, min_score=min_score, skim=skim), ticket=ticket)

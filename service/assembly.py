@@ -20,6 +20,7 @@ from scoring.loading import get_scorer, load_scorer, packaged_scorer
 from scoring.media import ImageLimits
 from scoring.ranking import ScoringPolicy
 from scoring.scorer import Scorer
+from scoring.skim import Skim
 from service.core import Limits, Service
 from service.models import Models
 from service.settings import Settings
@@ -40,6 +41,11 @@ def policy_of(settings: Settings) -> ScoringPolicy:
     """How the final score is made from the model's and the first stage's."""
     return ScoringPolicy(fusion=settings.fusion, weight=settings.fusion_weight,
                          hybrid_weight=settings.hybrid_fusion_weight)
+
+
+def skim_of(settings: Settings) -> Skim | None:
+    """Skimming as configured: every document's first tokens, then the best read whole (off unless set)."""
+    return Skim(settings.skim_tokens, settings.skim_keep) if settings.skim_tokens else None
 
 
 def load_model(settings: Settings, name: str | None = None, *, workers: int | None = None) -> Scorer:
@@ -108,6 +114,6 @@ def build(settings: Settings, *, scorer: Scorer | None = None, extra: Sequence[S
     service = Service(Models(scorer, list(extra)), limits=limits_of(settings), api_key=settings.api_key,
                       policy=policy_of(settings), retriever=retriever, embedder=embedder,
                       instruction=settings.instruction, calibration=calibration,
-                      max_tokens_per_doc=settings.max_tokens_per_doc)
+                      max_tokens_per_doc=settings.max_tokens_per_doc, skim=skim_of(settings))
     service.started_in_s = round(time.perf_counter() - started, 2)
     return service

@@ -34,6 +34,7 @@ from scoring.media import ImageLimits
 from scoring.pool import Ticket, WorkerPool
 from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy
 from scoring.scorer import Scorer
+from scoring.skim import Skim
 from scoring.table import RerankResult, rerank_table
 from service import pipeline
 from service.auth import KeyCheck
@@ -105,7 +106,7 @@ class Service:
                  policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None,
                  batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None,
                  instruction: str | None = None, calibration: Calibration | None = None,
-                 max_tokens_per_doc: int | None = None) -> None:
+                 max_tokens_per_doc: int | None = None, skim: Skim | None = None) -> None:
 
         self.models = models
         self.limits = limits
@@ -117,6 +118,7 @@ class Service:
         self.instruction = instruction  # the default task instruction (RERANK_INSTRUCTION)
         self.calibration = calibration  # the default model's scores as probabilities (RERANK_CALIBRATION)
         self.max_tokens_per_doc = max_tokens_per_doc  # each document's first tokens only (RERANK_MAX_TOKENS_PER_DOC)
+        self.skim = skim  # read every document's opening, then the best whole (RERANK_SKIM_TOKENS, RERANK_SKIM_KEEP)
         self.metrics = ServiceMetrics(self.scorers)
         self._executor = ThreadPoolExecutor(max_workers=limits.max_in_flight + 8, thread_name_prefix="service")
         self._in_flight = 0
@@ -244,6 +246,7 @@ class Service:
             options["instruction"] = self.instruction
         if options.get("max_tokens_per_doc") is None:  # a request's own cut wins over the service's default
             options["max_tokens_per_doc"] = self.max_tokens_per_doc
+        options.setdefault("skim", self.skim)
         if self.calibration is not None and scorer is self.models.default:  # fitted for that model only
             options["calibration"] = self.calibration
         prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents,
@@ -385,6 +388,8 @@ class Service:
                 "instruction": {"default": self.instruction, "taken": info.takes_instruction},
                 "calibration": self.calibration.as_dict() if self.calibration else None,
                 "long_documents": "best window of overlapping chunks", "fusion": self.policy.describe(info.mode),
+                "reading": {"max_tokens_per_doc": self.max_tokens_per_doc,
+                            "skim": self.skim.describe() if self.skim else None},
                 "backend": default.backend.as_dict() | {"engine": default.engine}, "workers": default.workers,
                 "max_input_length": info.max_length,
                 "max_client_batch_size": limits.max_documents,

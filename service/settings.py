@@ -112,6 +112,8 @@ class Settings:
     instruction: str | None = None
     max_tokens: int = 8192
     max_tokens_per_doc: int | None = None  # each document's first tokens only, unless a request says otherwise
+    skim_tokens: int | None = None  # every document read at its first tokens, then only the best read whole ...
+    skim_keep: int = 20  # ... this many
     backend: str = "auto"
     device: str = "auto"
     measure_budget: float = 120.0
@@ -152,6 +154,8 @@ class Settings:
             instruction=env.get("RERANK_INSTRUCTION", "").strip() or None,
             max_tokens=_int(env, "RERANK_MAX_TOKENS", 8192, minimum=16),
             max_tokens_per_doc=_int(env, "RERANK_MAX_TOKENS_PER_DOC", 0, minimum=16) or None,
+            skim_tokens=_int(env, "RERANK_SKIM_TOKENS", 0, minimum=16) or None,
+            skim_keep=_int(env, "RERANK_SKIM_KEEP", 20),
             backend=_choice(env, "RERANK_BACKEND", "auto", BACKENDS),
             device=_device(env),
             measure_budget=_float(env, "RERANK_MEASURE_SECONDS", 120.0),
