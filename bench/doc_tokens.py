@@ -52,14 +52,14 @@ def measure(model: str, settings: Settings, halves: list[tuple[dev_sets.Pools, d
 
 def label(settings: Settings) -> str:
     """How a row reads its documents."""
-    if settings.skim_tokens:
+    if settings.skim_tokens is not None:
         return f"skim {settings.skim_tokens}, {settings.skim_keep} whole"
     return str(settings.max_tokens_per_doc or "whole")
 
 
 def readings(cuts: str, skims: str) -> list[Settings]:
     """The ways of reading to compare: each cut, then each skim."""
-    out = [Settings(max_tokens_per_doc=None if c == "none" else int(c)) for c in cuts.split(",") if c]
+    out = [Settings(max_tokens_per_doc=None if c == "none" else int(c), skim_tokens=None) for c in cuts.split(",") if c]
     for skim in filter(None, skims.split(",")):
         tokens, keep = skim.split(":")
         out.append(Settings(skim_tokens=int(tokens), skim_keep=int(keep)))

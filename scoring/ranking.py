@@ -282,6 +282,7 @@ def prepare(scorer: Scorer, query: str, documents: Sequence[object], *, top_n: i
         kept = [texts[i] for i in unique]
         options = {"long_documents": long_documents, "max_tokens_per_doc": max_tokens_per_doc,
                    "truncate_left": truncate_left, "instruction": told}
+        skim = skim.showing(top_n) if skim is not None else None
         skim = skim if skim is not None and skim.applies(len(unique), max_tokens_per_doc) else None
         plan = scorer.plan(query, kept, **{**options, "max_tokens_per_doc": skim.tokens if skim else max_tokens_per_doc},
                            budget=budget, ticket=ticket)

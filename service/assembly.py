@@ -20,7 +20,7 @@ from scoring.loading import get_scorer, load_scorer, packaged_scorer
 from scoring.media import ImageLimits
 from scoring.ranking import ScoringPolicy
 from scoring.scorer import Scorer
-from scoring.skim import Skim
+from scoring.skim import SkimPolicy
 from service.core import Limits, Service
 from service.models import Models
 from service.settings import Settings
@@ -43,9 +43,9 @@ def policy_of(settings: Settings) -> ScoringPolicy:
                          hybrid_weight=settings.hybrid_fusion_weight)
 
 
-def skim_of(settings: Settings) -> Skim | None:
-    """Skimming as configured: every document's first tokens, then the best read whole (off unless set)."""
-    return Skim(settings.skim_tokens, settings.skim_keep) if settings.skim_tokens else None
+def skim_of(settings: Settings) -> SkimPolicy:
+    """Skimming as configured: which models read every document's first tokens, then only the best whole."""
+    return SkimPolicy(settings.skim_tokens, settings.skim_keep)
 
 
 def load_model(settings: Settings, name: str | None = None, *, workers: int | None = None) -> Scorer:

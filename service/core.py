@@ -32,7 +32,7 @@ from scoring.errors import Cancelled, LimitExceeded, RerankError
 from scoring.pool import Ticket
 from scoring.ranking import DEFAULT_POLICY, Ranking, ScoringPolicy
 from scoring.scorer import Scorer
-from scoring.skim import Skim
+from scoring.skim import SkimPolicy
 from scoring.table import RerankResult, rerank_table
 from service import pipeline
 from service.auth import KeyCheck
@@ -52,7 +52,7 @@ class Service:
                  policy: ScoringPolicy = DEFAULT_POLICY, retriever=None, embedder=None,
                  batcher: Callable[[ranking.Prepared], Awaitable[Ranking]] | None = None,
                  instruction: str | None = None, calibration: Calibration | None = None,
-                 max_tokens_per_doc: int | None = None, skim: Skim | None = None) -> None:
+                 max_tokens_per_doc: int | None = None, skim: SkimPolicy = SkimPolicy()) -> None:
 
         self.models = models
         self.limits = limits
@@ -192,7 +192,7 @@ class Service:
             options["instruction"] = self.instruction
         if options.get("max_tokens_per_doc") is None:  # a request's own cut wins over the service's default
             options["max_tokens_per_doc"] = self.max_tokens_per_doc
-        options.setdefault("skim", self.skim)
+        options.setdefault("skim", self.skim.for_model(scorer.info))
         if self.calibration is not None and scorer is self.models.default:  # fitted for that model only
             options["calibration"] = self.calibration
         prepared = ranking.prepare(scorer, query, documents, max_documents=self.limits.max_documents,
@@ -335,7 +335,7 @@ class Service:
                 "calibration": self.calibration.as_dict() if self.calibration else None,
                 "long_documents": "best window of overlapping chunks", "fusion": self.policy.describe(info.mode),
                 "reading": {"max_tokens_per_doc": self.max_tokens_per_doc,
-                            "skim": self.skim.describe() if self.skim else None},
+                            "skim": skim.describe() if (skim := self.skim.for_model(info)) else None},
                 "backend": default.backend.as_dict() | {"engine": default.engine}, "workers": default.workers,
                 "max_input_length": info.max_length,
                 "max_client_batch_size": limits.max_documents,

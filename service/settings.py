@@ -76,6 +76,18 @@ def _device(env: Mapping[str, str]) -> str:
     raise ValueError(f"RERANK_DEVICE must be auto, cpu, cuda or cuda:N, got {value!r}")
 
 
+def _skim_tokens(env: Mapping[str, str]) -> int | str | None:
+    """``RERANK_SKIM_TOKENS``: auto (each model family's measured default), off, or a number of tokens (>= 16)."""
+    value = env.get("RERANK_SKIM_TOKENS", "").strip().lower() or "auto"
+    if value == "auto":
+        return value
+    if value in ("off", "0"):
+        return None
+    if not value.isdigit() or int(value) < 16:
+        raise ValueError(f"RERANK_SKIM_TOKENS must be auto, off or a number of tokens >= 16, got {value!r}")
+    return int(value)
+
+
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
     """Where indexes live: ``RAG_AUGMENT_CACHE`` or the XDG cache folder."""
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -112,8 +124,8 @@ class Settings:
     instruction: str | None = None
     max_tokens: int = 8192
     max_tokens_per_doc: int | None = None  # each document's first tokens only, unless a request says otherwise
-    skim_tokens: int | None = None  # every document read at its first tokens, then only the best read whole ...
-    skim_keep: int = 20  # ... this many
+    skim_tokens: int | str | None = "auto"  # every document read at its first tokens, then only the best read whole ...
+    skim_keep: int = 10  # ... this many ("auto": the measured default of each model family; None: all read whole)
     backend: str = "auto"
     device: str = "auto"
     measure_budget: float = 120.0
@@ -154,8 +166,8 @@ class Settings:
             instruction=env.get("RERANK_INSTRUCTION", "").strip() or None,
             max_tokens=_int(env, "RERANK_MAX_TOKENS", 8192, minimum=16),
             max_tokens_per_doc=_int(env, "RERANK_MAX_TOKENS_PER_DOC", 0, minimum=16) or None,
-            skim_tokens=_int(env, "RERANK_SKIM_TOKENS", 0, minimum=16) or None,
-            skim_keep=_int(env, "RERANK_SKIM_KEEP", 20),
+            skim_tokens=_skim_tokens(env),
+            skim_keep=_int(env, "RERANK_SKIM_KEEP", 10),
             backend=_choice(env, "RERANK_BACKEND", "auto", BACKENDS),
             device=_device(env),
             measure_budget=_float(env, "RERANK_MEASURE_SECONDS", 120.0),

@@ -72,15 +72,28 @@ def test_skimming_is_left_out_where_it_would_not_read_less(tiny_scorer):
     assert ranking.rank(tiny_scorer, QUERY, texts, skim=Skim(32, 2), max_tokens_per_doc=16).cost == cut.cost
 
 
-def test_the_skim_settings_reach_every_face_and_refuse_what_is_malformed(tiny_scorer):
+def test_the_skim_settings_reach_every_face_and_refuse_what_is_malformed(tiny_scorer, packaged_scorer):
     settings = Settings.from_env({"RERANK_SKIM_TOKENS": "16", "RERANK_SKIM_KEEP": "4"})
-    assert assembly.skim_of(settings) == Skim(16, 4) and assembly.skim_of(Settings()) is None
-    with pytest.raises(ValueError, match="RERANK_SKIM_TOKENS must be >= 16"):
-        Settings.from_env({"RERANK_SKIM_TOKENS": "8"})
+    assert assembly.skim_of(settings).for_model(tiny_scorer.info) == Skim(16, 4)
+    auto = assembly.skim_of(Settings.from_env({}))  # the measured default: cross-encoders skim, embedding models not
+    assert auto.for_model(tiny_scorer.info) == Skim(128, 10) and auto.for_model(packaged_scorer.info) is None
+    assert assembly.skim_of(Settings.from_env({"RERANK_SKIM_TOKENS": "off"})).for_model(tiny_scorer.info) is None
+    for bad in ("8", "many"):
+        with pytest.raises(ValueError, match="RERANK_SKIM_TOKENS must be auto, off or a number of tokens >= 16"):
+            Settings.from_env({"RERANK_SKIM_TOKENS": bad})
     texts = documents()
     service = assembly.build(settings, scorer=tiny_scorer)
     assert service.info()["reading"]["skim"] == "every document's first 16 tokens, then the best 4 read whole"
     skimmed = service.rank(QUERY, texts)
     direct = ranking.rank(tiny_scorer, QUERY, texts, skim=Skim(16, 4))
     assert [r.index for r in skimmed] == [r.index for r in direct] and skimmed.cost == direct.cost
-    assert skimmed.cost < assembly.build(Settings(), scorer=tiny_scorer).rank(QUERY, texts).cost
+    assert skimmed.cost < assembly.build(Settings(skim_tokens=None), scorer=tiny_scorer).rank(QUERY, texts).cost
+
+
+def test_every_document_a_request_shows_is_read_whole(tiny_scorer):
+    texts = documents()
+    plain = ranking.rank(tiny_scorer, QUERY, texts, long_documents="truncate", raw=True).scores(len(texts))
+    shown = ranking.rank(tiny_scorer, QUERY, texts, skim=Skim(16, 3), top_n=8, long_documents="truncate", raw=True)
+    assert len(shown) == 8
+    for r in shown:
+        assert r.model_score == pytest.approx(plain[r.index], abs=1e-6)
