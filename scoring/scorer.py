@@ -317,6 +317,24 @@ class Scorer:
         source = self._pool.source
         return bool(source and source.needs_tuning and self.backend.provisional)
 
+    def _build(self, source: ModelSource, name: str, workers: int, threads: int) -> list:
+        """``name``'s replicas of this model as ``workers`` x ``threads``."""
+        if source.runner == "sentence-transformers":
+            return st_replicas(source.path, self.info.mode, source.trust_remote_code, workers, device=source.device,
+                               max_tokens=source.max_tokens, backend=name)[0]
+        return engines.replicas(name, source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
+                                workers=workers, trust_remote_code=source.trust_remote_code, device=source.device,
+                                threads=threads)
+
+    def _serve_with(self, choice: choosing.Choice) -> None:
+        """Swap to ``choice``'s engine and shape unless it is the one serving."""
+        current, cores = self.backend, self.workers
+        if (choice.backend, choice.workers or cores, choice.threads) != (current.backend, cores, current.threads):
+            self._pool.swap(self._build(self._pool.source, choice.backend, choice.workers or cores, choice.threads),
+                            choice)
+        else:
+            self._pool.choice = choice
+
     def tune(self, budget_s: float | None = None) -> choosing.Choice:
         """Measure every backend here on the probe and, if another is the better choice, serve with it from now on
         (``budget_s`` bounds the measuring time)."""
@@ -325,38 +343,36 @@ class Scorer:
             return self.backend
         if source.runner == "sentence-transformers":
             names = causal_backends(source.device)
-            build = lambda name: st_replicas(source.path, self.info.mode, source.trust_remote_code,  # noqa: E731
-                                             self.workers, device=source.device, max_tokens=source.max_tokens,
-                                             backend=name)[0]
             choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
                                      workers=self.workers, device=source.device, budget_s=budget_s, names=names,
-                                     build=build, reference=self._pool.replicas if self.backend.backend == names[0]
-                                     else None)
+                                     build=lambda name: self._build(source, name, self.workers, 1),
+                                     reference=self._pool.replicas if self.backend.backend == names[0] else None)
         else:
             fp32 = engines.backends_for(source.device)[0]
             reference = getattr(self._pool.replicas[0], "model", None) if self.backend.backend == fp32 else None
-
-            def shaped(name: str, workers: int, threads: int) -> list:
-                return engines.replicas(name, source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
-                                        workers=workers, trust_remote_code=source.trust_remote_code,
-                                        device=source.device, threads=threads)
-
             choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
                                      reference_model=reference, trust_remote_code=source.trust_remote_code,
                                      workers=self.workers, device=source.device, budget_s=budget_s,
-                                     shape_build=shaped if source.device == "cpu" else None)
-            cores = self.workers
-            build = lambda name: shaped(name, choice.workers or cores, choice.threads)  # noqa: E731
-        current = self.backend
-        if (choice.backend, choice.workers or self.workers, choice.threads) != (current.backend, self.workers,
-                                                                                current.threads):
-            self._pool.swap(build(choice.backend), choice)
-        else:
-            self._pool.choice = choice
+                                     shape_build=(lambda name, w, t: self._build(source, name, w, t))
+                                     if source.device == "cpu" else None)
+        self._serve_with(choice)
         log.info("backend for %s: %s; measured (probe seconds, x the reference's time in the same rounds, the gate's "
                  "verdict): %s", self.info.name, choice.describe(), ", ".join(
                      f"{m.backend} {m.seconds:.3f}s x{m.relative or 1:.2f}, {m.verdict()}" if m.seconds is not None
                      else f"{m.backend} skipped: {m.note}" for m in choice.measurements))
+        return choice
+
+    def adopt_remembered(self) -> choosing.Choice | None:
+        """Serve with the choice remembered for this model here (measured by another process), if there is one."""
+        source = self._pool.source
+        if source is None or source.cache_dir is None:
+            return None
+        choice = choosing.load_choice(source.path, source.layout, source.cache_dir, device=source.device)
+        if choice is None or (source.runner == "sentence-transformers"
+                              and choice.backend not in causal_backends(source.device)):
+            return None
+        self._serve_with(choice)
+        log.info("backend for %s: %s (measured apart)", self.info.name, choice.describe())
         return choice
 
 

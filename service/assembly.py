@@ -10,6 +10,7 @@ the settings say.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from collections.abc import Sequence
 
@@ -59,22 +60,50 @@ def load_model(settings: Settings, name: str | None = None, *, workers: int | No
 
 
 def load_models(settings: Settings, *, model: str | None = None, workers: int | None = None,
-                measure: bool = True) -> tuple[Scorer, list[Scorer], Scorer]:
+                measure: bool = True, apart: bool = True) -> tuple[Scorer, list[Scorer], Scorer]:
     """The ranking model, the extra models and the embedder (the packaged model: the local index's and uploads'); with
     ``measure``, a model whose backend is ``auto`` is measured first where no choice is remembered (before a port
-    opens: measuring never competes with requests)."""
+    opens: measuring never competes with requests). With ``apart``, a model on the CPU is measured in a child process and
+    this one loads what it chose: the exports, engines, threads and heap measuring leaves behind are not kept by the
+    serving process."""
     scorer = load_model(settings, model, workers=workers)
     extra = [load_model(settings, name, workers=workers) for name in settings.extra_models]
     embedder = packaged_scorer(backend=settings.backend, cache_dir=settings.cache_dir, device=settings.device)
     for each in (scorer, *extra, embedder):
         each.bound_caches(settings.cache_mb * MIB, settings.token_cache_mb * MIB)
-    if measure:
-        for each in {id(m.pool): m for m in (scorer, *extra, embedder)}.values():
-            if each.needs_tuning:
-                log.info("measuring the inference backends for %s (at most %.0f s; remembered for later starts)",
-                         each.info.name, settings.measure_budget)
-                each.tune(budget_s=settings.measure_budget)
+    pending = [m for m in {id(m.pool): m for m in (scorer, *extra, embedder)}.values() if m.needs_tuning] if measure else []
+    elsewhere = [m for m in pending if apart and m.pool.source.device == "cpu"]
+    if elsewhere:
+        exit_code = measure_apart(settings, model=model, workers=workers)
+        for each in elsewhere:
+            if each.adopt_remembered() is None:
+                log.warning("measuring %s apart ended with exit code %s and chose nothing; serving on %s until a "
+                            "later start measures", each.info.name, exit_code, each.backend.backend)
+    for each in pending:
+        if each not in elsewhere:  # on a GPU, here: the fp32 replicas loaded are the reference, not a second copy
+            log.info("measuring the inference backends for %s (at most %.0f s; remembered for later starts)",
+                     each.info.name, settings.measure_budget)
+            each.tune(budget_s=settings.measure_budget)
     return scorer, extra, embedder
+
+
+def _measure_here(settings: Settings, model: str | None, workers: int | None, level: int) -> None:
+    """A child process's work: load the models as the parent does and measure those with no remembered choice."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_models(settings, model=model, workers=workers, apart=False)
+
+
+def measure_apart(settings: Settings, *, model: str | None = None, workers: int | None = None) -> int | None:
+    """Measure the models' backends in a child process (a fresh interpreter), which remembers its choices in the cache;
+    its exit code."""
+    log.info("measuring the inference backends in a child process (at most %.0f s a model; remembered for later "
+             "starts)", settings.measure_budget)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_measure_here, args=(settings, model, workers, logging.getLogger().getEffectiveLevel()),
+        name="rerank-measure")
+    child.start()
+    child.join()
+    return child.exitcode
 
 
 def start_retriever(settings: Settings, embedder: Scorer, scorer: Scorer | None = None) -> Retriever:

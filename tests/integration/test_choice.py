@@ -3,7 +3,11 @@ remembered across restarts."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ import pytest
 import rerank
 from scoring import choice, engines
 
+ROOT = Path(__file__).resolve().parents[2]
 RUNNABLE = [b for b in ("torch", "onnxruntime", "openvino") if engines.unavailable(b) is None]
 
 
@@ -45,3 +50,34 @@ def test_auto_measures_swaps_and_remembers(tmp_path, tiny_cross_encoder_dir):
     assert (again.backend.workers, again.backend.threads) == (chosen.workers, chosen.threads)
     assert again.workers == scorer.workers
     assert not again.needs_tuning
+
+
+MEASURE_HERE = """
+import json, logging, sys
+from service import assembly
+from service.settings import Settings
+logging.basicConfig(level=logging.INFO)
+scorer, extra, embedder = assembly.load_models(Settings.from_env())
+print(json.dumps({"backend": scorer.backend.backend, "embedder": embedder.backend.backend,
+                  "runtimes": sorted(m for m in ("onnx", "onnxruntime", "openvino") if m in sys.modules)}))
+"""
+
+
+def test_a_fresh_start_measures_in_a_child_process_and_serves_what_it_chose(tmp_path, tiny_cross_encoder_dir,
+                                                                              packaged_scorer):
+    cache = tmp_path / "cache"
+    embedder = packaged_scorer.pool.source  # remembered from an earlier start: only the tiny model is measured here
+    choice.save_choice(embedder.path, embedder.layout, cache, choice.Choice("torch", "an earlier start's"))
+    env = {**os.environ, "RERANK_MODEL": str(tiny_cross_encoder_dir), "RERANK_BACKEND": "auto", "HF_HUB_OFFLINE": "1",
+           "RAG_AUGMENT_CACHE": str(cache), "RERANK_MEASURE_SECONDS": "8"}
+    run = subprocess.run([sys.executable, "-c", MEASURE_HERE], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    served = json.loads(run.stdout)
+    assert "in a child process" in run.stderr and "(measured apart)" in run.stderr
+    source = rerank.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="torch").pool.source
+    remembered = choice.load_choice(source.path, source.layout, cache)
+    assert remembered is not None and served["backend"] == remembered.backend and served["embedder"] == "torch"
+    assert len([m for m in remembered.measurements if m.seconds is not None]) >= 2  # the child measured candidates
+    needs = {"onnxruntime": {"onnxruntime"}, "openvino": {"openvino"}}.get(remembered.backend.split("-")[0], set())
+    assert set(served["runtimes"]) <= needs  # what measuring loaded (the exporter, the other runtimes) stayed there
