@@ -66,6 +66,11 @@ def readings(cuts: str, skims: str) -> list[Settings]:
     return out
 
 
+def timing(r: dict) -> str:
+    """The time and tokens columns: blank where SciFact, whose median request they time, was not among the collections."""
+    return f"{r['seconds']:>13.2f}{r['tokens']:>9.0f}" if "seconds" in r else f"{'':>13}{'':>9}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     dev_sets.judged_model_arguments(parser, limit="queries of each half and collection", scores_cache=False)
@@ -95,7 +100,7 @@ def main() -> int:
                 mean = {part: np.mean([q[(n, part)] for n in names]) for part in ("dev", "held")}
                 print(f"{name:<22}{label(way):>22}" + "".join(f"{q[(n, 'dev')]:>10.4f} /{q[(n, 'held')]:>7.4f}"
                                                                   for n in names)
-                      + f"{mean['dev']:>9.4f} /{mean['held']:>6.4f}{r['seconds']:>13.2f}{r['tokens']:>9.0f}", flush=True)
+                      + f"{mean['dev']:>9.4f} /{mean['held']:>6.4f}" + timing(r), flush=True)
     return 0
 
 
