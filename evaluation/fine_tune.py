@@ -297,7 +297,7 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
         report["judged_on"] = "reranking nDCG@10"
     gain = pair["fine_tuned"]["ndcg@10"] - pair["base"]["ndcg@10"]
     report["gain"] = gain
-    report["written"] = str(options.out) if gain > 0 or options.keep_worse else None
+    report["written"] = str(options.out) if writes(gain, chosen, keep_worse=options.keep_worse) else None
     if report["written"]:
         options.out.parent.mkdir(parents=True, exist_ok=True)
         if options.out.exists():
@@ -307,6 +307,12 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     shutil.rmtree(options.work, ignore_errors=True)
     report["seconds"] = time.perf_counter() - started
     return report
+
+
+def writes(gain: float, chosen: dict | None, *, keep_worse: bool = False) -> bool:
+    """Whether the fine-tuned model is written: better than the base on the held-out queries and, where recipes were
+    chosen on validation queries, the chosen one better than the base there too (else no gain was found)."""
+    return keep_worse or (gain > 0 and (chosen is None or chosen["beats_base"]))
 
 
 def split_validation(train: Dataset, options: Options) -> tuple[Dataset, Dataset | None]:
@@ -339,8 +345,9 @@ def _choose(base: Scorer, rows: list[dict], validation: Dataset, checks: dict, o
     for position, folder in enumerate(made):
         if position != best:
             shutil.rmtree(folder.parent, ignore_errors=True)
+    before = judge(base, validation, checks, service_for)[0]
     return made[best], {"chosen": tried[best].recipe.name, "chosen_by": f"validation {recipes.CHOSEN_BY}",
-                        "base": judge(base, validation, checks, service_for)[0],
+                        "base": before, "beats_base": recipes.beats_base(tried[best], before),
                         "candidates": [t.as_dict() for t in tried]}
 
 
@@ -372,6 +379,11 @@ def print_fine_tune(report: dict) -> None:
     if report["written"]:
         print(f"written to {report['written']} ({report['judged_on']} {report['gain']:+.4f}); serve it with "
               f"RERANK_MODEL={report['written']}")
+    elif chosen and not chosen["beats_base"]:
+        best = next(c for c in chosen["candidates"] if c["recipe"] == chosen["chosen"])["validation"]["ndcg@10"]
+        print(f"not written: no recipe beat the base on the {q['validation']} validation queries (best {best:.4f}, "
+              f"base {chosen['base']['ndcg@10']:.4f}), so no gain was found whatever the held-out queries say "
+              f"({report['judged_on']} {report['gain']:+.4f}); --keep-worse writes it anyway")
     else:
         print(f"not written: it did not beat the base on the held-out queries ({report['judged_on']} short by "
               f"{max(0.0, -report['gain']):.4f}); --keep-worse writes it anyway")

@@ -1,6 +1,9 @@
 """Choosing how to fine-tune from data: candidate recipes, each trained on part of the training queries and measured
 on the rest (the validation queries), so that the held-out queries judge one model, once.
 
+The base model, untrained, is measured on the same queries: where no recipe beats it there, fine-tuning has found no
+gain to write, whatever one look at the held-out queries says.
+
 A recipe is a learning rate, a number of epochs and how many mined negatives each relevant passage is trained
 against (0: an embedding model learns from in-batch negatives only). The candidates are the options' own recipe, a
 step 2.5 times larger, and fewer negatives: in-batch only for an embedding model, half as many for a cross-encoder
@@ -65,3 +68,8 @@ def choose(recipes: Sequence[Recipe], train: Callable[[int, Recipe], Trained],
         tried.append(Tried(recipe, validate(made[-1]), time.perf_counter() - started))
     best = max(range(len(tried)), key=lambda k: (tried[k].validation[CHOSEN_BY], -k))
     return best, tried, made
+
+
+def beats_base(best: Tried, base: dict[str, float]) -> bool:
+    """Whether the chosen recipe's model is better than the base on the validation queries (strictly, by nDCG@10)."""
+    return best.validation[CHOSEN_BY] > base[CHOSEN_BY]

@@ -207,6 +207,7 @@ def test_a_pairs_file_without_a_corpus_fine_tunes_a_recipe_chosen_on_validation_
     figures = [c["validation"]["ndcg@10"] for c in chosen["candidates"]]
     assert [c["negatives"] for c in chosen["candidates"]] == [4, 4, 0] and set(chosen["base"]) == {"ndcg@10", "mrr@10"}
     assert chosen["chosen"] == chosen["candidates"][figures.index(max(figures))]["recipe"]  # the best on validation
+    assert chosen["beats_base"] == (max(figures) > chosen["base"]["ndcg@10"])  # --keep-worse wrote it either way
     judged = rerank.load_scorer(str(tmp_path / "m"), allow_fallback=False, backend="torch")
     assert judged.fingerprint != rerank.packaged_scorer().fingerprint  # the chosen one was written, the others removed
     assert not (tmp_path / "m.training").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.recipes import Recipe, candidates, choose
+from evaluation.recipes import Recipe, Tried, beats_base, candidates, choose
 
 
 def test_the_candidates_vary_the_step_and_the_negatives_without_repeats():
@@ -41,3 +41,28 @@ def test_equal_figures_keep_the_first_recipe_and_no_recipe_is_refused():
     assert best == 0
     with pytest.raises(ValueError, match="no recipe to choose from"):
         choose([], lambda p, r: p, lambda p: {"ndcg@10": 0.5})
+
+
+def test_a_recipe_no_better_than_the_base_on_validation_finds_no_gain():
+    best = Tried(Recipe(2e-5), {"ndcg@10": 0.7425, "mrr@10": 0.9}, 10.0)
+    assert not beats_base(best, {"ndcg@10": 0.7561, "mrr@10": 0.8})  # dense judgments: every recipe below the base
+    assert not beats_base(best, {"ndcg@10": 0.7425, "mrr@10": 0.8})  # a tie is no gain
+    assert beats_base(best, {"ndcg@10": 0.7400, "mrr@10": 0.95})  # judged by nDCG@10, not the MRR it loses on
+
+
+def test_the_model_is_written_only_where_validation_and_the_held_out_queries_both_find_a_gain(capsys):
+    from evaluation.fine_tune import print_fine_tune, writes
+
+    lost = {"chosen": "lr 2e-05, 1 epoch(s), in-batch negatives only", "beats_base": False, "base": {"ndcg@10": 0.7561},
+            "candidates": [{"recipe": "lr 2e-05, 1 epoch(s), in-batch negatives only", "validation": {"ndcg@10": 0.7425},
+                            "seconds": 174.0}]}
+    assert not writes(0.0004, lost) and writes(0.0004, lost, keep_worse=True)
+    assert writes(0.0065, {**lost, "beats_base": True}) and not writes(-0.001, {**lost, "beats_base": True})
+    assert writes(0.002, None) and not writes(0.0, None)  # one recipe, no validation: the held-out queries alone
+    pair = {"base": {"ndcg@10": 0.6805}, "fine_tuned": {"ndcg@10": 0.6809}}
+    print_fine_tune({"dataset": "trec", "base": "m", "mode": "embedding", "training_rows": 793, "epochs": 1,
+                     "seconds_per_epoch": 1422.0, "queries": {"train": 16, "validation": 5, "held_out": 22},
+                     "recipes": lost, "reranking": pair, "written": None, "gain": 0.0004,
+                     "judged_on": "end-to-end hybrid + rerank nDCG@10"})
+    out = capsys.readouterr().out
+    assert "no recipe beat the base on the 5 validation queries (best 0.7425, base 0.7561)" in out and "+0.0004" in out
