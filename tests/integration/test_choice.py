@@ -78,6 +78,6 @@ def test_a_fresh_start_measures_in_a_child_process_and_serves_what_it_chose(tmp_
     source = rerank.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="torch").pool.source
     remembered = choice.load_choice(source.path, source.layout, cache)
     assert remembered is not None and served["backend"] == remembered.backend and served["embedder"] == "torch"
-    assert len([m for m in remembered.measurements if m.seconds is not None]) >= 2  # the child measured candidates
+    assert [m for m in remembered.measurements if m.seconds is not None]  # the child measured (its budget: 8 s)
     needs = {"onnxruntime": {"onnxruntime"}, "openvino": {"openvino"}}.get(remembered.backend.split("-")[0], set())
     assert set(served["runtimes"]) <= needs  # what measuring loaded (the exporter, the other runtimes) stayed there
