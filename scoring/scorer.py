@@ -317,8 +317,9 @@ class Scorer:
         source = self._pool.source
         return bool(source and source.needs_tuning and self.backend.provisional)
 
-    def _build(self, source: ModelSource, name: str, workers: int, threads: int) -> list:
+    def _build(self, name: str, workers: int, threads: int) -> list:
         """``name``'s replicas of this model as ``workers`` x ``threads``."""
+        source = self._pool.source
         if source.runner == "sentence-transformers":
             return st_replicas(source.path, self.info.mode, source.trust_remote_code, workers, device=source.device,
                                max_tokens=source.max_tokens, backend=name)[0]
@@ -330,7 +331,7 @@ class Scorer:
         """Swap to ``choice``'s engine and shape unless it is the one serving."""
         current, cores = self.backend, self.workers
         if (choice.backend, choice.workers or cores, choice.threads) != (current.backend, cores, current.threads):
-            self._pool.swap(self._build(self._pool.source, choice.backend, choice.workers or cores, choice.threads),
+            self._pool.swap(self._build(choice.backend, choice.workers or cores, choice.threads),
                             choice)
         else:
             self._pool.choice = choice
@@ -345,7 +346,7 @@ class Scorer:
             names = causal_backends(source.device)
             choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
                                      workers=self.workers, device=source.device, budget_s=budget_s, names=names,
-                                     build=lambda name: self._build(source, name, self.workers, 1),
+                                     build=lambda name: self._build(name, self.workers, 1),
                                      reference=self._pool.replicas if self.backend.backend == names[0] else None)
         else:
             fp32 = engines.backends_for(source.device)[0]
@@ -353,8 +354,7 @@ class Scorer:
             choice = choosing.choose(source.path, source.layout, self._pool.tokenizer, cache_dir=source.cache_dir,
                                      reference_model=reference, trust_remote_code=source.trust_remote_code,
                                      workers=self.workers, device=source.device, budget_s=budget_s,
-                                     shape_build=(lambda name, w, t: self._build(source, name, w, t))
-                                     if source.device == "cpu" else None)
+                                     shape_build=self._build if source.device == "cpu" else None)
         self._serve_with(choice)
         log.info("backend for %s: %s; measured (probe seconds, x the reference's time in the same rounds, the gate's "
                  "verdict): %s", self.info.name, choice.describe(), ", ".join(

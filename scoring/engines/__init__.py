@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from scoring.checkpoint import Layout
@@ -34,8 +35,9 @@ _GRAPH = {"onnxruntime": "fp32", "openvino": "fp32", "openvino-bf16": "fp32", "o
           "onnxruntime-int8-static": "int8-static", "openvino-int8": "openvino-int8"}
 
 
+@lru_cache(maxsize=1)
 def _cpu_flags() -> str:
-    """The CPU's feature flags as /proc/cpuinfo lists them ("" where it cannot be read)."""
+    """The CPU's feature flags as /proc/cpuinfo lists them ("" where it cannot be read); read once per process."""
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
