@@ -165,7 +165,7 @@ def create(name: str, model_dir: Path, layout: Layout, tokenizer: TextTokenizer,
         raise BackendError(f"backend {name!r} needs a cache folder for its exported graph")
     try:
         path = onnx_engines.onnx_path(model_dir, layout, cache_dir, variant=_GRAPH[name],
-                                      trust_remote_code=trust_remote_code,
+                                      trust_remote_code=trust_remote_code, saturating=not cpu_has_int8_dot(),
                                       calibration=lambda: calibration_inputs(tokenizer, layout))
     except Exception as exc:
         raise BackendError(f"cannot export {model_dir.name} for {name}: {exc}") from exc

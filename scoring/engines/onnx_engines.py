@@ -29,6 +29,7 @@ PARTIAL = ".partial."  # files in progress: model.<pid>.partial.onnx (or .xml / 
 EXPORT_VERSION = 2  # exported with eager attention: plain matmuls and softmax, no masking over the scores
 GRAPHS = {"fp32": "model.onnx", "int8": "model-int8.onnx", "int8-static": "model-int8-static.onnx",
           "openvino-int8": "model-int8-openvino.xml"}
+SEVEN_BIT = "-w7"  # the int8 graphs made for a CPU whose int8 sums saturate (:mod:`scoring.engines.quantize`)
 
 
 def export_folder(model_dir: Path, layout: Layout, cache_dir: Path) -> Path:
@@ -39,12 +40,24 @@ def export_folder(model_dir: Path, layout: Layout, cache_dir: Path) -> Path:
                                                  EXPORT_VERSION)
 
 
+def graph_file(variant: str, *, saturating: bool = False) -> str:
+    """The file a variant's graph is cached in: int8 graphs with 7-bit weights (``saturating``) are named apart, so a
+    cache carried to another kind of CPU never serves a graph made for the other."""
+    name = GRAPHS[variant]
+    if variant == "fp32" or not saturating:
+        return name
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}{SEVEN_BIT}.{suffix}"
+
+
 def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, variant: str = "fp32",
-              trust_remote_code: bool = False, calibration: Callable[[], list[dict]] | None = None) -> Path:
+              trust_remote_code: bool = False, calibration: Callable[[], list[dict]] | None = None,
+              saturating: bool = False) -> Path:
     """The checkpoint's graph in ``variant`` (:data:`GRAPHS`: fp32, int8 dynamic, int8 static, OpenVINO int8), made
-    once into ``cache_dir``; ``calibration`` gives the model inputs a static quantization measures its ranges on."""
+    once into ``cache_dir``; ``calibration`` gives the model inputs a static quantization measures its ranges on;
+    ``saturating``: int8 with 7-bit weights, for a CPU without an int8 dot product."""
     folder = export_folder(model_dir, layout, cache_dir)
-    target = folder / GRAPHS[variant]
+    target = folder / graph_file(variant, saturating=saturating)
     with _EXPORT_LOCK:
         if target.is_file():
             return target
@@ -55,7 +68,8 @@ def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, variant: str 
                 _export(model_dir, layout, partial, trust_remote_code)
             else:
                 fp32 = onnx_path(model_dir, layout, cache_dir, trust_remote_code=trust_remote_code)
-                _quantize(variant, fp32, partial, calibration, read_json(Path(model_dir) / "config.json"))
+                _quantize(variant, fp32, partial, calibration, read_json(Path(model_dir) / "config.json"),
+                          saturating=saturating)
             if partial.suffix == ".xml":  # OpenVINO IR: its weights first, so a complete .xml means a complete pair
                 partial.with_suffix(".bin").replace(target.with_suffix(".bin"))
             partial.replace(target)
@@ -67,18 +81,18 @@ def onnx_path(model_dir: Path, layout: Layout, cache_dir: Path, *, variant: str 
 
 
 def _quantize(variant: str, fp32: Path, target: Path, calibration: Callable[[], list[dict]] | None,
-              config: dict) -> None:
+              config: dict, *, saturating: bool) -> None:
     """One of the int8 graphs of :mod:`scoring.engines.quantize` from the fp32 graph (``config``: the checkpoint's)."""
     if variant == "int8":
         quantize.dynamic_int8(fp32, target, exclude=quantize.KEEP_FP32, heads=int(config.get("num_attention_heads") or 0),
-                              hidden=int(config.get("hidden_size") or 0))
+                              hidden=int(config.get("hidden_size") or 0), saturating=saturating)
         return
     if calibration is None:
         raise ValueError(f"the {variant} graph needs calibration inputs")
     if variant == "int8-static":
-        quantize.static_int8(fp32, target, calibration(), exclude=quantize.KEEP_FP32)
+        quantize.static_int8(fp32, target, calibration(), exclude=quantize.KEEP_FP32, saturating=saturating)
     else:
-        quantize.openvino_int8(fp32, target, calibration())
+        quantize.openvino_int8(fp32, target, calibration(), saturating=saturating)
 
 
 def _export(model_dir: Path, layout: Layout, target: Path, trust_remote_code: bool) -> None:

@@ -105,3 +105,47 @@ def test_static_quantization_is_calibrated_cached_and_a_damaged_graph_is_turned_
                for _ in range(2)]
     verdict = _judged("damaged", damaged, layout, fp32, 0.01)
     assert not verdict.faithful and verdict.ndcg < 1.0, verdict
+
+
+@pytest.mark.skipif(engines.unavailable("openvino-int8") is not None, reason="OpenVINO or NNCF is not installed")
+def test_where_int8_sums_saturate_every_int8_graph_gets_7_bit_weights_cached_apart(tiny_cross_encoder_dir, tmp_path,
+                                                                                     monkeypatch):
+    import onnx
+    import openvino
+    from onnx import numpy_helper
+
+    layout = layout_of(tiny_cross_encoder_dir, "cross-encoder")
+    tokenizer = TextTokenizer.from_dir(tiny_cross_encoder_dir)
+    pairs = ["json.loads parses a JSON document", "tulips bloom in spring"]
+
+    def int8_under(node, depth: int = 4) -> list:
+        """The int8 constants a node's inputs are computed from (an IR weight: i8 -> Convert -> Subtract -> Multiply)."""
+        if node.get_type_name() == "Constant":
+            return [node.get_data()] if node.get_element_type() == openvino.Type.i8 else []
+        return [c for value in node.input_values() for c in int8_under(value.get_node(), depth - 1)] if depth else []
+
+    def widest(graph) -> int:
+        """The largest magnitude among the int8 weights the graph multiplies activations by (not embedding tables,
+        which are looked up, not summed)."""
+        if graph.suffix == ".xml":
+            constants = [c for op in openvino.Core().read_model(str(graph)).get_ops() if op.get_type_name() == "MatMul"
+                         for c in int8_under(op.input_value(1).get_node())]
+        else:
+            constants = [numpy_helper.to_array(i) for i in onnx.load(str(graph)).graph.initializer
+                         if i.data_type == onnx.TensorProto.INT8]
+        assert constants, graph.name
+        return max(int(np.abs(c.astype(np.int32)).max()) for c in constants)
+
+    for saturating in (False, True):  # a VNNI CPU, then one with AVX2 alone, whatever this machine is
+        monkeypatch.setattr(engines, "cpu_has_int8_dot", lambda saturating=saturating: not saturating)
+        for name, variant in (("onnxruntime-int8", "int8"), ("openvino-int8", "openvino-int8")):
+            engine = engines.create(name, tiny_cross_encoder_dir, layout, tokenizer.copy(), cache_dir=tmp_path)
+            assert np.isfinite(engine.score_pairs("parse json", pairs)).all()
+            graph = onnx_engines.onnx_path(tiny_cross_encoder_dir, layout, tmp_path, variant=variant,
+                                           saturating=saturating)
+            assert graph.name == onnx_engines.graph_file(variant, saturating=saturating)
+            assert ("-w7." in graph.name) == saturating
+            if saturating:  # 7 bits: no pair of products overflows a 16-bit sum
+                assert widest(graph) <= 64, (name, widest(graph))
+            else:
+                assert widest(graph) > 64, (name, widest(graph))
