@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -371,6 +371,7 @@ class Scorer:
         if choice is None or (source.runner == "sentence-transformers"
                               and choice.backend not in causal_backends(source.device)):
             return None
+        choice = replace(choice, how="measured on this machine at this start, in a child process")
         self._serve_with(choice)
         log.info("backend for %s: %s (measured apart)", self.info.name, choice.describe())
         return choice

@@ -58,7 +58,7 @@ from service import assembly
 from service.settings import Settings
 logging.basicConfig(level=logging.INFO)
 scorer, extra, embedder = assembly.load_models(Settings.from_env())
-print(json.dumps({"backend": scorer.backend.backend, "embedder": embedder.backend.backend,
+print(json.dumps({"backend": scorer.backend.backend, "how": scorer.backend.how, "embedder": embedder.backend.backend,
                   "runtimes": sorted(m for m in ("onnx", "onnxruntime", "openvino") if m in sys.modules)}))
 """
 
@@ -78,6 +78,7 @@ def test_a_fresh_start_measures_in_a_child_process_and_serves_what_it_chose(tmp_
     source = rerank.load_scorer(str(tiny_cross_encoder_dir), allow_fallback=False, backend="torch").pool.source
     remembered = choice.load_choice(source.path, source.layout, cache)
     assert remembered is not None and served["backend"] == remembered.backend and served["embedder"] == "torch"
+    assert served["how"] == "measured on this machine at this start, in a child process"
     assert [m for m in remembered.measurements if m.seconds is not None]  # the child measured (its budget: 8 s)
     needs = {"onnxruntime": {"onnxruntime"}, "openvino": {"openvino"}}.get(remembered.backend.split("-")[0], set())
     assert set(served["runtimes"]) <= needs  # what measuring loaded (the exporter, the other runtimes) stayed there
