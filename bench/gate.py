@@ -1,6 +1,6 @@
 """What the fidelity gate's thresholds are worth: its probe verdict beside the nDCG@10 lost on labelled queries.
 
-``python bench/gate.py --model DIR [--depth 50] [--limit N] [--scores-cache DIR]``
+``python bench/gate.py --model DIR [--depth 50] [--limit N] [--scores-cache DIR] [--variants A,B] [--models ...]``
 
 For the trained cross-encoder (``bench/train_reranker.py --out DIR``) and the embedded default, every reduced-precision
 engine that runs here, and fp32 with seeded noise added to its scores (a stand-in for engines that drift further),
@@ -8,17 +8,21 @@ are compared with fp32 twice: on the fidelity probe (:mod:`scoring.fidelity`: nD
 top-10 agreement) and on the dev collections' judged queries (nDCG@10 on their own labels, reranking the BM25 top
 ``--depth``). Rows are printed for the development half of the queries (where the thresholds were set) and the
 held-out half (where they are checked); the last lines say whether every engine the gate admits lost at most 0.005
-nDCG@10 on every collection. Needs ../shared/eval.
+nDCG@10 on every collection. An int8 variant named with ``:w7`` or ``:w8`` gets 7- or 8-bit weights whatever this CPU
+is (the app gives 7 bits to CPUs whose int8 sums saturate, AVX2 without VNNI, and 8 elsewhere), so one machine shows
+what the other bit width costs. Needs ../shared/eval.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import dev_sets
 import numpy as np
@@ -30,6 +34,7 @@ from scoring.probe import fidelity_probe
 NOISE = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # noise added to fp32's scores, times each query's score spread (std)
 TOLERANCE = 0.005
 REDUCED = ("onnxruntime-int8", "onnxruntime-int8-static", "openvino-int8", "torch-bf16", "openvino-bf16")
+WEIGHT_BITS = {"w7": False, "w8": True}  # a variant's suffix -> whether its int8 graphs are made as for an int8 dot
 
 
 def noisy(scores: np.ndarray, level: float, key: str) -> np.ndarray:
@@ -52,20 +57,29 @@ def probe_scores(scorer) -> list[np.ndarray]:
             for q in fidelity_probe()]
 
 
-def variants(model: str, cache: Path) -> dict[str, Callable[[], object]]:
-    """fp32 and each reduced-precision engine that runs here, as scorers to build on demand."""
-    names = ["onnxruntime", *[n for n in REDUCED if engines.unavailable(n) is None]]
-    return {name: (lambda name=name: rerank.load_scorer(model, allow_fallback=False, backend=name, cache_dir=cache))
-            for name in names}
+def variants(model: str, cache: Path, chosen: list[str] | None = None) -> dict[str, Callable[[], object]]:
+    """fp32 and each reduced-precision engine that runs here (or the ``chosen`` ones, ``backend[:w7|:w8]``), as scorers
+    to build on demand."""
+    names = ["onnxruntime", *[n for n in (chosen or REDUCED) if engines.unavailable(n.split(":")[0]) is None]]
+    return {name: (lambda name=name: _load(model, name, cache)) for name in names}
+
+
+def _load(model: str, variant: str, cache: Path):
+    """The scorer of ``variant``: a backend, its int8 weights' width forced where the name says."""
+    backend, _, bits = variant.partition(":")
+    forced = (mock.patch.object(engines, "cpu_has_int8_dot", lambda: WEIGHT_BITS[bits]) if bits
+              else contextlib.nullcontext())
+    with forced:
+        return rerank.load_scorer(model, allow_fallback=False, backend=backend, cache_dir=cache)
 
 
 def measure_model(label: str, model: str, halves: list[tuple[dev_sets.Pools, dev_sets.Pools]], cache: Path,
-                  scores_cache: Path) -> list[dict]:
+                  scores_cache: Path, chosen: list[str] | None = None) -> list[dict]:
     """Rows for one model: each engine and noise level, probe agreement and nDCG@10 lost per collection and half."""
     rows, reference = [], None
-    for name, build in variants(model, cache).items():
+    for name, build in variants(model, cache, chosen).items():
         scorer = build()
-        if scorer.backend.backend != name:
+        if scorer.backend.backend != name.split(":")[0]:
             print(f"{label}: {name} does not run here ({scorer.backend.how})", file=sys.stderr)
             continue
         service = dev_sets.uncached_service(scorer)
@@ -102,15 +116,25 @@ def _row(label, name, probe, dev, reference, halves) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     dev_sets.judged_model_arguments(parser, limit="queries of each half and collection")
+    parser.add_argument("--variants", help="comma-separated engines to compare with fp32, BACKEND[:w7|:w8] "
+                        f"(default: {','.join(REDUCED)})")
+    parser.add_argument("--models", default="trained,default", help="the trained cross-encoder and/or the embedded default")
     parsed = dev_sets.parse(parser)
     if parsed is None:
         return 0
     args, folders, _ = parsed
     halves = [dev_sets.split_pools(f, depth=args.depth, limit=args.limit) for f in folders]
-    rows = []
+    rows, chosen = [], args.variants.split(",") if args.variants else None
+    wanted = args.models.split(",")
+    if not set(wanted) <= {"trained", "default"}:
+        parser.error(f"--models takes trained and/or default, comma-separated; got {args.models!r}")
+    if chosen and (bad := [v for v in chosen if v.split(":")[0] not in REDUCED or v.partition(":")[2] not in ("", *WEIGHT_BITS)]):
+        parser.error(f"--variants takes {', '.join(REDUCED)}, each optionally with :w7 or :w8; got {', '.join(bad)}")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, model in (("trained cross-encoder", args.model), ("embedded default", str(rerank.packaged_model_path()))):
-            rows += measure_model(label, model, halves, Path(tmp), Path(args.scores_cache))
+        for key, label, model in (("trained", "trained cross-encoder", args.model),
+                                  ("default", "embedded default", str(rerank.packaged_model_path()))):
+            if key in wanted:
+                rows += measure_model(label, model, halves, Path(tmp), Path(args.scores_cache), chosen)
     names = [pair[0].name for pair in halves]
     print(f"gate: admitted at probe nDCG@10 >= {fidelity.MIN_NDCG} and top-10 agreement >= {fidelity.MIN_TOP10}; "
           f"nDCG@10 lost against fp32 on each collection's judged queries (development half / held-out half), "
