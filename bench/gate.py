@@ -57,16 +57,22 @@ def probe_scores(scorer) -> list[np.ndarray]:
             for q in fidelity_probe()]
 
 
+def parts(variant: str) -> tuple[str, str]:
+    """A variant's backend and its forced weight width (``"w7"``, ``"w8"`` or ``""``: as the app picks here)."""
+    backend, _, bits = variant.partition(":")
+    return backend, bits
+
+
 def variants(model: str, cache: Path, chosen: list[str] | None = None) -> dict[str, Callable[[], object]]:
     """fp32 and each reduced-precision engine that runs here (or the ``chosen`` ones, ``backend[:w7|:w8]``), as scorers
     to build on demand."""
-    names = ["onnxruntime", *[n for n in (chosen or REDUCED) if engines.unavailable(n.split(":")[0]) is None]]
+    names = ["onnxruntime", *[n for n in (chosen or REDUCED) if engines.unavailable(parts(n)[0]) is None]]
     return {name: (lambda name=name: _load(model, name, cache)) for name in names}
 
 
 def _load(model: str, variant: str, cache: Path):
     """The scorer of ``variant``: a backend, its int8 weights' width forced where the name says."""
-    backend, _, bits = variant.partition(":")
+    backend, bits = parts(variant)
     forced = (mock.patch.object(engines, "cpu_has_int8_dot", lambda: WEIGHT_BITS[bits]) if bits
               else contextlib.nullcontext())
     with forced:
@@ -79,7 +85,7 @@ def measure_model(label: str, model: str, halves: list[tuple[dev_sets.Pools, dev
     rows, reference = [], None
     for name, build in variants(model, cache, chosen).items():
         scorer = build()
-        if scorer.backend.backend != name.split(":")[0]:
+        if scorer.backend.backend != parts(name)[0]:
             print(f"{label}: {name} does not run here ({scorer.backend.how})", file=sys.stderr)
             continue
         service = dev_sets.uncached_service(scorer)
@@ -128,7 +134,7 @@ def main() -> int:
     wanted = args.models.split(",")
     if not set(wanted) <= {"trained", "default"}:
         parser.error(f"--models takes trained and/or default, comma-separated; got {args.models!r}")
-    if chosen and (bad := [v for v in chosen if v.split(":")[0] not in REDUCED or v.partition(":")[2] not in ("", *WEIGHT_BITS)]):
+    if chosen and (bad := [v for v in chosen if parts(v)[0] not in REDUCED or parts(v)[1] not in ("", *WEIGHT_BITS)]):
         parser.error(f"--variants takes {', '.join(REDUCED)}, each optionally with :w7 or :w8; got {', '.join(bad)}")
     with tempfile.TemporaryDirectory() as tmp:
         for key, label, model in (("trained", "trained cross-encoder", args.model),
