@@ -8,13 +8,16 @@ over the warning threshold is logged in one line. ``worst`` is kept so a test ca
 A late wake-up has two causes with different cures: the loop itself was kept busy or blocked (a handler's blocking
 call: fix the handler), or the whole process was starved (the CPU taken by other processes, or the GIL held by a long
 C call of another thread): a plain thread in the process, :class:`Heartbeat`, was late over the same span, and the
-loop's thread used little CPU meanwhile. Each stall says which (``Stall.starved``).
+loop's thread used little CPU meanwhile. Each stall says which (``Stall.starved``). A full pass of the garbage
+collector holds the GIL for its whole length on whichever thread happened to trigger it, the loop's included: its
+time is the process held up, never the loop's own CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import threading
 import time
@@ -60,7 +63,29 @@ class Heartbeat:
         return float(np.diff(points).max())
 
 
+class FullCollections:
+    """The garbage collector's full passes (generation 2), each with the thread it ran on and when: the one kind of
+    pass long enough to matter (a full walk of every object not frozen, hundreds of ms in a heap that grew)."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.passes: collections.deque[tuple[int, float, float]] = collections.deque(maxlen=keep)
+        self._started = 0.0
+        gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                self._started = time.perf_counter()
+            else:
+                self.passes.append((threading.get_ident(), self._started, time.perf_counter()))
+
+    def time_on(self, thread: int, start: float, end: float) -> float:
+        """Seconds of full passes that ``thread`` ran between ``start`` and ``end`` (perf_counter seconds)."""
+        return sum(max(0.0, min(e, end) - max(s, start)) for t, s, e in list(self.passes) if t == thread)
+
+
 _HEARTBEAT: Heartbeat | None = None
+_COLLECTIONS: FullCollections | None = None
 _HEARTBEAT_LOCK = threading.Lock()
 
 
@@ -73,12 +98,22 @@ def heartbeat() -> Heartbeat:
         return _HEARTBEAT
 
 
-def starved(lag: float, *, loop_cpu: float, pulse_gap: float) -> bool:
+def full_collections() -> FullCollections:
+    """The process's one record of full garbage-collection passes, kept from first use."""
+    global _COLLECTIONS
+    with _HEARTBEAT_LOCK:
+        if _COLLECTIONS is None:
+            _COLLECTIONS = FullCollections()
+        return _COLLECTIONS
+
+
+def starved(lag: float, *, loop_cpu: float, pulse_gap: float, collecting: float = 0.0) -> bool:
     """Whether a late wake-up was the process being starved rather than the loop being blocked: the heartbeat thread
     went without a beat for at least half the lag, while the loop's own thread used under half of it in CPU (a handler
     computing on the loop, even in a C call that holds the GIL, uses its thread's CPU; a handler blocked in I/O or a
-    sleep leaves the heartbeat beating)."""
-    return pulse_gap >= lag / 2 and loop_cpu < lag / 2
+    sleep leaves the heartbeat beating). ``collecting``: seconds of that CPU spent in full garbage-collection passes,
+    which hold up every thread alike and are not the handler's doing."""
+    return pulse_gap >= lag / 2 and loop_cpu - collecting < lag / 2
 
 
 class LoopLagMonitor:
@@ -119,17 +154,19 @@ class LoopLagMonitor:
             del self.stalls[:-100]
             if starved:
                 log.warning("the event loop woke %.0f ms late because the whole process was held up (the CPU taken by "
-                            "other processes, or the GIL held by another thread's long call)", lag * 1000)
+                            "other processes, the GIL held by another thread's long call, or a full garbage-collection "
+                            "pass)", lag * 1000)
             else:
                 log.warning("the event loop was blocked for %.0f ms (every route waited); a handler or middleware "
                             "made a blocking call", lag * 1000)
 
     async def _watch(self) -> None:
-        pulse = heartbeat()
+        pulse, passes, me = heartbeat(), full_collections(), threading.get_ident()
         while True:
             cpu, slept = time.thread_time(), time.perf_counter()
             await asyncio.sleep(self.interval)
             now = time.perf_counter()
             lag = now - slept - self.interval
-            self.record(lag, starved=lag > self.warn and starved(lag, loop_cpu=time.thread_time() - cpu,
-                                                                 pulse_gap=pulse.longest_gap(slept, now)))
+            self.record(lag, starved=lag > self.warn and starved(
+                lag, loop_cpu=time.thread_time() - cpu, pulse_gap=pulse.longest_gap(slept, now),
+                collecting=passes.time_on(me, slept, now)))

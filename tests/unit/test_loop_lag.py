@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import threading
 import time
@@ -21,10 +22,10 @@ def hold_the_gil() -> None:
     re.match(r"(a+)+$", "a" * 23 + "b")
 
 
-def stalls_while(block) -> list:
-    """The stalls a monitor records while ``block(loop)`` runs once on a loop it watches."""
+def stalls_while(block, warn: float = 0.25) -> list:
+    """The stalls (later than ``warn``) a monitor records while ``block(loop)`` runs once on a loop it watches."""
     async def run() -> list:
-        monitor = LoopLagMonitor(CollectorRegistry(), interval=0.02)
+        monitor = LoopLagMonitor(CollectorRegistry(), interval=0.02, warn=warn)
         monitor.start()
         await asyncio.sleep(0.1)
         await block()
@@ -62,10 +63,24 @@ def test_another_thread_holding_the_gil_starves_the_process():
     assert stalls and all(s.starved for s in stalls)
 
 
+def test_a_full_garbage_collection_on_the_loops_thread_holds_up_the_process_and_is_not_called_blocked():
+    young = [[] for _ in range(1_000_000)]  # not frozen: a full pass walks each of them, holding the GIL meanwhile
+
+    async def collect_on_the_loop():
+        started = time.thread_time()
+        gc.collect()
+        assert time.thread_time() - started > 0.05  # long enough to be a stall at the monitor's warning below
+
+    stalls = stalls_while(collect_on_the_loop, warn=0.04)
+    del young
+    assert stalls and all(s.starved for s in stalls)
+
+
 def test_the_rule():
     assert starved(0.4, loop_cpu=0.01, pulse_gap=0.38)
     assert not starved(0.4, loop_cpu=0.35, pulse_gap=0.38)  # the loop's own thread computed
     assert not starved(0.4, loop_cpu=0.01, pulse_gap=0.06)  # the process went on: the loop waited on I/O or a sleep
+    assert starved(0.4, loop_cpu=0.35, pulse_gap=0.38, collecting=0.33)  # the loop's thread ran a full collection
 
 
 def test_the_heartbeats_longest_gap():
