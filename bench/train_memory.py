@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import random
 import resource
 import sys
 import tempfile
@@ -101,7 +102,9 @@ def main() -> int:
         rows, _ = mining.mine(dataset, index, args.negatives, progress=False, scorer=base)
     finally:
         index.close()
-    rows = rows[: args.steps * args.batch_size]
+    # drawn across queries, as the trainer's shuffle does: a batch holds no text twice, so the rows of one query (the
+    # first ones mined) would each make a batch of their own
+    rows = random.Random(0).sample(rows, min(len(rows), args.steps * args.batch_size))
     print(f"{dataset.name}: {len(rows)} rows ({args.steps} steps of {args.batch_size}, {args.negatives} negatives each), "
           f"max_seq_length {base.info.max_length}", flush=True)
     first = max(1, args.steps // 10)

@@ -18,7 +18,9 @@ Training state is kept beside the output (``OUT_DIR.training``) after each epoch
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,7 +38,7 @@ from scoring.scorer import Scorer
 from service import Service
 
 RERANK_METRICS = ("ndcg@10", "mrr@10")
-TRAIN_TOKEN_BUDGET = 8192  # padded tokens one training forward pass holds activations for (an embedding model)
+TRAIN_TOKEN_BUDGET = 2048  # padded tokens one training forward pass holds activations for (an embedding model)
 
 
 class FineTuneError(ValueError):
@@ -139,10 +141,25 @@ def train_model(base: Scorer, rows: list[dict], options: Options, *, progress: b
                                                                                                progress)
     for callback in [*(callbacks or []), _estimate_callback()]:
         trainer.add_callback(callback)
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    with _every_core():
+        trainer.train(resume_from_checkpoint=True if resume else None)
     saved = work / "model"
     trainer.model.save_pretrained(str(saved))
     return saved
+
+
+@contextlib.contextmanager
+def _every_core():
+    """torch's intra-op threads on every core while training, as before after: a CPU engine sets one thread a worker for
+    the whole process, and nothing else is scored while the trainer runs."""
+    import torch  # lazy: torch loads only on this path
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _estimate_callback():

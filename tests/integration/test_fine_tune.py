@@ -120,7 +120,8 @@ def test_a_cross_encoder_is_trained_as_a_cross_encoder(collection, tiny_cross_en
     assert tuned.info.mode == "cross-encoder" and tuned.fingerprint != base.fingerprint
 
 
-def test_a_stopped_run_resumes_from_its_last_epoch(collection, tmp_path):
+def test_a_stopped_run_resumes_from_its_last_epoch_on_every_core(collection, tmp_path):
+    import torch
     from transformers import TrainerCallback
 
     base = rerank.packaged_scorer()
@@ -136,17 +137,24 @@ def test_a_stopped_run_resumes_from_its_last_epoch(collection, tmp_path):
             control.should_training_stop = True
 
     class FirstStep(TrainerCallback):
-        step = None
+        step = threads = None
 
         def on_step_end(self, args, state, control, **kwargs):
             FirstStep.step = FirstStep.step or state.global_step
+            FirstStep.threads = torch.get_num_threads()
 
     ft.train_model(base, rows, options, progress=False, callbacks=[StopAfterOneEpoch()])
     saved = sorted(options.work.glob("checkpoint-*"))
     assert len(saved) == 1  # the first epoch's state
     per_epoch = int(saved[0].name.split("-")[1])
-    ft.train_model(base, rows, options, progress=False, callbacks=[FirstStep()])
-    assert FirstStep.step == per_epoch + 1  # the second run went on from the first epoch's end
+    served = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a CPU engine sets it for the whole process: one thread a worker
+    try:
+        ft.train_model(base, rows, options, progress=False, callbacks=[FirstStep()])
+        assert FirstStep.step == per_epoch + 1  # the second run went on from the first epoch's end
+        assert FirstStep.threads == os.cpu_count() and torch.get_num_threads() == 1  # trained on all, then as it was
+    finally:
+        torch.set_num_threads(served)
     with pytest.raises(ft.FineTuneError, match="training state from a run with other settings"):
         ft.train_model(base, rows, ft.Options(out=options.out, epochs=3, seed=1), progress=False)
 
