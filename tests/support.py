@@ -16,6 +16,7 @@ from scoring.scorer import Scorer
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_DIR = ROOT.parent / "shared" / "eval"
 LOOP_MONITORS: list = []  # the loop-lag monitor of every server the tests started (see conftest's loop_lag_guard)
+_SERVED: dict[int, threading.Thread] = {}  # id(server) -> the thread serving it, for stop_server
 MAX_LOOP_LAG = 0.25
 MAX_STARVED_LAG = 2.0
 
@@ -87,7 +88,8 @@ def serve_in_thread(app, host: str = "127.0.0.1"):
 
     port = free_port(host)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -97,7 +99,18 @@ def serve_in_thread(app, host: str = "127.0.0.1"):
     if service is not None:
         LOOP_MONITORS.append(service.metrics.loop_lag)
         httpx.get(f"http://{host}:{port}/health", timeout=10)  # the first request starts the monitor
+    _SERVED[id(server)] = thread
     return f"http://{host}:{port}", server
+
+
+def stop_server(server, timeout: float = 30) -> None:
+    """Stop a server :func:`serve_in_thread` started and wait for its thread to end, without waiting for clients that
+    keep a stream open: a gradio_client's heartbeat streams would keep it half-stopped, its loop still watched and its
+    shutdown still to run, for many tests after its own."""
+    thread = _SERVED.pop(id(server), None)
+    server.should_exit = server.force_exit = True
+    if thread is not None:
+        thread.join(timeout)
 
 
 TOPICS = {  # a made-up code word for each topic: the packaged model cannot know it, fine-tuning can learn it

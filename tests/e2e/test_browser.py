@@ -257,7 +257,7 @@ def test_image_documents_are_uploaded_ranked_and_shown(browser_and_url, page, tm
     import rerank
     from scoring.synthetic import build_vision_reranker
     from service.settings import Settings
-    from tests.support import serve_in_thread
+    from tests.support import serve_in_thread, stop_server
 
     assert not page.locator("#image-upload").is_visible()  # the packaged model reads text only
     scorer = rerank.load_scorer(str(build_vision_reranker(tmp_path / "tiny-vision", seed=3)), allow_fallback=False)
@@ -293,4 +293,4 @@ def test_image_documents_are_uploaded_ranked_and_shown(browser_and_url, page, tm
         tab.screenshot(path=str(ARTIFACTS / "image-documents.png"), full_page=True)
     finally:
         context.close()
-        server.should_exit = True
+        stop_server(server)

@@ -11,7 +11,7 @@ import pytest
 
 import app as app_module
 from service.settings import Settings
-from tests.support import GatedScorer, serve_in_thread
+from tests.support import GatedScorer, serve_in_thread, stop_server
 
 QUERY = "What is the future of AI?"
 DOCS = ["Knead the dough and let the bread rise.",
@@ -25,7 +25,7 @@ def server(packaged_scorer, tiny_scorer):
     settings = Settings(max_documents=50, max_body_bytes=200_000)
     url, srv = serve_in_thread(app_module.build_server(settings, packaged_scorer, None, [tiny_scorer]))
     yield url
-    srv.should_exit = True
+    stop_server(srv)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def locked_server(packaged_scorer):
     gated.gate.set()
     url, srv = serve_in_thread(app_module.build_server(settings, gated, None, mcp_server=False))
     yield url, gated
-    srv.should_exit = True
+    stop_server(srv)
 
 
 def test_cohere_sdk_v2(server, packaged_scorer):

@@ -10,7 +10,7 @@ from schemathesis import GenerationMode
 
 import app as app_module
 from service.settings import Settings
-from tests.support import serve_in_thread
+from tests.support import serve_in_thread, stop_server
 
 KEY = "fuzz-key-123"
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -21,7 +21,7 @@ def open_server(packaged_scorer):
     url, srv = serve_in_thread(app_module.build_server(Settings(max_documents=30, max_body_bytes=50_000),
                                                        packaged_scorer, None, mcp_server=False))
     yield url
-    srv.should_exit = True
+    stop_server(srv)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def keyed_server(packaged_scorer):
     url, srv = serve_in_thread(app_module.build_server(Settings(max_documents=30, max_body_bytes=50_000, api_key=KEY),
                                                        packaged_scorer, None, mcp_server=False))
     yield url
-    srv.should_exit = True
+    stop_server(srv)
 
 
 OPERATIONS = [("/v2/rerank", "POST"), ("/v1/rerank", "POST"), ("/rerank", "POST"), ("/health", "GET"),

@@ -19,7 +19,7 @@ from scoring.calibration import Calibration, CalibrationError
 from scoring.checkpoint import packaged_model_path
 from service import assembly
 from service.settings import Settings
-from tests.support import ROOT, build_collection, free_port, serve_in_thread
+from tests.support import ROOT, build_collection, free_port, serve_in_thread, stop_server
 
 QUERY = "tell me about sourdough bread and the oven"
 DOCS = ["Knead the dough and let the bread rise for an hour.", "The striker scored a goal in the last minute.",
@@ -75,7 +75,7 @@ def test_every_face_serves_the_map_of_the_model_scores_in_the_same_order(fitted,
         assert info["calibration"]["file"] == out.name and info["calibration"]["method"] == "isotonic"
         assert httpx.get(f"{url}/info", timeout=30).status_code == 200
     finally:
-        server.should_exit = True
+        stop_server(server)
 
 
 def test_a_calibration_for_another_model_is_refused_naming_both(fitted, tiny_scorer, packaged_scorer):

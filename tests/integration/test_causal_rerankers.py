@@ -11,7 +11,7 @@ import rerank
 from scoring.synthetic import build_causal_reranker
 from service import assembly
 from service.settings import Settings
-from tests.support import serve_in_thread
+from tests.support import serve_in_thread, stop_server
 
 QUERY = "which boat has a single mast"
 DOCUMENTS = ["A sloop is a sailing boat with a single mast.", "Bread dough rises when yeast ferments.",
@@ -102,7 +102,7 @@ def test_http_routes_serve_the_causal_reranker_as_sentence_transformers_does(cau
                               timeout=30)
         assert too_long.status_code in (400, 413, 422) and "instruction has 3,000 characters" in too_long.json()["message"]
     finally:
-        server.should_exit = True
+        stop_server(server)
 
 
 def test_default_instruction_from_the_settings(causal):

@@ -17,7 +17,7 @@ import app as app_module
 import rerank
 from service import assembly
 from service.settings import Settings
-from tests.support import GatedScorer, serve_in_thread
+from tests.support import GatedScorer, serve_in_thread, stop_server
 
 KEY = "faces-key-42"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -42,7 +42,7 @@ def server(held, local_retriever):
     settings = Settings(api_key=KEY, max_documents=20, max_queue=2)
     url, srv = serve_in_thread(app_module.build_server(settings, held, local_retriever))
     yield url
-    srv.should_exit = True
+    stop_server(srv)
 
 
 async def _mcp(url: str, tool: str, arguments: dict, headers: dict) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ from scoring.media import read_image
 from scoring.synthetic import build_vision_reranker
 from service.settings import Settings
 from tests.integration.test_faces import mcp_call
-from tests.support import serve_in_thread
+from tests.support import serve_in_thread, stop_server
 
 QUERY = "a red stop sign"
 
@@ -141,7 +141,7 @@ def test_every_face_ranks_image_documents(vision, tiny_scorer):
         with pytest.raises(Exception, match="has both text and an image"):
             Client(url, verbose=False).predict(query=QUERY, documents=both, api_name="/rerank")
     finally:
-        server.should_exit = True
+        stop_server(server)
 
 
 def test_a_text_only_model_refuses_an_image_row_in_the_table(packaged_scorer):
@@ -178,4 +178,4 @@ def test_page_images_are_scored_by_maxsim_colpali_style(tmp_path_factory, tiny_s
             d if isinstance(d, str) else {"image": _uri(d)} for d in documents]}, timeout=60).json()
         assert [r["index"] for r in jina["results"]] == list(np.argsort(-expected, kind="stable"))
     finally:
-        server.should_exit = True
+        stop_server(server)

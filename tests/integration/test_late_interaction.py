@@ -15,7 +15,7 @@ import rerank
 from scoring.synthetic import build_multi_vector
 from service.settings import Settings
 from tests.integration.test_faces import mcp_call
-from tests.support import serve_in_thread
+from tests.support import serve_in_thread, stop_server
 
 QUERY = "which boat has a single mast"
 DOCUMENTS = ["A sloop is a sailing boat with a single mast.", "Bread dough rises when yeast ferments.",
@@ -106,7 +106,7 @@ def test_every_face_serves_maxsim(late, tiny_scorer):
         is_error, text = mcp_call(url, "rerank", {"query": QUERY, "documents": table})
         assert not is_error and [row[0] for row in ast.literal_eval(text)["data"]] == order
     finally:
-        server.should_exit = True
+        stop_server(server)
 
 
 def test_fine_tuning_refuses_a_late_interaction_model(late):

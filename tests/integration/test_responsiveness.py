@@ -18,7 +18,7 @@ import retrieval_client as rc
 from service import assembly
 from service.loop_lag import LoopLagMonitor
 from service.settings import Settings
-from tests.support import GatedScorer, serve_in_thread
+from tests.support import GatedScorer, serve_in_thread, stop_server
 from web.handlers import Handlers
 
 QUERY = "How do I read a file line by line?"
@@ -72,7 +72,7 @@ def big_server(packaged_scorer):
     url, srv = serve_in_thread(app_module.build_server(Settings(max_body_bytes=20 * 1024 * 1024), packaged_scorer,
                                                        None, mcp_server=False))
     yield url
-    srv.should_exit = True
+    stop_server(srv)
 
 
 def test_a_body_far_over_the_budget_is_refused_without_tokenizing_it(big_server, tokenized):
@@ -136,7 +136,7 @@ def shared_server(packaged_scorer):
                                                        mcp_server=False))
     yield url, held
     held.gate.set()
-    srv.should_exit = True
+    stop_server(srv)
 
 
 def test_a_flooding_client_gets_429_while_another_client_is_served(shared_server):

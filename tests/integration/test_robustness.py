@@ -15,7 +15,7 @@ import app as app_module
 import rerank
 from evaluation import load
 from service.settings import Settings
-from tests.support import ROOT, serve_in_thread
+from tests.support import ROOT, serve_in_thread, stop_server
 
 # query, documents, top_n (null: every row), instruction, min_score (null: none)
 GOOD = ["which document is about bread?", {"headers": ["text"], "data": [["Bread needs yeast."], ["Cars need fuel."]],
@@ -50,7 +50,7 @@ def server(packaged_scorer):
     url, srv = serve_in_thread(app_module.build_server(Settings(max_documents=20), packaged_scorer, None,
                                                        mcp_server=False))
     yield url
-    srv.should_exit = True
+    stop_server(srv)
 
 
 def _call_gradio(url: str, data: list, timeout: float = 30) -> tuple[str, dict | list | None]:
