@@ -84,27 +84,27 @@ class FullCollections:
         return sum(max(0.0, min(e, end) - max(s, start)) for t, s, e in list(self.passes) if t == thread)
 
 
-_HEARTBEAT: Heartbeat | None = None
-_COLLECTIONS: FullCollections | None = None
-_HEARTBEAT_LOCK = threading.Lock()
+_WATCHERS: tuple[Heartbeat, FullCollections] | None = None
+_WATCHERS_LOCK = threading.Lock()
+
+
+def _watchers() -> tuple[Heartbeat, FullCollections]:
+    """The process's one heartbeat thread and one record of full collections, both started on first use."""
+    global _WATCHERS
+    with _WATCHERS_LOCK:
+        if _WATCHERS is None:
+            _WATCHERS = (Heartbeat(), FullCollections())
+        return _WATCHERS
 
 
 def heartbeat() -> Heartbeat:
-    """The process's one heartbeat thread, started on first use."""
-    global _HEARTBEAT
-    with _HEARTBEAT_LOCK:
-        if _HEARTBEAT is None:
-            _HEARTBEAT = Heartbeat()
-        return _HEARTBEAT
+    """The process's one heartbeat thread."""
+    return _watchers()[0]
 
 
 def full_collections() -> FullCollections:
-    """The process's one record of full garbage-collection passes, kept from first use."""
-    global _COLLECTIONS
-    with _HEARTBEAT_LOCK:
-        if _COLLECTIONS is None:
-            _COLLECTIONS = FullCollections()
-        return _COLLECTIONS
+    """The process's one record of full garbage-collection passes."""
+    return _watchers()[1]
 
 
 def starved(lag: float, *, loop_cpu: float, pulse_gap: float, collecting: float = 0.0) -> bool:
