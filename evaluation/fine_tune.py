@@ -294,18 +294,12 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     else:
         saved = train_model(base, rows, options, progress=progress)
     trained = time.perf_counter() - trained_at
-    tuned = load_scorer(str(saved), allow_fallback=False, backend="torch")
-    before, _ = judge(base, held, pools, service_for, report_progress)
-    after, _ = judge(tuned, held, pools, service_for, report_progress)
     report = {"dataset": dataset.name, "base": base.info.name, "mode": base.info.mode, "seed": options.seed,
               "queries": {"train": len(fit.qrels), "validation": len(validation.qrels) if validation else 0,
                           "held_out": len(held.qrels)},
               "training_rows": len(rows), "negatives": mined,
               "epochs": options.epochs, "seconds_per_epoch": trained / max(options.epochs, 1),
-              "recipes": chosen, "reranking": {"base": before, "fine_tuned": after}}
-    if base.info.mode == "embedding":
-        report["end_to_end"] = {name: _end_to_end(folder, held, scorer, service_for, cache_dir)
-                                for name, scorer in (("base", base), ("fine_tuned", tuned))}
+              "recipes": chosen, **_judged(base, saved, held, pools, folder, service_for, cache_dir, report_progress)}
     if base.info.mode == "embedding":  # judged where it serves: the app's pipeline (first stage and reranker)
         pair = {k: v["reranked"] for k, v in report["end_to_end"].items()}
         report["judged_on"] = "end-to-end hybrid + rerank nDCG@10"
@@ -324,6 +318,18 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     shutil.rmtree(options.work, ignore_errors=True)
     report["seconds"] = time.perf_counter() - started
     return report
+
+
+def _judged(base: Scorer, saved: Path, held: Dataset, pools: dict, folder: Path, service_for, cache_dir: Path,
+            report_progress) -> dict:
+    """Base and fine-tuned on the held-out queries: reranking, and for an embedding model the app's pipeline end to
+    end; the fine-tuned model is let go of once judged."""
+    with contextlib.closing(load_scorer(str(saved), allow_fallback=False, backend="torch")) as tuned:
+        pair = (("base", base), ("fine_tuned", tuned))
+        judged = {"reranking": {name: judge(scorer, held, pools, service_for, report_progress)[0] for name, scorer in pair}}
+        if base.info.mode == "embedding":
+            judged["end_to_end"] = {name: _end_to_end(folder, held, scorer, service_for, cache_dir) for name, scorer in pair}
+    return judged
 
 
 def writes(gain: float, chosen: dict | None, *, keep_worse: bool = False) -> bool:
@@ -356,7 +362,8 @@ def _choose(base: Scorer, rows: list[dict], validation: Dataset, checks: dict, o
                                                   work_dir=options.work / f"recipe-{position}"), progress=progress)
 
     def validate(saved: Path) -> dict[str, float]:
-        return judge(load_scorer(str(saved), allow_fallback=False, backend="torch"), validation, checks, service_for)[0]
+        with contextlib.closing(load_scorer(str(saved), allow_fallback=False, backend="torch")) as candidate:
+            return judge(candidate, validation, checks, service_for)[0]
 
     best, tried, made = recipes.choose(options.candidates(base.info.mode == "embedding"), train, validate)
     for position, folder in enumerate(made):

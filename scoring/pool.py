@@ -125,6 +125,7 @@ class WorkerPool:
         self._running = 0
         self._clock = 0.0
         self._swapping = False
+        self._closed = False
         self._alive: set[int] = set()
         self._threads: dict[int, threading.Thread] = {}
         for n in range(self.workers):
@@ -151,6 +152,8 @@ class WorkerPool:
         """
         with self._cv:
             self._cv.wait_for(lambda: not self._swapping)
+            if self._closed:
+                raise RuntimeError("this model was closed: its replicas were let go")
             fresh = self._clock - self.credit  # a client with nothing in flight starts a little ahead of the present
             share = None
             if client is not None:
@@ -328,6 +331,20 @@ class WorkerPool:
             finally:
                 self._swapping = False
                 self._cv.notify_all()
+
+    def close(self, *, timeout: float | None = None) -> bool:
+        """End the worker threads and let go of the replicas once no request is in flight: a model no longer needed (a
+        candidate judged and dropped) would otherwise be held by its threads for the life of the process. New tickets
+        are refused after. Returns False when the pool did not become idle within ``timeout`` seconds."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: not self._open and self._running == 0, timeout):
+                return False
+            self.replicas, self.workers, self._closed = [], 0, True
+            threads = list(self._threads.values())
+            self._cv.notify_all()
+        for thread in threads:
+            thread.join(timeout)
+        return True
 
     # --- token counting on request threads -------------------------------------------------------
 

@@ -93,6 +93,11 @@ class Scorer:
         """The worker pool (tickets for fair, cancellable scheduling; counters for /metrics)."""
         return self._pool
 
+    def close(self) -> None:
+        """Let go of the model's replicas and worker threads (a model loaded for a while: a candidate judged and
+        dropped); a second name for the same model shares them, so both are closed."""
+        self._pool.close()
+
     def bound_caches(self, cache_bytes: int, token_cache_bytes: int) -> None:
         """Hold at most these bytes in this model's score (or embedding) cache and its token cache (0 turns one off);
         set before serving: what the replaced caches held is dropped."""

@@ -9,7 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -202,8 +204,11 @@ def test_a_pairs_file_without_a_corpus_fine_tunes_a_recipe_chosen_on_validation_
 
     pd.DataFrame(rows).to_csv(pairs, index=False)
     monkeypatch.setenv("RAG_AUGMENT_CACHE", str(tmp_path / "cache"))
+    before = _scoring_threads()
     code = evaluate.main([str(pairs), "--fine-tune", str(tmp_path / "m"), "--keep-worse", "--json",
                           "--base", str(packaged_model_path()), "--validation-fraction", "0.34"])
+    base = assembly.load_model(replace(Settings.from_env(), calibration=None), str(packaged_model_path()))  # the run's
+    assert _scoring_threads() - before <= base.workers  # each candidate and the chosen one let go once judged
     out, err = capsys.readouterr()
     report = json.loads(out)  # the report alone: the trainer's logs, its estimate and the progress went to stderr
     assert code == 0 and report["dataset"] == "labels"
@@ -219,6 +224,10 @@ def test_a_pairs_file_without_a_corpus_fine_tunes_a_recipe_chosen_on_validation_
     judged = rerank.load_scorer(str(tmp_path / "m"), allow_fallback=False, backend="torch")
     assert judged.fingerprint != rerank.packaged_scorer().fingerprint  # the chosen one was written, the others removed
     assert not (tmp_path / "m.training").exists()
+
+
+def _scoring_threads() -> int:
+    return sum(thread.name.startswith("scorer-worker") for thread in threading.enumerate())
 
 
 def test_the_margin_keeps_unjudged_relevant_passages_out_of_the_negatives(collection, tmp_path):

@@ -286,3 +286,21 @@ def test_a_new_clients_small_request_goes_ahead_of_a_large_one_that_started_alon
     assert labels.index("small1") <= arrived + 2  # both small batches next, after at most the batch in progress
     worker.join(10)
     large.__exit__(None, None, None)
+
+
+def test_closing_ends_the_workers_and_lets_go_of_the_replicas():
+    """A model no longer needed is freed: its worker threads end and nothing keeps its replicas alive."""
+    import gc
+    import weakref
+
+    log: list = []
+    pool = _pool(2, log)
+    assert sorted(pool.map([lambda r: r.name] * 2)) == ["a", "a"]
+    held = [weakref.ref(replica) for replica in pool.replicas]
+    threads = list(pool._threads.values())
+    assert pool.close(timeout=10)
+    gc.collect()
+    assert not any(thread.is_alive() for thread in threads)
+    assert all(ref() is None for ref in held)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.ticket("late")
