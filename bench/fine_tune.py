@@ -23,7 +23,7 @@ import dev_sets
 
 from evaluation import fine_tune as ft
 from scoring.loading import packaged_scorer
-from service import assembly
+from service import assembly, memory
 from service.settings import Settings
 
 
@@ -72,4 +72,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    memory.keep_flat(memory.AllocatorPolicy(interval=Settings.from_env().memory_release_s))  # as evaluate.py sets it
     sys.exit(main())
