@@ -320,11 +320,16 @@ def fine_tune(source: str | Path, *, base: Scorer, options: Options, service_for
     return report
 
 
+def _trained(saved: Path) -> contextlib.closing[Scorer]:
+    """A trained model as it is judged (fp32 torch), closed when the block ends: judged models are not kept."""
+    return contextlib.closing(load_scorer(str(saved), allow_fallback=False, backend="torch"))
+
+
 def _judged(base: Scorer, saved: Path, held: Dataset, pools: dict, folder: Path, service_for, cache_dir: Path,
             report_progress) -> dict:
     """Base and fine-tuned on the held-out queries: reranking, and for an embedding model the app's pipeline end to
     end; the fine-tuned model is let go of once judged."""
-    with contextlib.closing(load_scorer(str(saved), allow_fallback=False, backend="torch")) as tuned:
+    with _trained(saved) as tuned:
         pair = (("base", base), ("fine_tuned", tuned))
         judged = {"reranking": {name: judge(scorer, held, pools, service_for, report_progress)[0] for name, scorer in pair}}
         if base.info.mode == "embedding":
@@ -362,7 +367,7 @@ def _choose(base: Scorer, rows: list[dict], validation: Dataset, checks: dict, o
                                                   work_dir=options.work / f"recipe-{position}"), progress=progress)
 
     def validate(saved: Path) -> dict[str, float]:
-        with contextlib.closing(load_scorer(str(saved), allow_fallback=False, backend="torch")) as candidate:
+        with _trained(saved) as candidate:
             return judge(candidate, validation, checks, service_for)[0]
 
     best, tried, made = recipes.choose(options.candidates(base.info.mode == "embedding"), train, validate)
