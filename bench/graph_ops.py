@@ -1,0 +1,113 @@
+"""Where a batch's time goes in each exported graph, by operator: ONNX Runtime's profiler and OpenVINO's performance
+counters, one thread, the same batches (shapes of a skimmed SciFact request: 3 pairs of 150 tokens, 1 of 420).
+
+``python bench/graph_ops.py --model DIR [--backends onnxruntime,onnxruntime-int8,openvino,openvino-int8]`` makes
+each graph as the app does on this CPU (7-bit weights where it has no int8 dot product) and prints each one's time
+and its operators' shares, with the kernel each ran on (OpenVINO names it: ``jit_gemm_I8``, ``brgemm_avx2_f32``).
+Under ``bench/avx2_only/run.sh`` it shows the AVX2 code paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import rerank
+from scoring.engines import cpu_has_int8_dot
+from scoring.engines.onnx_engines import graph_file
+
+VARIANTS = {"onnxruntime": "fp32", "onnxruntime-int8": "int8", "openvino": "fp32", "openvino-int8": "openvino-int8"}
+SHAPES = ((3, 150), (1, 420))
+
+
+def batches(names: list[str]) -> list[dict]:
+    """The batches every graph runs: random token ids in the shapes of :data:`SHAPES`, only the inputs it takes."""
+    rng = np.random.default_rng(0)
+    out = []
+    for rows, length in SHAPES:
+        feed = {"input_ids": rng.integers(1000, 20000, (rows, length)), "attention_mask": np.ones((rows, length)),
+                "token_type_ids": np.zeros((rows, length))}
+        out.append({k: v.astype(np.int64) for k, v in feed.items() if k in names})
+    return out
+
+
+def timed(run, feeds: list[dict], rounds: int = 5) -> float:
+    """The median seconds of one pass over ``feeds``."""
+    run(feeds)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run(feeds)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def onnxruntime_ops(path: Path, tmp: Path) -> tuple[float, collections.Counter]:
+    """Seconds a pass and microseconds by operator type, from ONNX Runtime's profiler."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 1, 1, 3
+    plain = onnxruntime.InferenceSession(str(path), options)
+    seconds = timed(lambda feeds: [plain.run(None, f) for f in feeds], batches([i.name for i in plain.get_inputs()]))
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp / "ort")
+    session = onnxruntime.InferenceSession(str(path), options)
+    for feed in batches([i.name for i in session.get_inputs()]):
+        session.run(None, feed)
+    ops = collections.Counter()
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            ops[event["args"]["op_name"]] += event["dur"]
+    return seconds, ops
+
+
+def openvino_ops(path: Path) -> tuple[float, collections.Counter]:
+    """Seconds a pass and microseconds by (operator, kernel), from OpenVINO's performance counters."""
+    import openvino
+
+    model = openvino.Core().read_model(str(path))
+    compiled = openvino.Core().compile_model(model, "CPU", {
+        "INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+        "ENABLE_CPU_PINNING": False, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    feeds = batches([i.get_any_name() for i in model.inputs])
+    seconds = timed(lambda fs: [request.infer(f) for f in fs], feeds)
+    ops = collections.Counter()
+    for feed in feeds:
+        request.infer(feed)
+        for counter in request.profiling_info:
+            ops[f"{counter.node_type} ({counter.exec_type})"] += counter.real_time.total_seconds() * 1e6
+    return seconds, ops
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a cross-encoder or embedding model folder")
+    parser.add_argument("--backends", default=",".join(VARIANTS))
+    parser.add_argument("--top", type=int, default=8, help="operators shown per graph")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for backend in args.backends.split(","):
+            if backend not in VARIANTS:
+                parser.error(f"--backends takes {', '.join(VARIANTS)}; got {backend!r}")
+            rerank.load_scorer(args.model, allow_fallback=False, backend=backend, cache_dir=tmp / "cache", workers=1)
+            name = graph_file(VARIANTS[backend], saturating=not cpu_has_int8_dot())
+            path = next((tmp / "cache").glob(f"backends/*/{name}"))
+            seconds, ops = openvino_ops(path) if backend.startswith("openvino") else onnxruntime_ops(path, tmp)
+            total = sum(ops.values()) or 1
+            print(f"{backend} ({name}): {seconds * 1000:.1f} ms a pass over {', '.join(f'{r}x{n}' for r, n in SHAPES)}")
+            for op, spent in ops.most_common(args.top):
+                print(f"  {op:48s} {100 * spent / total:5.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
