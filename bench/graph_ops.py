@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,25 +39,28 @@ def batches(names: list[str]) -> list[dict]:
     return out
 
 
-def timed(run, feeds: list[dict], rounds: int = 5) -> float:
-    """The median seconds of one pass over ``feeds``."""
-    run(feeds)
-    times = []
+def alternated(runs: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, float]:
+    """The median seconds of each run, timed in rounds that take every run in turn, so a machine that speeds up or
+    slows down moves them alike."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        started = time.perf_counter()
-        run(feeds)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def onnxruntime_ops(path: Path, tmp: Path) -> tuple[float, collections.Counter]:
-    """Seconds a pass and microseconds by operator type, from ONNX Runtime's profiler."""
+def onnxruntime_ops(path: Path, tmp: Path) -> tuple[Callable[[], object], collections.Counter]:
+    """A pass over the batches, and microseconds by operator type from ONNX Runtime's profiler."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 1, 1, 3
     plain = onnxruntime.InferenceSession(str(path), options)
-    seconds = timed(lambda feeds: [plain.run(None, f) for f in feeds], batches([i.name for i in plain.get_inputs()]))
+    feeds = batches([i.name for i in plain.get_inputs()])
     options.enable_profiling, options.profile_file_prefix = True, str(tmp / "ort")
     session = onnxruntime.InferenceSession(str(path), options)
     for feed in batches([i.name for i in session.get_inputs()]):
@@ -65,11 +69,11 @@ def onnxruntime_ops(path: Path, tmp: Path) -> tuple[float, collections.Counter]:
     for event in json.loads(Path(session.end_profiling()).read_text()):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             ops[event["args"]["op_name"]] += event["dur"]
-    return seconds, ops
+    return lambda: [plain.run(None, f) for f in feeds], ops
 
 
-def openvino_ops(path: Path) -> tuple[float, collections.Counter]:
-    """Seconds a pass and microseconds by (operator, kernel), from OpenVINO's performance counters."""
+def openvino_ops(path: Path) -> tuple[Callable[[], object], collections.Counter]:
+    """A pass over the batches, and microseconds by (operator, kernel) from OpenVINO's performance counters."""
     import openvino
 
     model = openvino.Core().read_model(str(path))
@@ -78,13 +82,12 @@ def openvino_ops(path: Path) -> tuple[float, collections.Counter]:
         "ENABLE_CPU_PINNING": False, "PERF_COUNT": True})
     request = compiled.create_infer_request()
     feeds = batches([i.get_any_name() for i in model.inputs])
-    seconds = timed(lambda fs: [request.infer(f) for f in fs], feeds)
     ops = collections.Counter()
     for feed in feeds:
         request.infer(feed)
         for counter in request.profiling_info:
             ops[f"{counter.node_type} ({counter.exec_type})"] += counter.real_time.total_seconds() * 1e6
-    return seconds, ops
+    return lambda: [request.infer(f) for f in feeds], ops
 
 
 def main() -> int:
@@ -93,17 +96,25 @@ def main() -> int:
     parser.add_argument("--backends", default=",".join(VARIANTS))
     parser.add_argument("--top", type=int, default=8, help="operators shown per graph")
     args = parser.parse_args()
+    backends = args.backends.split(",")
+    if unknown := [b for b in backends if b not in VARIANTS]:
+        parser.error(f"--backends takes {', '.join(VARIANTS)}; got {', '.join(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for backend in args.backends.split(","):
-            if backend not in VARIANTS:
-                parser.error(f"--backends takes {', '.join(VARIANTS)}; got {backend!r}")
+        runs, shares, files = {}, {}, {}
+        for backend in backends:
             rerank.load_scorer(args.model, allow_fallback=False, backend=backend, cache_dir=tmp / "cache", workers=1)
-            name = graph_file(VARIANTS[backend], saturating=not cpu_has_int8_dot())
-            path = next((tmp / "cache").glob(f"backends/*/{name}"))
-            seconds, ops = openvino_ops(path) if backend.startswith("openvino") else onnxruntime_ops(path, tmp)
+            files[backend] = graph_file(VARIANTS[backend], saturating=not cpu_has_int8_dot())
+            path = next((tmp / "cache").glob(f"backends/*/{files[backend]}"))
+            runs[backend], shares[backend] = openvino_ops(path) if backend.startswith("openvino") else \
+                onnxruntime_ops(path, tmp)
+        seconds = alternated(runs)
+        for backend in backends:
+            ops = shares[backend]
             total = sum(ops.values()) or 1
-            print(f"{backend} ({name}): {seconds * 1000:.1f} ms a pass over {', '.join(f'{r}x{n}' for r, n in SHAPES)}")
+            print(f"{backend} ({files[backend]}): {seconds[backend] * 1000:.1f} ms a pass over "
+                  f"{', '.join(f'{r}x{n}' for r, n in SHAPES)}, x{seconds[backends[0]] / seconds[backend]:.2f} "
+                  f"the speed of {backends[0]}")
             for op, spent in ops.most_common(args.top):
                 print(f"  {op:48s} {100 * spent / total:5.1f}%")
     return 0
