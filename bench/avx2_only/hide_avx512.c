@@ -40,7 +40,8 @@ static void hide(uint32_t leaf, uint32_t sub, uint32_t *a, uint32_t *b, uint32_t
 static void on_fault(int sig, siginfo_t *info, void *context) {
   greg_t *r = ((ucontext_t *)context)->uc_mcontext.gregs;
   const unsigned char *ip = (const unsigned char *)r[REG_RIP];
-  if (ip[0] == 0x0f && ip[1] == 0xa2) {
+  /* a faulting cpuid comes from the kernel (SI_KERNEL); a bad address (SEGV_MAPERR, SEGV_ACCERR) goes on as it was */
+  if (info->si_code == SI_KERNEL && ip[0] == 0x0f && ip[1] == 0xa2) {
     uint32_t leaf = (uint32_t)r[REG_RAX], sub = (uint32_t)r[REG_RCX], a, b, c, d;
     syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
     __cpuid_count(leaf, sub, a, b, c, d);
