@@ -63,7 +63,7 @@ def onnxruntime_ops(path: Path, tmp: Path) -> tuple[Callable[[], object], collec
     feeds = batches([i.name for i in plain.get_inputs()])
     options.enable_profiling, options.profile_file_prefix = True, str(tmp / "ort")
     session = onnxruntime.InferenceSession(str(path), options)
-    for feed in batches([i.name for i in session.get_inputs()]):
+    for feed in feeds:
         session.run(None, feed)
     ops = collections.Counter()
     for event in json.loads(Path(session.end_profiling()).read_text()):
@@ -76,8 +76,9 @@ def openvino_ops(path: Path) -> tuple[Callable[[], object], collections.Counter]
     """A pass over the batches, and microseconds by (operator, kernel) from OpenVINO's performance counters."""
     import openvino
 
-    model = openvino.Core().read_model(str(path))
-    compiled = openvino.Core().compile_model(model, "CPU", {
+    core = openvino.Core()
+    model = core.read_model(str(path))
+    compiled = core.compile_model(model, "CPU", {
         "INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
         "ENABLE_CPU_PINNING": False, "PERF_COUNT": True})
     request = compiled.create_infer_request()
@@ -103,7 +104,9 @@ def main() -> int:
         tmp = Path(tmp)
         runs, shares, files = {}, {}, {}
         for backend in backends:
-            rerank.load_scorer(args.model, allow_fallback=False, backend=backend, cache_dir=tmp / "cache", workers=1)
+            # loaded as the app loads it, to make its graph; closed at once, so no idle replica holds memory
+            rerank.load_scorer(args.model, allow_fallback=False, backend=backend, cache_dir=tmp / "cache",
+                               workers=1).close()
             files[backend] = graph_file(VARIANTS[backend], saturating=not cpu_has_int8_dot())
             path = next((tmp / "cache").glob(f"backends/*/{files[backend]}"))
             runs[backend], shares[backend] = openvino_ops(path) if backend.startswith("openvino") else \
